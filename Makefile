@@ -1,5 +1,5 @@
 # kzhook — one root Makefile (STYLE rule 15). `make` builds build/kzhook.
-PKGS      := libmicrohttpd libcurl sqlite3 jansson libcrypto uuid libpq
+PKGS      := libmicrohttpd libcurl sqlite3 jansson openssl uuid libpq
 BUILD     ?= build
 CC        ?= cc
 OPT       ?= -O2 -g

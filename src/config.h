@@ -1,0 +1,42 @@
+/* config.h — the immutable run configuration: every CONTRACT §1 option as a flag and an
+ * environment variable. Built once in main(), read-only afterwards (any thread may read). */
+#ifndef KZ_CONFIG_H
+#define KZ_CONFIG_H
+
+#include "kz.h"
+
+#define KZ_RETRY_MAX 32
+
+struct kz_config {
+    char listen_host[256];
+    int listen_port;
+    char *db;                  /* path or postgresql:// URL */
+    char *admin_token;         /* NULL: generated at first start */
+    char *public_url;          /* NULL: derived from listen */
+    char *ca_file;
+    bool allow_private_targets;
+    bool allow_http_callbacks;
+    int64_t retry_schedule[KZ_RETRY_MAX];
+    size_t retry_count;
+    int64_t delivery_timeout_ms;
+    int64_t validation_timeout_ms;
+    int64_t token_ttl_ms;
+    int rate_limit;            /* calls/min/app on /v1/webhook*, 0 = off */
+    char *tls_cert, *tls_key;  /* paths; both or neither */
+    int64_t retention_ms;
+    int threads;               /* MHD worker threads */
+    int max_connections;
+    int per_endpoint_concurrency; /* in-flight deliveries per webhook */
+};
+
+/** Fills defaults, then the environment, then argv[first..argc) flags (flags win). On error
+ * writes a one-line message to `err` and returns KZ_ERR_INVALID. Unknown flags are errors.
+ * Positional (non-flag) arguments are returned in `rest` (borrowed from argv, NULL-terminated,
+ * caller provides room for argc entries) when rest is not NULL; otherwise they are errors. */
+enum kz_err kz_config_load(struct kz_config *cfg, int argc, char **argv, int first,
+                           const char **rest, char *err, size_t errlen);
+void kz_config_cleanup(struct kz_config *cfg);
+/** Parses "HOST:PORT" ("[v6]:PORT" too). */
+enum kz_err kz_config_parse_listen(const char *s, char *host, size_t hostlen, int *port);
+
+#endif

@@ -1,0 +1,874 @@
+/* dispatch.c — the delivery engine: claim, send, complete.
+ *
+ * One thread owns everything here: the CURLM, the easy handles, the endpoint table and the
+ * queues. Other threads touch only `wake` (an atomic) and the claim/complete hand-offs, which
+ * store.c's writer fills in its done() callbacks under `lock`. */
+#include "dispatch.h"
+#include "alloc.h"
+#include "envelope.h"
+#include "log.h"
+#include "outbound.h"
+#include "retry.h"
+#include "sign.h"
+
+#include <curl/curl.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define MAX_INFLIGHT 512      /* transfers at once, all endpoints */
+#define CLAIM_MAX 256         /* rows per claim */
+#define EP_BUCKETS 1024
+#define RESPONSE_READ_MAX (256 * 1024) /* bytes read from a receiver before we stop listening */
+#define LEASE_MARGIN_MS 60000
+#define IDLE_POLL_MS 1000
+
+struct ep;
+
+/* A claimed delivery waiting for a free slot at its endpoint. */
+struct queued {
+    struct queued *next;
+    struct kz_claimed row;
+};
+
+/* Per-webhook scheduling state: at most cfg->per_endpoint_concurrency transfers at once; the
+ * rest wait here, so a slow endpoint holds only its own slots. */
+struct ep {
+    struct ep *next;        /* hash chain */
+    struct ep *rr_next;     /* ring of endpoints with queued work */
+    char id[40];
+    int inflight;
+    struct queued *head, *tail;
+    size_t nqueued;
+    bool in_ring;
+};
+
+struct xfer {
+    struct kz_dispatch *d;
+    CURL *h;
+    struct curl_slist *headers;
+    struct kz_buf body;
+    struct kz_buf resp;     /* first KZ_RESPONSE_KEEP bytes of the answer */
+    size_t resp_total;
+    int64_t retry_after_ms;
+    int64_t started_us;
+    int64_t delivery_id;
+    int attempts;           /* made before this one */
+    struct ep *ep;
+    struct xfer *next_free;
+    struct xfer *prev_active, *next_active; /* list of running transfers */
+};
+
+/* One COMPLETE op and the strings it borrows. */
+struct cbatch {
+    struct kz_op op;
+    struct kz_dispatch *d;
+    struct kz_attempt *items;
+    size_t n, cap;
+    char **strs;
+    size_t nstrs, capstrs;
+};
+
+struct kz_dispatch {
+    const struct kz_config *cfg;
+    struct kz_store *st;
+    struct kz_subidx *idx;
+    struct kz_metrics *m;
+    CURLM *multi;
+    pthread_t thread;
+    atomic_bool stop;
+    atomic_bool wake;
+    /* hand-offs from the store writer, under `lock` */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct kz_op claim;     /* at most one claim in flight */
+    bool claim_busy, claim_ready;
+    int completes_busy;     /* COMPLETE ops submitted, not yet done */
+    /* dispatcher-thread-only state */
+    struct ep *eps[EP_BUCKETS];
+    struct ep *ring;        /* last endpoint served in the ring */
+    size_t queued_total;
+    int inflight;
+    struct xfer *free_xfers;
+    struct xfer *active;    /* running transfers */
+    struct cbatch *batch;   /* completions being collected */
+    int64_t next_poll;
+    int64_t drain_deadline;
+};
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static uint32_t rnd32(void)
+{
+    uint32_t r = 0;
+
+    if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1)
+        r = (uint32_t)mono_us();
+    return r;
+}
+
+/* ==== endpoints ==== */
+
+static uint32_t hash_id(const char *s)
+{
+    uint32_t h = 2166136261u;
+
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+static struct ep *ep_get(struct kz_dispatch *d, const char *id, bool create)
+{
+    uint32_t b = hash_id(id) % EP_BUCKETS;
+    struct ep *e;
+
+    for (e = d->eps[b]; e; e = e->next) {
+        if (!strcmp(e->id, id))
+            return e;
+    }
+    if (!create)
+        return NULL;
+    e = kz_calloc(1, sizeof(*e));
+    snprintf(e->id, sizeof(e->id), "%s", id);
+    e->next = d->eps[b];
+    d->eps[b] = e;
+    return e;
+}
+
+/* Frees `e` when nothing refers to it any more. */
+static void ep_release(struct kz_dispatch *d, struct ep *e)
+{
+    uint32_t b;
+    struct ep **pp;
+
+    if (e->inflight || e->nqueued || e->in_ring)
+        return;
+    b = hash_id(e->id) % EP_BUCKETS;
+    for (pp = &d->eps[b]; *pp; pp = &(*pp)->next) {
+        if (*pp == e) {
+            *pp = e->next;
+            kz_free(e);
+            return;
+        }
+    }
+}
+
+static void ring_add(struct kz_dispatch *d, struct ep *e)
+{
+    if (e->in_ring)
+        return;
+    e->in_ring = true;
+    if (!d->ring) {
+        e->rr_next = e;
+        d->ring = e;
+    } else {
+        e->rr_next = d->ring->rr_next;
+        d->ring->rr_next = e;
+    }
+}
+
+/* ==== completions ==== */
+
+static void batch_str(struct cbatch *b, const char **dst, const char *s, size_t len)
+{
+    char *copy;
+
+    if (!s) {
+        *dst = NULL;
+        return;
+    }
+    copy = kz_strndup(s, len);
+    if (b->nstrs == b->capstrs) {
+        b->capstrs = b->capstrs ? b->capstrs * 2 : 64;
+        b->strs = kz_realloc(b->strs, b->capstrs * sizeof(*b->strs));
+    }
+    b->strs[b->nstrs++] = copy;
+    *dst = copy;
+}
+
+static struct kz_attempt *batch_add(struct kz_dispatch *d)
+{
+    struct cbatch *b = d->batch;
+
+    if (!b) {
+        b = kz_calloc(1, sizeof(*b));
+        b->d = d;
+        d->batch = b;
+    }
+    if (b->n == b->cap) {
+        b->cap = b->cap ? b->cap * 2 : 64;
+        b->items = kz_realloc(b->items, b->cap * sizeof(*b->items));
+    }
+    memset(&b->items[b->n], 0, sizeof(b->items[0]));
+    return &b->items[b->n++];
+}
+
+static void batch_free(struct cbatch *b)
+{
+    size_t i;
+
+    for (i = 0; i < b->nstrs; i++)
+        kz_free(b->strs[i]);
+    kz_free(b->strs);
+    kz_free(b->items);
+    kz_free(b);
+}
+
+/* Writer thread, after the commit of a COMPLETE. */
+static void complete_done(struct kz_op *op, void *arg)
+{
+    struct cbatch *b = arg;
+    struct kz_dispatch *d = b->d;
+    size_t i;
+
+    if (op->result) {
+        /* The rows stay inflight; their lease expires and they are sent again (at least once). */
+        kz_log("error", "could not record delivery outcomes", "\"count\":%zu,\"error\":\"%s\"", b->n,
+               kz_err_str(op->result));
+    } else {
+        for (i = 0; i < b->n; i++) {
+            if (b->items[i].state == KZ_D_DEAD) {
+                kz_subidx_set_active(d->idx, b->items[i].webhook_id, false, op->webhooks_version);
+                atomic_fetch_add(&d->m->webhooks_disabled, 1);
+                kz_log("warn", "webhook disabled after its last retry failed",
+                       "\"webhookId\":\"%s\"", b->items[i].webhook_id);
+            }
+        }
+    }
+    batch_free(b);
+    pthread_mutex_lock(&d->lock);
+    d->completes_busy--;
+    pthread_cond_broadcast(&d->cond);
+    pthread_mutex_unlock(&d->lock);
+}
+
+static void flush_completions(struct kz_dispatch *d)
+{
+    struct cbatch *b = d->batch;
+    enum kz_err e;
+
+    if (!b)
+        return;
+    d->batch = NULL;
+    b->op.type = KZ_OP_COMPLETE;
+    b->op.u.complete.items = b->items;
+    b->op.u.complete.n = b->n;
+    b->op.done = complete_done;
+    b->op.arg = b;
+    pthread_mutex_lock(&d->lock);
+    d->completes_busy++;
+    pthread_mutex_unlock(&d->lock);
+    e = kz_store_submit(d->st, &b->op);
+    if (e) {
+        b->op.result = e;
+        complete_done(&b->op, b);
+    }
+}
+
+/* ==== transfers ==== */
+
+static size_t on_body(char *p, size_t size, size_t n, void *arg)
+{
+    struct xfer *x = arg;
+    size_t len = size * n;
+
+    if (x->resp.len < KZ_RESPONSE_KEEP) {
+        size_t keep = KZ_RESPONSE_KEEP - x->resp.len;
+
+        kz_buf_append(&x->resp, p, len < keep ? len : keep);
+    }
+    x->resp_total += len;
+    if (x->resp_total > RESPONSE_READ_MAX)
+        return 0; /* enough: stop reading a receiver that never ends */
+    return len;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *arg)
+{
+    struct xfer *x = arg;
+    size_t len = size * n;
+
+    if (len > 12 && !strncasecmp(p, "Retry-After:", 12)) {
+        char v[128];
+        size_t vl = len - 12;
+
+        if (vl >= sizeof(v))
+            vl = sizeof(v) - 1;
+        memcpy(v, p + 12, vl);
+        v[vl] = '\0';
+        while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
+            v[--vl] = '\0';
+        x->retry_after_ms = kz_retry_after_parse(v + strspn(v, " \t"), kz_now_ms());
+    }
+    return len;
+}
+
+static void active_link(struct kz_dispatch *d, struct xfer *x)
+{
+    x->prev_active = NULL;
+    x->next_active = d->active;
+    if (d->active)
+        d->active->prev_active = x;
+    d->active = x;
+}
+
+static void active_unlink(struct kz_dispatch *d, struct xfer *x)
+{
+    if (x->prev_active)
+        x->prev_active->next_active = x->next_active;
+    else
+        d->active = x->next_active;
+    if (x->next_active)
+        x->next_active->prev_active = x->prev_active;
+    x->prev_active = x->next_active = NULL;
+}
+
+static struct xfer *xfer_get(struct kz_dispatch *d)
+{
+    struct xfer *x = d->free_xfers;
+
+    if (x) {
+        d->free_xfers = x->next_free;
+        curl_easy_reset(x->h);
+    } else {
+        x = kz_calloc(1, sizeof(*x));
+        x->d = d;
+        x->h = curl_easy_init();
+        KZ_ASSERT(x->h);
+        kz_buf_init(&x->body, KZ_BODY_MAX * 2);
+        kz_buf_init(&x->resp, KZ_RESPONSE_KEEP);
+    }
+    kz_buf_reset(&x->body);
+    kz_buf_reset(&x->resp);
+    x->resp_total = 0;
+    x->retry_after_ms = -1;
+    return x;
+}
+
+static void xfer_put(struct kz_dispatch *d, struct xfer *x)
+{
+    curl_slist_free_all(x->headers);
+    x->headers = NULL;
+    x->ep = NULL;
+    x->next_free = d->free_xfers;
+    d->free_xfers = x;
+}
+
+static struct curl_slist *add_header(struct curl_slist *l, const char *name, const char *v)
+{
+    char line[1200];
+    struct curl_slist *n;
+
+    if (v)
+        snprintf(line, sizeof(line), "%s: %s", name, v);
+    else
+        snprintf(line, sizeof(line), "%s:", name); /* "Name:" removes a header curl would add */
+    n = curl_slist_append(l, line);
+    KZ_ASSERT(n);
+    return n;
+}
+
+/* Records the outcome of one attempt of `row`'s delivery. */
+static void record(struct kz_dispatch *d, int64_t delivery_id, const char *webhook_id,
+                   int attempts_before, int status, const char *error, const struct kz_buf *resp,
+                   int64_t retry_after_ms, bool success)
+{
+    struct kz_attempt *a = batch_add(d);
+    int64_t delay;
+
+    a->delivery_id = delivery_id;
+    snprintf(a->webhook_id, sizeof(a->webhook_id), "%s", webhook_id);
+    a->attempts = attempts_before + 1;
+    a->status = status;
+    batch_str(d->batch, &a->error, error, error ? strlen(error) : 0);
+    if (resp && resp->len) {
+        batch_str(d->batch, &a->response, resp->data, resp->len);
+        a->response_len = resp->len;
+    }
+    if (success) {
+        a->state = KZ_D_SUCCEEDED;
+        atomic_fetch_add(&d->m->attempts_succeeded, 1);
+        return;
+    }
+    delay = kz_retry_honour(d->cfg->retry_schedule, d->cfg->retry_count, (unsigned)a->attempts,
+                            rnd32(), (status == 429 || status == 503) ? retry_after_ms : -1);
+    if (delay < 0) {
+        a->state = KZ_D_DEAD;
+        atomic_fetch_add(&d->m->deliveries_dead, 1);
+    } else {
+        a->state = KZ_D_PENDING;
+        a->next_attempt_at = kz_now_ms() + delay;
+        atomic_fetch_add(&d->m->attempts_failed, 1);
+    }
+}
+
+static void record_skip(struct kz_dispatch *d, const struct kz_claimed *row, const char *why)
+{
+    struct kz_attempt *a = batch_add(d);
+
+    a->delivery_id = row->delivery_id;
+    snprintf(a->webhook_id, sizeof(a->webhook_id), "%s", row->wh.id);
+    a->attempts = row->attempts;
+    a->state = KZ_D_SKIPPED;
+    batch_str(d->batch, &a->error, why, strlen(why));
+    atomic_fetch_add(&d->m->deliveries_skipped, 1);
+}
+
+/* Builds and starts the attempt for `row`; consumes nothing (the caller frees the row). */
+static void start(struct kz_dispatch *d, struct ep *e, struct kz_claimed *row)
+{
+    struct xfer *x = xfer_get(d);
+    struct kz_target t;
+    struct curl_slist *resolve = NULL;
+    unsigned char key[128];
+    size_t keylen = 0;
+    char sig[128], ts[24];
+    int64_t now_s = kz_now_ms() / 1000;
+
+    x->delivery_id = row->delivery_id;
+    x->attempts = row->attempts;
+    if (kz_envelope_build(&row->wh, &row->ev, &x->body) ||
+        kz_sign_key_decode(row->wh.signing_secret, key, sizeof(key), &keylen) ||
+        kz_sign_v1(key, keylen, row->ev.event_id, now_s, x->body.data, x->body.len, sig,
+                   sizeof(sig))) {
+        record(d, row->delivery_id, row->wh.id, row->attempts, 0, "could not build the request",
+               NULL, -1, false);
+        xfer_put(d, x);
+        return;
+    }
+    memset(&t, 0, sizeof(t)); /* no pinned address: the open-socket guard checks every connect */
+    if (kz_outbound_setup(d->cfg, x->h, row->wh.callback_url, &t, &resolve)) {
+        record(d, row->delivery_id, row->wh.id, row->attempts, 0, "invalid callback URL", NULL, -1,
+               false);
+        xfer_put(d, x);
+        return;
+    }
+    snprintf(ts, sizeof(ts), "%lld", (long long)now_s);
+    x->headers = add_header(NULL, "Content-Type", "application/json");
+    x->headers = add_header(x->headers, "Expect", NULL);
+    x->headers = add_header(x->headers, "webhook-id", row->ev.event_id);
+    x->headers = add_header(x->headers, "webhook-timestamp", ts);
+    x->headers = add_header(x->headers, "webhook-signature", sig);
+    if (row->wh.callback_token)
+        x->headers = add_header(x->headers, "kz-callback-token", row->wh.callback_token);
+    curl_easy_setopt(x->h, CURLOPT_HTTPHEADER, x->headers);
+    curl_easy_setopt(x->h, CURLOPT_POST, 1L);
+    curl_easy_setopt(x->h, CURLOPT_POSTFIELDS, x->body.data);
+    curl_easy_setopt(x->h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body.len);
+    curl_easy_setopt(x->h, CURLOPT_TIMEOUT_MS, (long)d->cfg->delivery_timeout_ms);
+    curl_easy_setopt(x->h, CURLOPT_CONNECTTIMEOUT_MS, (long)d->cfg->delivery_timeout_ms);
+    curl_easy_setopt(x->h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(x->h, CURLOPT_WRITEDATA, x);
+    curl_easy_setopt(x->h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(x->h, CURLOPT_HEADERDATA, x);
+    curl_easy_setopt(x->h, CURLOPT_PRIVATE, x);
+    curl_easy_setopt(x->h, CURLOPT_TCP_KEEPALIVE, 1L);
+    x->ep = e;
+    x->started_us = mono_us();
+    e->inflight++;
+    d->inflight++;
+    atomic_fetch_add(&d->m->inflight, 1);
+    if (!curl_multi_add_handle(d->multi, x->h)) {
+        active_link(d, x);
+    } else {
+        e->inflight--;
+        d->inflight--;
+        atomic_fetch_sub(&d->m->inflight, 1);
+        record(d, row->delivery_id, row->wh.id, row->attempts, 0, "could not start the request",
+               NULL, -1, false);
+        xfer_put(d, x);
+    }
+}
+
+/* Reads finished transfers and records their outcomes. */
+static void reap(struct kz_dispatch *d)
+{
+    CURLMsg *msg;
+    int left;
+
+    while ((msg = curl_multi_info_read(d->multi, &left))) {
+        struct xfer *x = NULL;
+        long status = 0;
+        CURLcode rc = msg->data.result;
+        char err[300] = "";
+        bool ok;
+
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+        curl_easy_getinfo(x->h, CURLINFO_RESPONSE_CODE, &status);
+        curl_multi_remove_handle(d->multi, x->h);
+        active_unlink(d, x);
+        kz_metrics_observe_latency(d->m, mono_us() - x->started_us);
+        /* A 2xx is a success even when we stopped reading an endless answer. */
+        ok = status >= 200 && status <= 299 && (rc == CURLE_OK || rc == CURLE_WRITE_ERROR);
+        if (!ok) {
+            if (rc == CURLE_OK)
+                snprintf(err, sizeof(err), "HTTP %ld", status);
+            else if (rc == CURLE_COULDNT_CONNECT && !d->cfg->allow_private_targets)
+                snprintf(err, sizeof(err), "%s (or refused by the SSRF guard)", curl_easy_strerror(rc));
+            else
+                snprintf(err, sizeof(err), "%s", curl_easy_strerror(rc));
+        }
+        record(d, x->delivery_id, x->ep->id, x->attempts, (int)status, ok ? NULL : err, &x->resp,
+               x->retry_after_ms, ok);
+        x->ep->inflight--;
+        d->inflight--;
+        atomic_fetch_sub(&d->m->inflight, 1);
+        if (x->ep->nqueued)
+            ring_add(d, x->ep);
+        else
+            ep_release(d, x->ep);
+        xfer_put(d, x);
+    }
+}
+
+/* Starts queued deliveries round-robin across endpoints while slots are free. */
+static void start_queued(struct kz_dispatch *d)
+{
+    int cap = d->cfg->per_endpoint_concurrency;
+
+    while (d->ring && d->inflight < MAX_INFLIGHT) {
+        struct ep *prev = d->ring, *e = prev->rr_next;
+        struct queued *q;
+
+        if (!e->nqueued || e->inflight >= cap) {
+            /* Nothing startable here: leave the ring until a slot frees or work arrives. */
+            if (e == prev) {
+                d->ring = NULL;
+            } else {
+                prev->rr_next = e->rr_next;
+            }
+            e->in_ring = false;
+            e->rr_next = NULL;
+            ep_release(d, e);
+            if (!d->ring)
+                break;
+            continue;
+        }
+        q = e->head;
+        e->head = q->next;
+        if (!e->head)
+            e->tail = NULL;
+        e->nqueued--;
+        d->queued_total--;
+        start(d, e, &q->row);
+        kz_webhook_cleanup(&q->row.wh);
+        kz_event_cleanup(&q->row.ev);
+        kz_free(q);
+        d->ring = e;
+    }
+}
+
+/* ==== claiming ==== */
+
+static void claim_done(struct kz_op *op, void *arg)
+{
+    struct kz_dispatch *d = arg;
+
+    (void)op;
+    pthread_mutex_lock(&d->lock);
+    d->claim_ready = true;
+    pthread_cond_broadcast(&d->cond);
+    pthread_mutex_unlock(&d->lock);
+    curl_multi_wakeup(d->multi);
+}
+
+/* Endpoints with no free slot, or with rows already waiting: claiming more for them would only
+ * hold their rows in memory while faster endpoints wait. */
+static const char **exclude_list(struct kz_dispatch *d, size_t *n)
+{
+    const char **ids = NULL;
+    size_t cap = 0, i;
+
+    *n = 0;
+    for (i = 0; i < EP_BUCKETS; i++) {
+        struct ep *e;
+
+        for (e = d->eps[i]; e; e = e->next) {
+            if (e->inflight < d->cfg->per_endpoint_concurrency && !e->nqueued)
+                continue;
+            if (*n == cap) {
+                cap = cap ? cap * 2 : 16;
+                ids = kz_realloc(ids, cap * sizeof(*ids));
+            }
+            ids[(*n)++] = e->id;
+        }
+    }
+    return ids;
+}
+
+static void claim_start(struct kz_dispatch *d)
+{
+    int64_t now = kz_now_ms();
+    size_t room = MAX_INFLIGHT - (size_t)d->inflight;
+    enum kz_err e;
+
+    if (room > CLAIM_MAX)
+        room = CLAIM_MAX;
+    if (d->queued_total >= room)
+        return;
+    room -= d->queued_total;
+    memset(&d->claim, 0, sizeof(d->claim));
+    d->claim.type = KZ_OP_CLAIM;
+    d->claim.u.claim.now = now;
+    d->claim.u.claim.lease_until = now + d->cfg->delivery_timeout_ms + LEASE_MARGIN_MS;
+    d->claim.u.claim.limit = room;
+    d->claim.u.claim.exclude = exclude_list(d, &d->claim.u.claim.n_exclude);
+    d->claim.done = claim_done;
+    d->claim.arg = d;
+    d->claim_busy = true;
+    d->claim_ready = false;
+    e = kz_store_submit(d->st, &d->claim);
+    if (e) {
+        kz_free((void *)d->claim.u.claim.exclude);
+        d->claim_busy = false;
+        d->next_poll = now + 100;
+    }
+}
+
+/* Takes the claimed rows: skip those of inactive or expired webhooks, queue the rest. */
+static void claim_finish(struct kz_dispatch *d)
+{
+    struct kz_op *op = &d->claim;
+    size_t i, n = op->u.claim.n_out;
+    int64_t now = kz_now_ms();
+
+    kz_free((void *)op->u.claim.exclude);
+    op->u.claim.exclude = NULL;
+    d->claim_busy = false;
+    if (op->result) {
+        kz_log("error", "claim failed", "\"error\":\"%s\"", kz_err_str(op->result));
+        d->next_poll = now + 500;
+        kz_claim_cleanup(op);
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        struct kz_claimed *row = &op->u.claim.out[i];
+        struct queued *q;
+        struct ep *e;
+
+        if (!row->wh.active || row->wh.validity_ms <= now) {
+            record_skip(d, row, row->wh.active ? "webhook expired" : "webhook inactive");
+            continue;
+        }
+        q = kz_calloc(1, sizeof(*q));
+        q->row = *row;
+        memset(row, 0, sizeof(*row)); /* ownership moved to q */
+        e = ep_get(d, q->row.wh.id, true);
+        if (e->tail)
+            e->tail->next = q;
+        else
+            e->head = q;
+        e->tail = q;
+        e->nqueued++;
+        d->queued_total++;
+        ring_add(d, e);
+    }
+    if (n == op->u.claim.limit) {
+        d->next_poll = 0; /* a full batch: there is probably more */
+    } else {
+        int64_t due = -1;
+
+        d->next_poll = now + IDLE_POLL_MS;
+        if (!kz_store_next_due(d->st, &due) && due >= 0 && due < d->next_poll)
+            d->next_poll = due > now ? due : now + 10;
+    }
+    kz_claim_cleanup(op);
+}
+
+/* Hands every queued (claimed, unsent) delivery back to the store as due now. */
+static void hand_back_queued(struct kz_dispatch *d)
+{
+    size_t i;
+
+    for (i = 0; i < EP_BUCKETS; i++) {
+        struct ep *e;
+
+        for (e = d->eps[i]; e; e = e->next) {
+            while (e->head) {
+                struct queued *q = e->head;
+                struct kz_attempt *a = batch_add(d);
+
+                e->head = q->next;
+                a->delivery_id = q->row.delivery_id;
+                snprintf(a->webhook_id, sizeof(a->webhook_id), "%s", q->row.wh.id);
+                a->attempts = q->row.attempts;
+                a->state = KZ_D_PENDING;
+                a->next_attempt_at = kz_now_ms();
+                kz_webhook_cleanup(&q->row.wh);
+                kz_event_cleanup(&q->row.ev);
+                kz_free(q);
+                e->nqueued--;
+                d->queued_total--;
+            }
+            e->tail = NULL;
+        }
+    }
+}
+
+static void *run(void *arg)
+{
+    struct kz_dispatch *d = arg;
+    int running = 0;
+
+    for (;;) {
+        bool ready;
+        int64_t now = kz_now_ms();
+        long timeout;
+        bool stopping = atomic_load(&d->stop);
+
+        pthread_mutex_lock(&d->lock);
+        ready = d->claim_ready;
+        pthread_mutex_unlock(&d->lock);
+        if (ready)
+            claim_finish(d);
+        if (stopping) {
+            hand_back_queued(d);
+            if (!d->inflight || now >= d->drain_deadline)
+                break;
+        } else {
+            start_queued(d);
+            if (atomic_exchange(&d->wake, false))
+                d->next_poll = 0;
+            if (!d->claim_busy && now >= d->next_poll && d->inflight < MAX_INFLIGHT)
+                claim_start(d);
+        }
+        curl_multi_perform(d->multi, &running);
+        reap(d);
+        flush_completions(d);
+        if (d->ring && d->inflight < MAX_INFLIGHT)
+            timeout = 0;
+        else if (stopping)
+            timeout = 50;
+        else if (d->claim_busy)
+            timeout = 1000;
+        else
+            timeout = d->next_poll > now ? (long)(d->next_poll - now) : 0;
+        if (timeout > IDLE_POLL_MS)
+            timeout = IDLE_POLL_MS;
+        if (timeout)
+            curl_multi_poll(d->multi, NULL, 0, (int)timeout, NULL);
+    }
+    return NULL;
+}
+
+void kz_dispatch_wake(void *arg)
+{
+    struct kz_dispatch *d = arg;
+
+    if (!d)
+        return;
+    atomic_store(&d->wake, true);
+    curl_multi_wakeup(d->multi);
+}
+
+enum kz_err kz_dispatch_start(struct kz_dispatch **out, const struct kz_config *cfg,
+                              struct kz_store *st, struct kz_subidx *idx, struct kz_metrics *m)
+{
+    struct kz_dispatch *d = kz_calloc(1, sizeof(*d));
+
+    d->cfg = cfg;
+    d->st = st;
+    d->idx = idx;
+    d->m = m;
+    d->multi = curl_multi_init();
+    if (!d->multi) {
+        kz_free(d);
+        return KZ_ERR_NOMEM;
+    }
+    curl_multi_setopt(d->multi, CURLMOPT_MAXCONNECTS, (long)MAX_INFLIGHT);
+    curl_multi_setopt(d->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    pthread_mutex_init(&d->lock, NULL);
+    pthread_cond_init(&d->cond, NULL);
+    if (pthread_create(&d->thread, NULL, run, d)) {
+        curl_multi_cleanup(d->multi);
+        kz_free(d);
+        return KZ_ERR_NOMEM;
+    }
+    *out = d;
+    return KZ_OK;
+}
+
+void kz_dispatch_stop(struct kz_dispatch *d, int64_t drain_ms)
+{
+    size_t i;
+
+    if (!d)
+        return;
+    d->drain_deadline = kz_now_ms() + drain_ms;
+    atomic_store(&d->stop, true);
+    curl_multi_wakeup(d->multi);
+    pthread_join(d->thread, NULL);
+    /* The thread is gone: finish its hand-offs here. A claim still in the writer's queue is
+     * waited for, and what it leased goes straight back. */
+    pthread_mutex_lock(&d->lock);
+    while (d->claim_busy && !d->claim_ready)
+        pthread_cond_wait(&d->cond, &d->lock);
+    pthread_mutex_unlock(&d->lock);
+    if (d->claim_busy)
+        claim_finish(d);
+    hand_back_queued(d);
+    /* Transfers still running after the drain time are abandoned and handed back unchanged. */
+    for (i = 0; i < EP_BUCKETS; i++) {
+        struct ep *e;
+
+        for (e = d->eps[i]; e; e = e->next)
+            e->in_ring = false;
+    }
+    while (d->active) {
+        struct xfer *x = d->active;
+        struct kz_attempt *a = batch_add(d);
+
+        active_unlink(d, x);
+        curl_multi_remove_handle(d->multi, x->h);
+        {
+            a->delivery_id = x->delivery_id;
+            snprintf(a->webhook_id, sizeof(a->webhook_id), "%s", x->ep->id);
+            a->attempts = x->attempts;
+            a->state = KZ_D_PENDING;
+            a->next_attempt_at = kz_now_ms();
+            x->ep->inflight--;
+            atomic_fetch_sub(&d->m->inflight, 1);
+            xfer_put(d, x);
+        }
+    }
+    flush_completions(d);
+    pthread_mutex_lock(&d->lock);
+    while (d->completes_busy)
+        pthread_cond_wait(&d->cond, &d->lock);
+    pthread_mutex_unlock(&d->lock);
+    for (i = 0; i < EP_BUCKETS; i++) {
+        while (d->eps[i]) {
+            struct ep *e = d->eps[i];
+
+            d->eps[i] = e->next;
+            kz_free(e);
+        }
+    }
+    while (d->free_xfers) {
+        struct xfer *x = d->free_xfers;
+
+        d->free_xfers = x->next_free;
+        curl_easy_cleanup(x->h);
+        kz_buf_cleanup(&x->body);
+        kz_buf_cleanup(&x->resp);
+        kz_free(x);
+    }
+    curl_multi_cleanup(d->multi);
+    pthread_cond_destroy(&d->cond);
+    pthread_mutex_destroy(&d->lock);
+    kz_free(d);
+}

@@ -1,0 +1,26 @@
+/* dispatch.h — the delivery engine (CONTRACT §6): one thread that owns a libcurl multi handle,
+ * claims due deliveries from the store in batches (with a lease), sends them with keep-alive
+ * connection reuse and per-endpoint concurrency caps, and hands completions back to the store
+ * in batches. The backlog lives in the store; memory is bounded by the claim size.
+ *
+ * Threads: kz_dispatch_start/stop from main only; kz_dispatch_wake from any thread. */
+#ifndef KZ_DISPATCH_H
+#define KZ_DISPATCH_H
+
+#include "config.h"
+#include "metrics.h"
+#include "store.h"
+#include "subidx.h"
+
+struct kz_dispatch;
+
+enum kz_err kz_dispatch_start(struct kz_dispatch **out, const struct kz_config *cfg,
+                              struct kz_store *st, struct kz_subidx *idx, struct kz_metrics *m);
+/** Deliveries may have become due: claim now rather than at the next poll. `d` is a
+ * struct kz_dispatch *, typed void * to serve as a hook. */
+void kz_dispatch_wake(void *d);
+/** Stops claiming, lets in-flight attempts finish for up to `drain_ms`, hands the rest back to
+ * the store as pending, joins the thread. NULL-safe. */
+void kz_dispatch_stop(struct kz_dispatch *d, int64_t drain_ms);
+
+#endif

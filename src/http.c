@@ -1,0 +1,337 @@
+/* http.c — libmicrohttpd adapter. */
+#include "http.h"
+#include "alloc.h"
+#include "log.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+struct kz_http {
+    struct MHD_Daemon *d;
+    struct kz_api *api;
+    struct kz_metrics *m;
+    char *tls_cert, *tls_key;   /* PEM text, owned */
+};
+
+/* Per-request state, created on the first callback and freed when MHD reports completion. */
+struct conn {
+    struct kz_http *h;
+    struct MHD_Connection *c;
+    struct kz_req req;
+    struct kz_buf body;
+    int64_t started_us;
+    bool too_big;
+    bool handled;      /* kz_api_handle has run */
+    /* PENDING hand-back, see complete() */
+    pthread_mutex_t lock;
+    bool ready;        /* the answer is in req */
+    bool suspended;
+    char method[16];
+    char path[256];
+};
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static const char *get_header(void *conn, const char *name)
+{
+    return MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
+}
+
+static const char *get_query(void *conn, const char *name)
+{
+    return MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+/* Any thread (the store writer): the api finished a PENDING request. The lock orders this
+ * against handler() suspending the connection, so a resume never precedes its suspend. */
+static void complete(struct kz_req *req)
+{
+    struct conn *cs = (struct conn *)((char *)req - offsetof(struct conn, req));
+
+    pthread_mutex_lock(&cs->lock);
+    cs->ready = true;
+    if (cs->suspended) {
+        cs->suspended = false;
+        MHD_resume_connection(cs->c);
+    }
+    pthread_mutex_unlock(&cs->lock);
+}
+
+static enum MHD_Result send_answer(struct conn *cs)
+{
+    struct kz_req *req = &cs->req;
+    struct MHD_Response *r;
+    enum MHD_Result ok;
+
+    r = MHD_create_response_from_buffer(req->out.len, req->out.data ? req->out.data : (void *)"",
+                                        MHD_RESPMEM_MUST_COPY);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", req->content_type);
+    if (req->retry_after[0])
+        MHD_add_response_header(r, "Retry-After", req->retry_after);
+    if (req->allow)
+        MHD_add_response_header(r, "Allow", req->allow);
+    if (req->status == 413)
+        MHD_add_response_header(r, "Connection", "close");
+    ok = MHD_queue_response(cs->c, (unsigned)req->status, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+static void error_answer(struct conn *cs, int status, const char *code, const char *msg)
+{
+    struct kz_buf *b = &cs->req.out;
+
+    cs->req.status = status;
+    kz_buf_reset(b);
+    kz_buf_puts(b, "{\"message\":");
+    kz_buf_json_str(b, msg, strlen(msg));
+    kz_buf_printf(b, ",\"errorCode\":\"%s\",\"errorCategoryKey\":\"%s\"}", code,
+                  status >= 500 ? "ServerError" : "ClientError");
+}
+
+static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url,
+                               const char *method, const char *version, const char *upload,
+                               size_t *upload_size, void **con_cls)
+{
+    struct kz_http *h = cls;
+    struct conn *cs = *con_cls;
+    enum kz_err e;
+
+    (void)version;
+    if (!cs) {
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+        const union MHD_ConnectionInfo *ci;
+
+        cs = kz_calloc(1, sizeof(*cs));
+        cs->h = h;
+        cs->c = c;
+        cs->started_us = mono_us();
+        pthread_mutex_init(&cs->lock, NULL);
+        kz_buf_init(&cs->body, KZ_BODY_MAX);
+        kz_req_init(&cs->req);
+        snprintf(cs->method, sizeof(cs->method), "%s", method);
+        snprintf(cs->path, sizeof(cs->path), "%s", url);
+        cs->req.method = cs->method;
+        cs->req.path = url;
+        cs->req.header = get_header;
+        cs->req.query = get_query;
+        cs->req.conn = c;
+        cs->req.complete = complete;
+        ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        if (ci && ci->client_addr) {
+            const struct sockaddr *sa = ci->client_addr;
+
+            if (sa->sa_family == AF_INET)
+                inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, cs->req.remote_ip,
+                          sizeof(cs->req.remote_ip));
+            else if (sa->sa_family == AF_INET6)
+                inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr,
+                          cs->req.remote_ip, sizeof(cs->req.remote_ip));
+        }
+        *con_cls = cs;
+        /* A declared body over the cap is refused before a byte of it is read; MHD closes the
+         * connection after this answer. */
+        if (cl && strtoull(cl, NULL, 10) > KZ_BODY_MAX) {
+            cs->too_big = true;
+            cs->handled = true;
+            cs->ready = true;
+            error_answer(cs, 413, "PayloadTooLarge", "request body over 1 MiB");
+            return send_answer(cs);
+        }
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        /* A chunked body over the cap is drained without keeping it. */
+        if (!cs->too_big && kz_buf_append(&cs->body, upload, *upload_size))
+            cs->too_big = true;
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (!cs->handled) {
+        cs->handled = true;
+        if (cs->too_big) {
+            cs->ready = true;
+            error_answer(cs, 413, "PayloadTooLarge", "request body over 1 MiB");
+            return send_answer(cs);
+        }
+        cs->req.body = cs->body.data ? cs->body.data : "";
+        cs->req.body_len = cs->body.len;
+        e = kz_api_handle(h->api, &cs->req);
+        if (e == KZ_ERR_PENDING) {
+            pthread_mutex_lock(&cs->lock);
+            if (!cs->ready) {
+                cs->suspended = true;
+                MHD_suspend_connection(c);
+                pthread_mutex_unlock(&cs->lock);
+                return MHD_YES;
+            }
+            pthread_mutex_unlock(&cs->lock);
+        }
+        cs->ready = true;
+        return send_answer(cs);
+    }
+    /* Called again after a resume. */
+    pthread_mutex_lock(&cs->lock);
+    if (!cs->ready) {
+        pthread_mutex_unlock(&cs->lock);
+        return MHD_YES;
+    }
+    pthread_mutex_unlock(&cs->lock);
+    return send_answer(cs);
+}
+
+static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                      enum MHD_RequestTerminationCode toe)
+{
+    struct kz_http *h = cls;
+    struct conn *cs = *con_cls;
+    char path[300], method[40];
+    int status;
+
+    (void)c;
+    if (!cs)
+        return;
+    status = cs->req.status;
+    if (status >= 100 && status < 600)
+        atomic_fetch_add(&h->m->http_requests[status / 100], 1);
+    kz_log("info", "request",
+           "\"method\":\"%s\",\"path\":\"%s\",\"status\":%d,\"durationMs\":%.3f,"
+           "\"applicationId\":\"%s\",\"remote\":\"%s\"%s",
+           kz_log_esc(cs->method, method, sizeof(method)), kz_log_esc(cs->path, path, sizeof(path)),
+           status, (double)(mono_us() - cs->started_us) / 1000.0, cs->req.app_id, cs->req.remote_ip,
+           toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : ",\"aborted\":true");
+    kz_req_cleanup(&cs->req);
+    kz_buf_cleanup(&cs->body);
+    pthread_mutex_destroy(&cs->lock);
+    kz_free(cs);
+    *con_cls = NULL;
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512], esc[700];
+
+    (void)cls;
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    msg[strcspn(msg, "\n")] = '\0';
+    kz_log("warn", "http", "\"detail\":\"%s\"", kz_log_esc(msg, esc, sizeof(esc)));
+}
+
+static char *read_file(const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    struct kz_buf b;
+    char chunk[4096];
+    size_t n;
+
+    if (!f) {
+        snprintf(err, errlen, "cannot open %s", path);
+        return NULL;
+    }
+    kz_buf_init(&b, 1024 * 1024);
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+        if (kz_buf_append(&b, chunk, n)) {
+            snprintf(err, errlen, "%s is too large", path);
+            fclose(f);
+            kz_buf_cleanup(&b);
+            return NULL;
+        }
+    }
+    fclose(f);
+    return kz_buf_take(&b);
+}
+
+enum kz_err kz_http_start(struct kz_http **out, const struct kz_config *cfg, struct kz_api *api,
+                          struct kz_metrics *m, char *err, size_t errlen)
+{
+    struct kz_http *h = kz_calloc(1, sizeof(*h));
+    struct sockaddr_storage ss;
+    unsigned int flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
+                         MHD_USE_ERROR_LOG | MHD_USE_TURBO;
+    socklen_t sslen;
+
+    memset(&ss, 0, sizeof(ss));
+    if (inet_pton(AF_INET, cfg->listen_host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+        ((struct sockaddr_in *)&ss)->sin_family = AF_INET;
+        ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)cfg->listen_port);
+        sslen = sizeof(struct sockaddr_in);
+    } else if (inet_pton(AF_INET6, cfg->listen_host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+        ((struct sockaddr_in6 *)&ss)->sin6_family = AF_INET6;
+        ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)cfg->listen_port);
+        flags |= MHD_USE_IPv6;
+        sslen = sizeof(struct sockaddr_in6);
+    } else if (!strcmp(cfg->listen_host, "localhost")) {
+        ((struct sockaddr_in *)&ss)->sin_family = AF_INET;
+        ((struct sockaddr_in *)&ss)->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)cfg->listen_port);
+        sslen = sizeof(struct sockaddr_in);
+    } else {
+        snprintf(err, errlen, "--listen host must be an IP address or localhost: %s", cfg->listen_host);
+        kz_free(h);
+        return KZ_ERR_INVALID;
+    }
+    (void)sslen;
+    h->api = api;
+    h->m = m;
+    if (cfg->tls_cert) {
+        h->tls_cert = read_file(cfg->tls_cert, err, errlen);
+        h->tls_key = h->tls_cert ? read_file(cfg->tls_key, err, errlen) : NULL;
+        if (!h->tls_key) {
+            kz_free(h->tls_cert);
+            kz_free(h);
+            return KZ_ERR_INVALID;
+        }
+        flags |= MHD_USE_TLS;
+    }
+    h->d = MHD_start_daemon(
+        flags, (uint16_t)cfg->listen_port, NULL, NULL, handler, h, MHD_OPTION_EXTERNAL_LOGGER,
+        mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &ss,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->threads, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned int)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024), MHD_OPTION_NOTIFY_COMPLETED,
+        completed, h, MHD_OPTION_LISTEN_BACKLOG_SIZE,
+        (unsigned int)1024,
+        cfg->tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, h->tls_cert,
+        MHD_OPTION_HTTPS_MEM_KEY, h->tls_key, MHD_OPTION_END);
+    if (!h->d) {
+        snprintf(err, errlen, "cannot listen on %s:%d (address in use, or bad TLS files?)",
+                 cfg->listen_host, cfg->listen_port);
+        kz_free(h->tls_cert);
+        kz_free(h->tls_key);
+        kz_free(h);
+        return KZ_ERR_IO;
+    }
+    *out = h;
+    return KZ_OK;
+}
+
+void kz_http_quiesce(struct kz_http *h)
+{
+    if (h && h->d)
+        MHD_quiesce_daemon(h->d);
+}
+
+void kz_http_stop(struct kz_http *h)
+{
+    if (!h)
+        return;
+    if (h->d)
+        MHD_stop_daemon(h->d);
+    kz_free(h->tls_cert);
+    kz_free(h->tls_key);
+    kz_free(h);
+}

@@ -1,0 +1,205 @@
+/* json.c — lenient JSON accessors over jansson (see json.h). */
+#include "json.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* ASCII-only case folding: locale-independent, so "I" never folds to a dotless i. */
+static int ascii_lower(int c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A' + 'a';
+    return c;
+}
+
+static bool ascii_caseeq(const char *a, const char *b, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if (ascii_lower((unsigned char)a[i]) != ascii_lower((unsigned char)b[i]))
+            return false;
+    }
+    return true;
+}
+
+json_t *kz_json_get(const json_t *obj, const char *name)
+{
+    json_t *exact;
+    json_t *mobj;
+    void *it;
+    size_t nlen;
+
+    if (!obj || !name || !json_is_object(obj))
+        return NULL;
+    exact = json_object_get(obj, name);
+    if (exact)
+        return exact;
+    /* jansson's iterator API takes a non-const object although iterating does not modify it. */
+    mobj = (json_t *)obj;
+    nlen = strlen(name);
+    for (it = json_object_iter(mobj); it; it = json_object_iter_next(mobj, it)) {
+        if (json_object_iter_key_len(it) == nlen &&
+            ascii_caseeq(json_object_iter_key(it), name, nlen))
+            return json_object_iter_value(it);
+    }
+    return NULL;
+}
+
+enum kz_err kz_json_bool(const json_t *v, bool *out)
+{
+    const char *s;
+    size_t len;
+
+    if (!v)
+        return KZ_ERR_INVALID;
+    if (json_is_boolean(v)) {
+        *out = json_is_true(v);
+        return KZ_OK;
+    }
+    if (!json_is_string(v))
+        return KZ_ERR_INVALID;
+    s = json_string_value(v);
+    len = json_string_length(v);
+    if (len == 4 && ascii_caseeq(s, "true", 4)) {
+        *out = true;
+        return KZ_OK;
+    }
+    if (len == 5 && ascii_caseeq(s, "false", 5)) {
+        *out = false;
+        return KZ_OK;
+    }
+    return KZ_ERR_INVALID;
+}
+
+/* Strict decimal: optional '-', 1..19 digits, nothing else; accumulates in unsigned so that
+ * INT64_MIN ("-9223372036854775808") is representable. */
+static enum kz_err parse_i64(const char *s, size_t len, int64_t *out)
+{
+    const uint64_t pos_max = (uint64_t)INT64_MAX;
+    bool neg = false;
+    uint64_t acc = 0;
+    size_t i = 0;
+
+    if (len && s[0] == '-') {
+        neg = true;
+        i = 1;
+    }
+    if (len - i < 1 || len - i > 19)
+        return KZ_ERR_INVALID;
+    for (; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return KZ_ERR_INVALID;
+        /* 19 digits fit in uint64_t (max 9999999999999999999 < 2^64), so no overflow here. */
+        acc = acc * 10 + (uint64_t)(s[i] - '0');
+    }
+    if (acc > pos_max + (neg ? 1u : 0u))
+        return KZ_ERR_INVALID;
+    if (neg)
+        *out = acc == pos_max + 1u ? INT64_MIN : -(int64_t)acc;
+    else
+        *out = (int64_t)acc;
+    return KZ_OK;
+}
+
+enum kz_err kz_json_i64(const json_t *v, int64_t *out)
+{
+    double d;
+    int64_t i;
+
+    if (!v)
+        return KZ_ERR_INVALID;
+    if (json_is_integer(v)) {
+        *out = (int64_t)json_integer_value(v);
+        return KZ_OK;
+    }
+    if (json_is_real(v)) {
+        d = json_real_value(v);
+        /* -2^63 and 2^63 are exact doubles; the half-open range excludes values that would
+         * overflow the conversion (undefined behaviour) and NaN fails both comparisons. */
+        if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0))
+            return KZ_ERR_INVALID;
+        i = (int64_t)d;
+        if ((double)i != d)
+            return KZ_ERR_INVALID;
+        *out = i;
+        return KZ_OK;
+    }
+    if (json_is_string(v))
+        return parse_i64(json_string_value(v), json_string_length(v), out);
+    return KZ_ERR_INVALID;
+}
+
+enum kz_err kz_json_str(const json_t *v, size_t maxlen, const char **out, size_t *len)
+{
+    const char *s;
+    size_t n;
+
+    if (!v || !json_is_string(v))
+        return KZ_ERR_INVALID;
+    s = json_string_value(v);
+    n = json_string_length(v);
+    if (n < 1 || n > maxlen || memchr(s, '\0', n))
+        return KZ_ERR_INVALID;
+    *out = s;
+    if (len)
+        *len = n;
+    return KZ_OK;
+}
+
+json_t *kz_json_parse(const char *body, size_t len, char *err, size_t errlen)
+{
+    json_error_t jerr;
+    json_t *doc;
+
+    if (!body) {
+        body = "";
+        len = 0;
+    }
+    /* JSON_DISABLE_EOF_CHECK is deliberately absent: trailing garbage is an error. Without
+     * JSON_DECODE_ANY jansson already refuses scalar top levels; we check again below so the
+     * contract does not depend on that default. */
+    doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (doc && !json_is_object(doc) && !json_is_array(doc)) {
+        json_decref(doc);
+        doc = NULL;
+        snprintf(jerr.text, sizeof(jerr.text), "%s", "top level must be an object or array");
+        jerr.line = 1;
+        jerr.column = 1;
+    }
+    if (!doc && err && errlen)
+        snprintf(err, errlen, "%s (line %d, column %d)", jerr.text, jerr.line, jerr.column);
+    return doc;
+}
+
+struct dump_ctx {
+    struct kz_buf *out;
+    bool toobig;
+};
+
+static int dump_cb(const char *p, size_t n, void *data)
+{
+    struct dump_ctx *ctx = data;
+
+    if (kz_buf_append(ctx->out, p, n)) {
+        ctx->toobig = true;
+        return -1;
+    }
+    return 0;
+}
+
+enum kz_err kz_json_dump(const json_t *v, struct kz_buf *out)
+{
+    struct dump_ctx ctx = {out, false};
+    size_t before = out->len;
+
+    if (!v)
+        return KZ_ERR_INVALID;
+    if (!json_dump_callback(v, dump_cb, &ctx, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY))
+        return KZ_OK;
+    /* Roll back whatever the partial dump appended before it failed. */
+    out->len = before;
+    if (out->data)
+        out->data[before] = '\0';
+    return ctx.toobig ? KZ_ERR_TOOBIG : KZ_ERR_INVALID;
+}

@@ -1,0 +1,71 @@
+/* json.h — lenient reading and compact writing of JSON over jansson.
+ *
+ * Kaizala's .NET server read request bodies leniently: property names match case-insensitively,
+ * booleans may arrive as "true"/"false" strings and numbers as numeric strings. These helpers
+ * reproduce that, and nothing more lenient: every accessor rejects what it cannot read exactly.
+ *
+ * Pure functions over jansson values: no I/O, no globals. Any thread may call them, provided no
+ * other thread mutates the same json_t meanwhile (jansson values are not thread-safe).
+ */
+#ifndef KZ_JSON_H
+#define KZ_JSON_H
+
+#include "kz.h"
+#include "buf.h"
+
+#include <jansson.h>
+
+/**
+ * Member `name` of the object `obj`, matched case-insensitively over ASCII letters only (the
+ * way .NET's OrdinalIgnoreCase did for the names we use). An exact-case match wins when present;
+ * otherwise the first case-insensitive match in the object's insertion order is returned.
+ * Returns NULL when `obj` is NULL or not an object, or when no key matches.
+ * The result is borrowed from `obj`: do not json_decref() it; it lives as long as `obj` does.
+ */
+json_t *kz_json_get(const json_t *obj, const char *name);
+
+/**
+ * Reads a boolean: JSON true/false, or a string equal to "true"/"false" ignoring ASCII case.
+ * On success stores it in `*out` and returns KZ_OK. Anything else (NULL, null, numbers, "1",
+ * "yes", " true", strings with an embedded NUL) returns KZ_ERR_INVALID and leaves `*out` alone.
+ */
+enum kz_err kz_json_bool(const json_t *v, bool *out);
+
+/**
+ * Reads a signed 64-bit integer from:
+ *  - a JSON integer;
+ *  - a JSON real that is integral and inside [INT64_MIN, INT64_MAX] (1e3 -> 1000, 1.5 -> error);
+ *  - a JSON string of an optional '-' followed by 1..19 ASCII digits, nothing else (no spaces,
+ *    no '+', no exponent), whose value fits in int64_t.
+ * On success stores the value in `*out` and returns KZ_OK; otherwise KZ_ERR_INVALID and `*out`
+ * is untouched.
+ */
+enum kz_err kz_json_i64(const json_t *v, int64_t *out);
+
+/**
+ * Reads a non-empty string: `v` must be a JSON string of 1..`maxlen` bytes without an embedded
+ * NUL byte. On success `*out` points at jansson's NUL-terminated copy (borrowed from `v`, valid
+ * while `v` lives and is not modified) and, when `len` is not NULL, `*len` is its length.
+ * Otherwise returns KZ_ERR_INVALID and leaves `*out` and `*len` alone.
+ */
+enum kz_err kz_json_str(const json_t *v, size_t maxlen, const char **out, size_t *len);
+
+/**
+ * Parses `len` bytes at `body` (need not be NUL-terminated; `body` may be NULL when `len` is 0).
+ * Duplicate keys, trailing non-whitespace after the value, "\u0000" inside strings, and a top
+ * level that is not an object or array are all rejected. Returns a new reference the caller
+ * must json_decref(), or NULL on failure. On failure, when `err` is not NULL and `errlen` > 0,
+ * writes a short NUL-terminated human message with line and column into `err` (truncated to
+ * `errlen`); on success `err` is left untouched.
+ */
+json_t *kz_json_parse(const char *body, size_t len, char *err, size_t errlen);
+
+/**
+ * Appends the compact serialization of `v` (any JSON value, keys in insertion order, no
+ * whitespace) to `out`. Returns KZ_OK; KZ_ERR_TOOBIG when the result would take `out` past the
+ * limit given to kz_buf_init(); KZ_ERR_INVALID when jansson cannot encode `v` (NULL, or a string
+ * that is not valid UTF-8). On any error `out` holds exactly what it held before the call.
+ */
+enum kz_err kz_json_dump(const json_t *v, struct kz_buf *out);
+
+#endif

@@ -1,0 +1,450 @@
+/* main.c — wires the modules together: `serve`, and the operator commands `app` and `publish`. */
+#include "alloc.h"
+#include "api.h"
+#include "config.h"
+#include "dispatch.h"
+#include "http.h"
+#include "id.h"
+#include "log.h"
+#include "sign.h"
+#include "store.h"
+#include "subidx.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define STORE_QUEUE_MAX 20000
+
+static void usage(FILE *f)
+{
+    fputs("usage: kzhook serve [options]\n"
+          "       kzhook app create --name NAME --object-ids ID[,ID...] [--db PATH]\n"
+          "       kzhook app list [--db PATH]\n"
+          "       kzhook app delete APPLICATION_ID [--db PATH]\n"
+          "       kzhook publish --event-type TYPE [--group ID] [--action ID] [--action-package ID]\n"
+          "                      [--event-id ID] [--from-user PHONE] [--from-user-id ID]\n"
+          "                      [--from-user-name NAME] [--data JSON] [--db PATH]\n"
+          "       kzhook version\n"
+          "serve options (each also an environment variable, see README):\n"
+          "  --listen HOST:PORT  --db PATH|postgresql://...  --admin-token T  --public-url URL\n"
+          "  --ca-file PEM  --allow-private-targets  --allow-http-callbacks  --retry-schedule LIST\n"
+          "  --delivery-timeout DUR  --validation-timeout DUR  --token-ttl DUR  --rate-limit N\n"
+          "  --tls-cert PEM --tls-key PEM  --retention DUR  --threads N  --max-connections N\n"
+          "  --per-endpoint-concurrency N\n",
+          f);
+}
+
+/* Everything a running command holds; one of these per process (STYLE rule 10). */
+struct kz_ctx {
+    struct kz_config cfg;
+    struct kz_store *st;
+    struct kz_subidx *idx;
+    struct kz_metrics metrics;
+    struct kz_api *api;
+    struct kz_dispatch *dispatch;
+    struct kz_http *http;
+    char admin_hash[65];
+};
+
+static void ctx_close(struct kz_ctx *ctx)
+{
+    kz_api_free(ctx->api);
+    kz_subidx_free(ctx->idx);
+    kz_store_close(ctx->st);
+    kz_config_cleanup(&ctx->cfg);
+}
+
+/* Opens the store and loads the subscription index. */
+static int ctx_open(struct kz_ctx *ctx)
+{
+    char err[256] = "";
+    enum kz_err e = kz_store_open(&ctx->st, ctx->cfg.db, STORE_QUEUE_MAX, err, sizeof(err));
+
+    if (e) {
+        fprintf(stderr, "kzhook: cannot open store %s: %s\n", ctx->cfg.db, err[0] ? err : kz_err_str(e));
+        return 1;
+    }
+    ctx->idx = kz_subidx_new();
+    e = kz_subidx_sync(ctx->idx, ctx->st, true);
+    if (e) {
+        fprintf(stderr, "kzhook: cannot load webhooks: %s\n", kz_err_str(e));
+        return 1;
+    }
+    return 0;
+}
+
+/* The admin token: --admin-token wins; else the hash stored at first start; else generate one,
+ * store only its hash, and print the token once. */
+static int admin_token(struct kz_ctx *ctx)
+{
+    struct kz_buf v;
+    enum kz_err e;
+    char token[44];
+    struct kz_op op;
+
+    if (ctx->cfg.admin_token) {
+        kz_sha256_hex(ctx->cfg.admin_token, strlen(ctx->cfg.admin_token), ctx->admin_hash);
+        return 0;
+    }
+    kz_buf_init(&v, 128);
+    e = kz_store_meta_get(ctx->st, "admin_token_hash", &v);
+    if (!e && v.len == 64) {
+        memcpy(ctx->admin_hash, v.data, 65);
+        kz_buf_cleanup(&v);
+        return 0;
+    }
+    kz_buf_cleanup(&v);
+    if (e && e != KZ_ERR_NOTFOUND) {
+        fprintf(stderr, "kzhook: cannot read the admin token: %s\n", kz_err_str(e));
+        return 1;
+    }
+    kz_id_token(token, 43);
+    kz_sha256_hex(token, 43, ctx->admin_hash);
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_META_SET;
+    op.u.meta.key = "admin_token_hash";
+    op.u.meta.value = ctx->admin_hash;
+    e = kz_store_exec(ctx->st, &op);
+    if (e) {
+        fprintf(stderr, "kzhook: cannot store the admin token: %s\n", kz_err_str(e));
+        return 1;
+    }
+    printf("admin token: %s\n", token);
+    printf("(shown once; only its hash is stored. Pass --admin-token or KZHOOK_ADMIN_TOKEN to set your own.)\n");
+    fflush(stdout);
+    return 0;
+}
+
+static void wake(void *arg)
+{
+    kz_dispatch_wake(arg);
+}
+
+static int serve(struct kz_ctx *ctx)
+{
+    char err[256] = "";
+    sigset_t sigs;
+    struct timespec tick = {1, 0};
+    struct kz_api_hooks hooks;
+    int sig, rc = 1;
+    struct kz_op op;
+    int64_t last_prune = 0;
+    char esc[300];
+
+    /* Every thread inherits this mask; the main thread alone takes the signals. */
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (ctx_open(ctx) || admin_token(ctx))
+        goto out;
+    /* Single node on SQLite: whatever was in flight when the last process died goes back. */
+    if (strncmp(ctx->cfg.db, "postgres", 8)) {
+        memset(&op, 0, sizeof(op));
+        op.type = KZ_OP_RELEASE;
+        op.u.release.all = true;
+        op.u.release.now = kz_now_ms();
+        if (!kz_store_exec(ctx->st, &op) && op.u.release.released)
+            kz_log("info", "released deliveries in flight at the last stop", "\"count\":%lld",
+                   (long long)op.u.release.released);
+    }
+    if (kz_dispatch_start(&ctx->dispatch, &ctx->cfg, ctx->st, ctx->idx, &ctx->metrics)) {
+        fprintf(stderr, "kzhook: cannot start the delivery engine\n");
+        goto out;
+    }
+    hooks.wake_dispatch = wake;
+    hooks.arg = ctx->dispatch;
+    ctx->api = kz_api_new(&ctx->cfg, ctx->st, ctx->idx, &ctx->metrics, ctx->admin_hash, &hooks);
+    if (kz_http_start(&ctx->http, &ctx->cfg, ctx->api, &ctx->metrics, err, sizeof(err))) {
+        fprintf(stderr, "kzhook: %s\n", err);
+        goto out;
+    }
+    kz_log("info", "listening", "\"listen\":\"%s:%d\",\"db\":\"%s\",\"tls\":%s",
+           ctx->cfg.listen_host, ctx->cfg.listen_port, kz_log_esc(ctx->cfg.db, esc, sizeof(esc)),
+           ctx->cfg.tls_cert ? "true" : "false");
+    for (;;) {
+        int64_t now;
+
+        sig = sigtimedwait(&sigs, NULL, &tick);
+        if (sig == SIGTERM || sig == SIGINT)
+            break;
+        /* Housekeeping, once a second: pick up webhook changes made by the CLI or another node;
+         * prune succeeded deliveries past retention in small batches. */
+        kz_subidx_sync(ctx->idx, ctx->st, false);
+        now = kz_now_ms();
+        if (now - last_prune >= 10000) {
+            memset(&op, 0, sizeof(op));
+            op.type = KZ_OP_PRUNE;
+            op.u.prune.before = now - ctx->cfg.retention_ms;
+            op.u.prune.limit = 1000;
+            if (!kz_store_exec(ctx->st, &op) && op.u.prune.pruned == 1000)
+                continue; /* more to prune: go again next tick */
+            last_prune = now;
+        }
+    }
+    kz_log("info", "shutting down", "\"signal\":%d", sig);
+    kz_http_quiesce(ctx->http);
+    kz_dispatch_stop(ctx->dispatch, 5000);
+    ctx->dispatch = NULL;
+    rc = 0;
+out:
+    kz_http_stop(ctx->http);
+    ctx->http = NULL;
+    kz_dispatch_stop(ctx->dispatch, 0);
+    ctx_close(ctx);
+    return rc;
+}
+
+/* Pulls "--flag value" / "--flag=value" for the CLI commands; NULL when absent. */
+static const char *flag(int argc, char **argv, const char *name, int *used)
+{
+    size_t n = strlen(name);
+    int i;
+
+    for (i = 0; i < argc; i++) {
+        if (!strncmp(argv[i], name, n) && argv[i][n] == '=') {
+            used[i] = 1;
+            return argv[i] + n + 1;
+        }
+        if (!strcmp(argv[i], name) && i + 1 < argc) {
+            used[i] = used[i + 1] = 1;
+            return argv[i + 1];
+        }
+    }
+    return NULL;
+}
+
+static int cli_prepare(struct kz_ctx *ctx, const char *db)
+{
+    char err[256];
+
+    if (kz_config_load(&ctx->cfg, 0, NULL, 0, NULL, err, sizeof(err))) {
+        fprintf(stderr, "kzhook: %s\n", err);
+        return 1;
+    }
+    if (db) {
+        kz_free(ctx->cfg.db);
+        ctx->cfg.db = kz_strdup(db);
+    }
+    if (ctx_open(ctx))
+        return 1;
+    ctx->api = kz_api_new(&ctx->cfg, ctx->st, ctx->idx, &ctx->metrics, "", NULL);
+    return 0;
+}
+
+static int leftover(int argc, char **argv, const int *used, int allow_positional, const char **pos)
+{
+    int i;
+
+    for (i = 0; i < argc; i++) {
+        if (used[i])
+            continue;
+        if (allow_positional && !*pos && strncmp(argv[i], "--", 2)) {
+            *pos = argv[i];
+            continue;
+        }
+        fprintf(stderr, "kzhook: unexpected argument \"%s\"\n", argv[i]);
+        return 1;
+    }
+    return 0;
+}
+
+static void print_app(void *arg, const struct kz_app *a)
+{
+    json_t *arr = arg;
+    json_t *ids = json_loads(a->object_ids_json, 0, NULL);
+
+    json_array_append_new(arr, json_pack("{s:s, s:s, s:o, s:I}", "applicationId", a->id, "name",
+                                         a->name, "objectIds", ids ? ids : json_array(),
+                                         "createdAt", (json_int_t)a->created_at));
+}
+
+static int cmd_app(struct kz_ctx *ctx, int argc, char **argv)
+{
+    int used[64] = {0};
+    const char *pos = NULL;
+    int rc = 1;
+
+    if (argc < 1 || argc > 60) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[0], "create")) {
+        const char *name = flag(argc - 1, argv + 1, "--name", used);
+        const char *ids = flag(argc - 1, argv + 1, "--object-ids", used);
+        const char *db = flag(argc - 1, argv + 1, "--db", used);
+        json_t *body, *arr;
+        char *text, *copy, *tok, *save = NULL;
+        struct kz_buf out;
+        int status = 0;
+
+        if (leftover(argc - 1, argv + 1, used, 0, &pos) || !name || !ids) {
+            fprintf(stderr, "kzhook: app create needs --name and --object-ids\n");
+            return 2;
+        }
+        if (cli_prepare(ctx, db))
+            goto out;
+        arr = json_array();
+        copy = kz_strdup(ids);
+        for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+            json_array_append_new(arr, json_string(tok));
+        kz_free(copy);
+        body = json_pack("{s:s, s:o}", "name", name, "objectIds", arr);
+        text = json_dumps(body, JSON_COMPACT);
+        json_decref(body);
+        kz_buf_init(&out, 1024 * 1024);
+        kz_api_app_create(ctx->api, text ? text : "", text ? strlen(text) : 0, &status, &out);
+        kz_free(text); /* jansson allocates through kz_malloc: see json_set_alloc_funcs */
+        printf("%s\n", kz_buf_cstr(&out));
+        kz_buf_cleanup(&out);
+        rc = status == 201 ? 0 : 1;
+    } else if (!strcmp(argv[0], "list")) {
+        json_t *arr = json_array(), *o;
+        const char *db = flag(argc - 1, argv + 1, "--db", used);
+
+        if (leftover(argc - 1, argv + 1, used, 0, &pos) || cli_prepare(ctx, db)) {
+            json_decref(arr);
+            goto out;
+        }
+        if (kz_store_app_list(ctx->st, print_app, arr)) {
+            json_decref(arr);
+            goto out;
+        }
+        o = json_pack("{s:o}", "applications", arr);
+        json_dumpf(o, stdout, JSON_COMPACT);
+        putchar('\n');
+        json_decref(o);
+        rc = 0;
+    } else if (!strcmp(argv[0], "delete")) {
+        struct kz_op op;
+        enum kz_err e;
+        const char *db = flag(argc - 1, argv + 1, "--db", used);
+
+        if (leftover(argc - 1, argv + 1, used, 1, &pos) || cli_prepare(ctx, db))
+            goto out;
+        if (!pos) {
+            fprintf(stderr, "kzhook: app delete needs an application id\n");
+            goto out;
+        }
+        memset(&op, 0, sizeof(op));
+        op.type = KZ_OP_APP_DELETE;
+        op.u.id = pos;
+        e = kz_store_exec(ctx->st, &op);
+        if (e) {
+            fprintf(stderr, "kzhook: cannot delete %s: %s\n", pos, kz_err_str(e));
+            goto out;
+        }
+        printf("{}\n");
+        rc = 0;
+    } else {
+        usage(stderr);
+        return 2;
+    }
+out:
+    ctx_close(ctx);
+    return rc;
+}
+
+static int cmd_publish(struct kz_ctx *ctx, int argc, char **argv)
+{
+    static const char *const fields[][2] = {
+        {"--event-type", "eventType"},   {"--group", "groupId"},
+        {"--action", "actionId"},        {"--action-package", "actionPackageId"},
+        {"--event-id", "eventId"},       {"--from-user", "fromUser"},
+        {"--from-user-id", "fromUserId"}, {"--from-user-name", "fromUserName"},
+        {"--from-user-pic", "fromUserProfilePic"},
+    };
+    int used[64] = {0};
+    const char *pos = NULL, *data, *db;
+    json_t *body = json_object(), *d;
+    char *text = NULL;
+    struct kz_buf out;
+    int status = 0, rc = 1;
+    size_t i;
+
+    kz_buf_init(&out, 16 * 1024 * 1024);
+    if (argc > 60)
+        goto out;
+    for (i = 0; i < KZ_ARRAY_LEN(fields); i++) {
+        const char *v = flag(argc, argv, fields[i][0], used);
+
+        if (v)
+            json_object_set_new(body, fields[i][1], json_string(v));
+    }
+    data = flag(argc, argv, "--data", used);
+    if (data) {
+        json_error_t jerr;
+
+        d = json_loads(data, JSON_DECODE_ANY, &jerr);
+        if (!d) {
+            fprintf(stderr, "kzhook: --data is not JSON: %s\n", jerr.text);
+            goto out;
+        }
+        json_object_set_new(body, "data", d);
+    }
+    db = flag(argc, argv, "--db", used);
+    if (leftover(argc, argv, used, 0, &pos) || cli_prepare(ctx, db))
+        goto out;
+    text = json_dumps(body, JSON_COMPACT);
+    if (!text)
+        goto out;
+    kz_api_publish_sync(ctx->api, text, strlen(text), &status, &out);
+    printf("%s\n", kz_buf_cstr(&out));
+    rc = status == 202 ? 0 : 1;
+out:
+    kz_free(text);
+    json_decref(body);
+    kz_buf_cleanup(&out);
+    ctx_close(ctx);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    struct kz_ctx ctx;
+    char err[256];
+    int rc;
+
+    memset(&ctx, 0, sizeof(ctx));
+    json_set_alloc_funcs(kz_malloc, kz_free);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT)) {
+        fprintf(stderr, "kzhook: curl_global_init failed\n");
+        return 1;
+    }
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        rc = argc < 2 ? 2 : 0;
+    } else if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
+        printf("kzhook %s\n", KZ_VERSION);
+        rc = 0;
+    } else if (!strcmp(argv[1], "serve")) {
+        if (kz_config_load(&ctx.cfg, argc, argv, 2, NULL, err, sizeof(err))) {
+            fprintf(stderr, "kzhook: %s\n", err);
+            rc = 2;
+        } else {
+            rc = serve(&ctx);
+        }
+    } else if (!strcmp(argv[1], "app")) {
+        rc = cmd_app(&ctx, argc - 2, argv + 2);
+    } else if (!strcmp(argv[1], "publish")) {
+        rc = cmd_publish(&ctx, argc - 2, argv + 2);
+    } else {
+        usage(stderr);
+        rc = 2;
+    }
+    curl_global_cleanup();
+    if (kz_alloc_live() != 0) {
+        kz_log("error", "allocations live at exit", "\"count\":%lld", (long long)kz_alloc_live());
+        if (getenv("KZHOOK_CHECK_LEAKS"))
+            return 3;
+    }
+    return rc;
+}

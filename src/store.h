@@ -1,0 +1,157 @@
+/* store.h — the one storage interface (SQLite today, PostgreSQL behind the same calls).
+ * No SQL exists outside the store modules.
+ *
+ * Two kinds of calls:
+ *  - Writes are `struct kz_op`s handed to the store's single writer thread, which takes every
+ *    op queued (up to a batch limit), runs them all in ONE transaction with ONE fsync (group
+ *    commit), then calls each op's `done` callback on the writer thread, after the commit is
+ *    durable. Each op runs inside its own savepoint, so one failing op does not fail the batch.
+ *    kz_store_exec() wraps submit + wait for callers that may block.
+ *  - Reads (kz_store_*_get/list) may be called from any thread; they use their own read
+ *    connections (WAL lets them run beside the writer) and never see uncommitted data.
+ *
+ * Threads: any thread may call kz_store_submit/exec and the reads. `done` callbacks run on the
+ * writer thread and must not block (signal a condvar, resume a connection, wake a loop).
+ */
+#ifndef KZ_STORE_H
+#define KZ_STORE_H
+
+#include "model.h"
+#include "buf.h"
+
+struct kz_store;
+
+enum kz_op_type {
+    KZ_OP_META_SET,        /* meta[key] = value */
+    KZ_OP_APP_CREATE,      /* insert u.app */
+    KZ_OP_APP_DELETE,      /* delete app u.id, its tokens, webhooks and their deliveries;
+                              KZ_ERR_NOTFOUND if absent */
+    KZ_OP_TOKEN_ADD,       /* insert access token (u.token); also deletes expired tokens of that app */
+    KZ_OP_WEBHOOK_INSERT,  /* insert u.webhook */
+    KZ_OP_WEBHOOK_UPDATE,  /* replace every mutable column of u.webhook (matched by id and app_id);
+                              KZ_ERR_NOTFOUND if absent */
+    KZ_OP_WEBHOOK_DELETE,  /* delete webhook u.id (owned by u.app_id unless app_id is "") and
+                              all its deliveries; KZ_ERR_NOTFOUND if absent */
+    KZ_OP_WEBHOOK_ACTIVE,  /* set active = u.flag for webhook u.id; KZ_ERR_NOTFOUND if absent */
+    KZ_OP_PUBLISH,         /* insert events and their deliveries, idempotent on event_id */
+    KZ_OP_CLAIM,           /* lease due deliveries */
+    KZ_OP_COMPLETE,        /* record attempt outcomes */
+    KZ_OP_REPLAY,          /* requeue non-succeeded deliveries of a webhook since a time */
+    KZ_OP_RELEASE,         /* inflight deliveries whose lease ended -> pending */
+    KZ_OP_PRUNE,           /* retention */
+};
+
+/** One published event and the webhooks it matched (computed by the caller from the
+ * subscription index). */
+struct kz_publish_item {
+    struct kz_event ev;          /* borrowed by the store; event_id must be set */
+    const char *const *webhook_ids; /* n_targets ids */
+    const bool *target_active;   /* per target: true -> pending, false -> skipped */
+    size_t n_targets;
+    /* results */
+    int64_t seq;                 /* the event's seq (new or original) */
+    int deliveries;              /* number of delivery rows of this event (new or original) */
+    bool duplicate;              /* event_id already existed: nothing was inserted */
+};
+
+/** A delivery leased by KZ_OP_CLAIM, with everything needed to send it. Owned by the claim op
+ * until kz_claim_cleanup. */
+struct kz_claimed {
+    int64_t delivery_id;
+    int attempts;                /* attempts made before this one */
+    int64_t created_at;
+    struct kz_webhook wh;        /* full webhook row */
+    struct kz_event ev;          /* full event row */
+};
+
+/** Outcome of one attempt, for KZ_OP_COMPLETE. */
+struct kz_attempt {
+    int64_t delivery_id;
+    char webhook_id[40];
+    enum kz_dstate state;        /* SUCCEEDED, PENDING (retry at next_attempt_at), DEAD, SKIPPED */
+    int attempts;                /* total attempts after this one */
+    int64_t next_attempt_at;     /* for PENDING */
+    int status;                  /* HTTP status, 0 if none */
+    const char *error;           /* NULL when none; borrowed */
+    const char *response;        /* NULL when none; borrowed; <= KZ_RESPONSE_KEEP bytes */
+    size_t response_len;
+};
+
+struct kz_op {
+    enum kz_op_type type;
+    union {
+        struct { const char *key, *value; } meta;
+        struct kz_app app;                 /* APP_CREATE: borrowed */
+        const char *id;                    /* APP_DELETE */
+        struct { const char *hash, *app_id; int64_t expires_at; } token;
+        struct kz_webhook webhook;         /* WEBHOOK_INSERT/UPDATE: borrowed */
+        struct { const char *id, *app_id; } del;      /* WEBHOOK_DELETE */
+        struct { const char *id; bool flag; } active; /* WEBHOOK_ACTIVE */
+        struct { struct kz_publish_item *items; size_t n; } publish;
+        struct {
+            int64_t now, lease_until;
+            size_t limit;
+            const char *const *exclude;    /* webhook ids not to claim for (at their cap) */
+            size_t n_exclude;
+            struct kz_claimed *out;        /* allocated by the store, `n_out` rows */
+            size_t n_out;
+        } claim;
+        struct { const struct kz_attempt *items; size_t n; } complete;
+        struct { const char *webhook_id; int64_t since, now; int64_t requeued; } replay;
+        struct { int64_t now; bool all; int64_t released; } release; /* all: ignore lease time */
+        struct { int64_t before; size_t limit; int64_t pruned; } prune;
+    } u;
+    enum kz_err result;                    /* set by the writer before done() */
+    int64_t webhooks_version;              /* meta "webhooks_version" after this op's batch */
+    void (*done)(struct kz_op *op, void *arg); /* writer thread, after commit */
+    void *arg;
+    struct kz_op *next;                    /* queue link: store-private */
+};
+
+/** Opens (creating if needed) the store at `url`: a filesystem path for SQLite (parent dir is
+ * created, WAL, synchronous=FULL), or postgresql://... Applies schema migrations, starts the
+ * writer thread. `queue_max` bounds queued ops; beyond it submit fails with KZ_ERR_BUSY. */
+enum kz_err kz_store_open(struct kz_store **out, const char *url, size_t queue_max, char *err,
+                          size_t errlen);
+/** Drains the queue, stops the writer, closes every connection. NULL-safe. */
+void kz_store_close(struct kz_store *st);
+
+/** Queues `op`; its done() runs later on the writer thread. KZ_ERR_BUSY when the queue is full
+ * (op not queued, done not called). The caller keeps `op` alive until done(). */
+enum kz_err kz_store_submit(struct kz_store *st, struct kz_op *op);
+/** Submits and waits for the commit; returns op->result (or the submit error). */
+enum kz_err kz_store_exec(struct kz_store *st, struct kz_op *op);
+/** Frees the rows a KZ_OP_CLAIM returned. */
+void kz_claim_cleanup(struct kz_op *op);
+
+/* ==== reads: any thread ==== */
+
+/** KZ_OK when the store answers a trivial query. */
+enum kz_err kz_store_ping(struct kz_store *st);
+/** Copies meta[key] into out (reset first); KZ_ERR_NOTFOUND if unset. */
+enum kz_err kz_store_meta_get(struct kz_store *st, const char *key, struct kz_buf *out);
+enum kz_err kz_store_app_get(struct kz_store *st, const char *id, struct kz_app *out);
+/** Calls fn for each application in creation order; the struct is valid during the call only. */
+enum kz_err kz_store_app_list(struct kz_store *st, void (*fn)(void *, const struct kz_app *),
+                              void *arg);
+/** Looks up an access token by hash: its app id and expiry. KZ_ERR_NOTFOUND if absent. */
+enum kz_err kz_store_token_get(struct kz_store *st, const char *hash, char app_id[40],
+                               int64_t *expires_at);
+enum kz_err kz_store_webhook_get(struct kz_store *st, const char *id, struct kz_webhook *out);
+/** Webhooks of app `app_id` (NULL: all apps), optionally filtered by object type (-1: any) and
+ * object id (NULL: any), in creation order. */
+enum kz_err kz_store_webhook_list(struct kz_store *st, const char *app_id, int object_type,
+                                  const char *object_id,
+                                  void (*fn)(void *, const struct kz_webhook *), void *arg);
+/** Delivery log of one webhook, newest first, `state` -1 for all (KZ_D_PENDING also matches
+ * INFLIGHT), ids < `cursor` when cursor > 0, at most `limit` rows. */
+enum kz_err kz_store_delivery_list(struct kz_store *st, const char *webhook_id, int state,
+                                   int64_t cursor, size_t limit,
+                                   void (*fn)(void *, const struct kz_delivery *), void *arg);
+/** Counts for /metrics: pending due now, pending scheduled later, inflight. */
+enum kz_err kz_store_backlog(struct kz_store *st, int64_t now, int64_t *due, int64_t *scheduled,
+                             int64_t *inflight);
+/** Earliest next_attempt_at among pending deliveries, or -1 when none. */
+enum kz_err kz_store_next_due(struct kz_store *st, int64_t *at);
+
+#endif

@@ -1,0 +1,1841 @@
+/* store_sqlite.c — the SQLite backend of the store (store_impl.h).
+ *
+ * Connections: one write connection, used only by the writer thread (write_batch), and a pool of
+ * up to READ_MAX read connections opened on demand and shared by every reader thread. Each
+ * connection is used by one thread at a time, so they are opened SQLITE_OPEN_NOMUTEX. WAL lets
+ * readers run beside the writer and see only committed data; synchronous=FULL makes each COMMIT
+ * durable (one fsync of the WAL per batch).
+ *
+ * Every statement is prepared once per connection (lazily, SQLITE_PREPARE_PERSISTENT) and reset
+ * for reuse; strings are bound with explicit lengths, NULL pointers as SQL NULL. Every SQLite
+ * return code is checked; failures are logged (statement name, code, SQLite's message, never a
+ * bound value) and mapped to enum kz_err.
+ */
+#include "store_impl.h"
+#include "alloc.h"
+#include "log.h"
+
+#include <sqlite3.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define READ_MAX 8              /* read connections at most */
+#define BUSY_TIMEOUT_MS 5000
+#define WRITER_CACHE_KIB "32768" /* page cache of the write connection: indexes of big backlogs */
+#define PRUNE_LIMIT_MAX 100000  /* rows one PRUNE op may touch; bounds its scratch memory */
+#define ERROR_KEEP 1024         /* bytes of an attempt's error text kept */
+
+/* ==== schema ==== */
+
+/* Migrations, in order; migrations[i] takes the schema from version i to i + 1. Never edit one
+ * that has shipped: append a new one. Each runs in its own transaction at open. */
+static const char *const migrations[] = {
+    /* 1: initial schema. Times are epoch-ms integers. */
+    "CREATE TABLE meta ("
+    "  key TEXT PRIMARY KEY,"
+    "  value TEXT NOT NULL);"
+    "INSERT INTO meta(key, value) VALUES ('webhooks_version', '0');"
+    "CREATE TABLE applications ("
+    "  id TEXT PRIMARY KEY,"
+    "  name TEXT,"
+    "  object_ids_json TEXT,"
+    "  secret_hash TEXT,"
+    "  refresh_hash TEXT,"
+    "  created_at INTEGER);"
+    "CREATE TABLE access_tokens ("
+    "  token_hash TEXT PRIMARY KEY,"
+    "  application_id TEXT,"
+    "  expires_at INTEGER);"
+    "CREATE INDEX access_tokens_app ON access_tokens(application_id);"
+    "CREATE TABLE webhooks ("
+    "  id TEXT PRIMARY KEY,"
+    "  application_id TEXT,"
+    "  object_type INTEGER,"
+    "  object_id TEXT,"
+    "  event_mask INTEGER,"
+    "  callback_url TEXT,"
+    "  callback_token TEXT,"
+    "  callback_context TEXT,"
+    "  signing_secret TEXT,"
+    "  ts_ms INTEGER,"
+    "  validity_ms INTEGER,"
+    "  active INTEGER);"
+    "CREATE INDEX webhooks_object ON webhooks(application_id, object_type, object_id);"
+    "CREATE TABLE events ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  event_id TEXT UNIQUE NOT NULL,"
+    "  event_type INTEGER,"
+    "  group_id TEXT,"
+    "  action_id TEXT,"
+    "  action_package_id TEXT,"
+    "  from_user TEXT,"
+    "  from_user_id TEXT,"
+    "  from_user_name TEXT,"
+    "  from_user_pic TEXT,"
+    "  data_json TEXT,"
+    "  n_deliveries INTEGER,"
+    "  created_at INTEGER);"
+    "CREATE TABLE deliveries ("
+    "  id INTEGER PRIMARY KEY,"
+    "  webhook_id TEXT,"
+    "  event_seq INTEGER,"
+    "  state INTEGER,"
+    "  attempts INTEGER,"
+    "  next_attempt_at INTEGER,"
+    "  lease_until INTEGER,"
+    "  last_status INTEGER,"
+    "  last_error TEXT,"
+    "  last_response TEXT,"
+    "  created_at INTEGER,"
+    "  updated_at INTEGER);"
+    "CREATE INDEX deliveries_due ON deliveries(state, next_attempt_at);"
+    "CREATE INDEX deliveries_webhook ON deliveries(webhook_id, id);"
+    "CREATE INDEX deliveries_event ON deliveries(event_seq);",
+};
+
+/* ==== statements ==== */
+
+/* Column lists shared by every statement that reads a whole webhook or event row; row_webhook()
+ * and row_event() read them in this order. */
+#define WH_COLS                                                                                  \
+    "w.id, w.application_id, w.object_type, w.object_id, w.event_mask, w.callback_url, "        \
+    "w.callback_token, w.callback_context, w.signing_secret, w.ts_ms, w.validity_ms, w.active"
+#define WH_NCOLS 12
+#define EV_COLS                                                                                  \
+    "e.seq, e.event_id, e.event_type, e.group_id, e.action_id, e.action_package_id, "           \
+    "e.from_user, e.from_user_id, e.from_user_name, e.from_user_pic, e.data_json, e.created_at"
+#define APP_COLS "id, name, object_ids_json, secret_hash, refresh_hash, created_at"
+
+enum stmt_id {
+    /* transaction control: write connection */
+    S_BEGIN,
+    S_COMMIT,
+    S_ROLLBACK,
+    S_SAVEPOINT,
+    S_SP_RELEASE,
+    S_SP_ROLLBACK,
+    S_VERSION_BUMP,
+    S_VERSION_GET,
+    /* writes */
+    S_META_SET,
+    S_APP_INSERT,
+    S_APP_DELETE,
+    S_APP_DEL_DELIVERIES,
+    S_APP_DEL_WEBHOOKS,
+    S_APP_DEL_TOKENS,
+    S_TOKEN_PURGE,
+    S_TOKEN_INSERT,
+    S_WH_INSERT,
+    S_WH_UPDATE,
+    S_WH_DELETE,
+    S_WH_DEL_DELIVERIES,
+    S_WH_ACTIVE,
+    S_EV_INSERT,
+    S_EV_LOOKUP,
+    S_DLV_INSERT,
+    S_EXCL_CLEAR,
+    S_EXCL_ADD,
+    S_CLAIM_SELECT,
+    S_CLAIM_MARK,
+    S_COMPLETE,
+    S_WH_DISABLE,
+    S_REPLAY,
+    S_LEASE_EXPIRED,
+    S_LEASE_ALL,
+    S_PRUNE_DLV,
+    S_PRUNE_EV_SCAN,
+    S_PRUNE_EV_ORPHAN,
+    /* reads: read connections */
+    S_PING,
+    S_META_GET,
+    S_APP_GET,
+    S_APP_LIST,
+    S_TOKEN_GET,
+    S_WH_GET,
+    S_WH_LIST_APP,
+    S_WH_LIST_ALL,
+    S_DLV_LIST,
+    S_BACKLOG,
+    S_NEXT_DUE,
+    S__COUNT
+};
+
+static const char *const stmt_sql[S__COUNT] = {
+    [S_BEGIN] = "BEGIN IMMEDIATE",
+    [S_COMMIT] = "COMMIT",
+    [S_ROLLBACK] = "ROLLBACK",
+    [S_SAVEPOINT] = "SAVEPOINT op",
+    [S_SP_RELEASE] = "RELEASE op",
+    [S_SP_ROLLBACK] = "ROLLBACK TO op",
+    [S_VERSION_BUMP] = "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)"
+                       " WHERE key = 'webhooks_version'",
+    [S_VERSION_GET] = "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'webhooks_version'",
+
+    [S_META_SET] = "INSERT INTO meta(key, value) VALUES (?1, ?2)"
+                   " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    [S_APP_INSERT] = "INSERT INTO applications(" APP_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [S_APP_DELETE] = "DELETE FROM applications WHERE id = ?1",
+    [S_APP_DEL_DELIVERIES] = "DELETE FROM deliveries WHERE webhook_id IN"
+                             " (SELECT id FROM webhooks WHERE application_id = ?1)",
+    [S_APP_DEL_WEBHOOKS] = "DELETE FROM webhooks WHERE application_id = ?1",
+    [S_APP_DEL_TOKENS] = "DELETE FROM access_tokens WHERE application_id = ?1",
+    [S_TOKEN_PURGE] = "DELETE FROM access_tokens WHERE application_id = ?1 AND expires_at < ?2",
+    [S_TOKEN_INSERT] = "INSERT INTO access_tokens(token_hash, application_id, expires_at)"
+                       " VALUES (?1, ?2, ?3)",
+    [S_WH_INSERT] = "INSERT INTO webhooks(id, application_id, object_type, object_id, event_mask,"
+                    " callback_url, callback_token, callback_context, signing_secret, ts_ms,"
+                    " validity_ms, active)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    [S_WH_UPDATE] = "UPDATE webhooks SET object_type = ?1, object_id = ?2, event_mask = ?3,"
+                    " callback_url = ?4, callback_token = ?5, callback_context = ?6,"
+                    " signing_secret = COALESCE(?7, signing_secret), validity_ms = ?8,"
+                    " active = ?9"
+                    " WHERE id = ?10 AND (?11 = '' OR application_id = ?11)",
+    [S_WH_DELETE] = "DELETE FROM webhooks WHERE id = ?1 AND (?2 = '' OR application_id = ?2)",
+    [S_WH_DEL_DELIVERIES] = "DELETE FROM deliveries WHERE webhook_id = ?1",
+    [S_WH_ACTIVE] = "UPDATE webhooks SET active = ?2 WHERE id = ?1",
+    [S_EV_INSERT] = "INSERT INTO events(event_id, event_type, group_id, action_id,"
+                    " action_package_id, from_user, from_user_id, from_user_name, from_user_pic,"
+                    " data_json, n_deliveries, created_at)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                    " ON CONFLICT(event_id) DO NOTHING",
+    [S_EV_LOOKUP] = "SELECT seq, n_deliveries FROM events WHERE event_id = ?1",
+    [S_DLV_INSERT] = "INSERT INTO deliveries(webhook_id, event_seq, state, attempts,"
+                     " next_attempt_at, lease_until, last_status, created_at, updated_at)"
+                     " VALUES (?1, ?2, ?3, 0, ?4, 0, 0, ?4, ?4)",
+    [S_EXCL_CLEAR] = "DELETE FROM temp.claim_exclude",
+    [S_EXCL_ADD] = "INSERT OR IGNORE INTO temp.claim_exclude(id) VALUES (?1)",
+    /* CROSS JOIN pins deliveries as the outer loop, so the scan walks deliveries_due in
+     * (next_attempt_at, id) order and stops after LIMIT rows: no sort, no full scan. */
+    [S_CLAIM_SELECT] = "SELECT d.id, d.attempts, d.created_at, " WH_COLS ", " EV_COLS
+                       " FROM deliveries AS d"
+                       " CROSS JOIN webhooks AS w ON w.id = d.webhook_id"
+                       " CROSS JOIN events AS e ON e.seq = d.event_seq"
+                       " WHERE d.state = 0 AND d.next_attempt_at <= ?1"
+                       " AND d.webhook_id NOT IN (SELECT id FROM temp.claim_exclude)"
+                       " ORDER BY d.next_attempt_at, d.id LIMIT ?2",
+    [S_CLAIM_MARK] = "UPDATE deliveries SET state = 1, lease_until = ?1, updated_at = ?2"
+                     " WHERE id = ?3",
+    [S_COMPLETE] = "UPDATE deliveries SET state = ?1, attempts = ?2,"
+                   " next_attempt_at = CASE WHEN ?1 = 0 THEN ?3 ELSE next_attempt_at END,"
+                   " last_status = ?4, last_error = ?5, last_response = ?6, updated_at = ?7,"
+                   " lease_until = 0"
+                   " WHERE id = ?8 AND state = 1",
+    [S_WH_DISABLE] = "UPDATE webhooks SET active = 0 WHERE id = ?1 AND active <> 0",
+    [S_REPLAY] = "UPDATE deliveries SET state = 0, next_attempt_at = ?3, attempts = 0,"
+                 " lease_until = 0, updated_at = ?3"
+                 " WHERE webhook_id = ?1 AND created_at >= ?2 AND state IN (0, 3, 4)",
+    [S_LEASE_EXPIRED] = "UPDATE deliveries SET state = 0, next_attempt_at = ?1, lease_until = 0,"
+                        " updated_at = ?1 WHERE state = 1 AND lease_until < ?1",
+    [S_LEASE_ALL] = "UPDATE deliveries SET state = 0, next_attempt_at = ?1, lease_until = 0,"
+                    " updated_at = ?1 WHERE state = 1",
+    /* A succeeded delivery was attempted at or after next_attempt_at, so
+     * updated_at < before implies next_attempt_at < before: the extra term turns the scan
+     * into an index range instead of a walk over every succeeded row. */
+    [S_PRUNE_DLV] = "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"
+                    " WHERE state = 2 AND next_attempt_at < ?1 AND updated_at < ?1 LIMIT ?2)"
+                    " RETURNING event_seq",
+    [S_PRUNE_EV_SCAN] = "SELECT seq, created_at FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    [S_PRUNE_EV_ORPHAN] = "DELETE FROM events WHERE seq = ?1 AND created_at < ?2"
+                          " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?1)",
+
+    [S_PING] = "SELECT 1",
+    [S_META_GET] = "SELECT value FROM meta WHERE key = ?1",
+    [S_APP_GET] = "SELECT " APP_COLS " FROM applications WHERE id = ?1",
+    [S_APP_LIST] = "SELECT " APP_COLS " FROM applications ORDER BY rowid",
+    [S_TOKEN_GET] = "SELECT application_id, expires_at FROM access_tokens WHERE token_hash = ?1",
+    [S_WH_GET] = "SELECT " WH_COLS " FROM webhooks AS w WHERE w.id = ?1",
+    /* rowid order is creation order: rowids only grow while rows exist, and we never VACUUM. */
+    [S_WH_LIST_APP] = "SELECT " WH_COLS " FROM webhooks AS w WHERE w.application_id = ?1"
+                      " AND (?2 < 0 OR w.object_type = ?2)"
+                      " AND (?3 IS NULL OR w.object_id = ?3) ORDER BY w.rowid",
+    [S_WH_LIST_ALL] = "SELECT " WH_COLS " FROM webhooks AS w"
+                      " WHERE (?1 < 0 OR w.object_type = ?1)"
+                      " AND (?2 IS NULL OR w.object_id = ?2) ORDER BY w.rowid",
+    [S_DLV_LIST] = "SELECT d.id, d.webhook_id, d.event_seq, e.event_id, e.event_type, d.state,"
+                   " d.attempts, d.last_status, d.last_error, d.last_response,"
+                   " d.next_attempt_at, d.created_at, d.updated_at"
+                   " FROM deliveries AS d CROSS JOIN events AS e ON e.seq = d.event_seq"
+                   " WHERE d.webhook_id = ?1 AND d.id < ?2 AND d.state BETWEEN ?3 AND ?4"
+                   " ORDER BY d.id DESC LIMIT ?5",
+    [S_BACKLOG] = "SELECT"
+                  " (SELECT count(*) FROM deliveries WHERE state = 0 AND next_attempt_at <= ?1),"
+                  " (SELECT count(*) FROM deliveries WHERE state = 0 AND next_attempt_at > ?1),"
+                  " (SELECT count(*) FROM deliveries WHERE state = 1)",
+    [S_NEXT_DUE] = "SELECT next_attempt_at FROM deliveries WHERE state = 0"
+                   " ORDER BY next_attempt_at LIMIT 1",
+};
+
+/* One SQLite connection and its statement cache. */
+struct conn {
+    sqlite3 *db;
+    sqlite3_stmt *stmt[S__COUNT];
+    struct conn *next; /* free list of the read pool */
+};
+
+struct kz_backend {
+    char *path;
+    struct conn *wr;          /* writer thread only (and open/close) */
+    int64_t wh_version;       /* last committed meta webhooks_version: writer only */
+    int64_t prune_cursor;     /* events.seq where the orphan-event sweep resumes: writer only */
+
+    pthread_mutex_t pool_mu;  /* guards the read pool */
+    pthread_cond_t pool_cv;   /* a read connection was returned */
+    struct conn *idle;        /* idle read connections */
+    size_t n_read;            /* read connections open or being opened */
+};
+
+/* ==== errors ==== */
+
+static enum kz_err map_rc(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return KZ_ERR_BUSY;
+    case SQLITE_CONSTRAINT:
+        return KZ_ERR_CONFLICT;
+    case SQLITE_NOMEM:
+        return KZ_ERR_NOMEM;
+    default:
+        return KZ_ERR_DB;
+    }
+}
+
+/* Logs a failed SQLite call on connection `c` and maps its code. Constraint violations are the
+ * caller's answer (a duplicate id), not a store failure, so they are not logged. SQLite's message
+ * names tables and constraints, never bound values. */
+static enum kz_err fail(struct conn *c, const char *what, int rc)
+{
+    char emsg[256];
+
+    if ((rc & 0xff) != SQLITE_CONSTRAINT)
+        kz_log("error", "store: sqlite call failed", "\"what\":\"%s\",\"rc\":%d,\"err\":\"%s\"",
+               what, rc, kz_log_esc(c ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc), emsg,
+                                    sizeof(emsg)));
+    return map_rc(rc);
+}
+
+/* ==== statement helpers ==== */
+
+/* A statement being bound and run. Binding is positional (?1, ?2... in call order), and once
+ * any call fails `rc` keeps the first error and later calls do nothing, so a sequence of binds
+ * needs one check, done by the step helpers. */
+struct bind {
+    struct conn *c;
+    sqlite3_stmt *q;
+    int i;
+    int rc;
+};
+
+/* Fetches statement `id` of `c`, preparing it on first use. */
+static void prep(struct conn *c, enum stmt_id id, struct bind *b)
+{
+    b->c = c;
+    b->i = 0;
+    b->q = c->stmt[id];
+    b->rc = SQLITE_OK;
+    if (b->q)
+        return;
+    b->rc = sqlite3_prepare_v3(c->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &c->stmt[id],
+                               NULL);
+    b->q = c->stmt[id];
+    if (!b->rc && !b->q)
+        b->rc = SQLITE_MISUSE; /* empty SQL: a bug in stmt_sql */
+}
+
+static void b_textn(struct bind *b, const char *s, size_t n)
+{
+    int i = ++b->i;
+
+    if (b->rc)
+        return;
+    if (!s)
+        b->rc = sqlite3_bind_null(b->q, i);
+    else
+        b->rc = sqlite3_bind_text64(b->q, i, s, n, SQLITE_STATIC, SQLITE_UTF8);
+}
+
+static void b_text(struct bind *b, const char *s)
+{
+    b_textn(b, s, s ? strlen(s) : 0);
+}
+
+/* A fixed-size char array field: never reads past `size`. */
+static void b_fixed(struct bind *b, const char *s, size_t size)
+{
+    b_textn(b, s, strnlen(s, size));
+}
+
+static void b_int(struct bind *b, int64_t v)
+{
+    int i = ++b->i;
+
+    if (b->rc)
+        return;
+    b->rc = sqlite3_bind_int64(b->q, i, v);
+}
+
+static int64_t clamp_size(size_t n)
+{
+    return n > (size_t)INT64_MAX ? INT64_MAX : (int64_t)n;
+}
+
+/* Resets the statement for reuse and drops its bindings (they may point at borrowed memory).
+ * sqlite3_reset() repeats the last step's error, which the caller already has. */
+static void finish(struct bind *b)
+{
+    if (!b->q)
+        return;
+    (void)sqlite3_reset(b->q);
+    (void)sqlite3_clear_bindings(b->q);
+}
+
+/* Next row: SQLITE_ROW, SQLITE_DONE, or an error (binding errors included). */
+static int step(struct bind *b)
+{
+    if (b->rc)
+        return b->rc;
+    return sqlite3_step(b->q);
+}
+
+/* Runs a statement that returns no rows. SQLITE_OK or the error; the statement is finished. */
+static int run(struct bind *b)
+{
+    int rc = step(b);
+
+    finish(b);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Runs statement `id` that takes no parameters. */
+static int run_plain(struct conn *c, enum stmt_id id)
+{
+    struct bind b;
+
+    prep(c, id, &b);
+    return run(&b);
+}
+
+/* Column text as a new string (NULL for SQL NULL). */
+static char *col_dup(sqlite3_stmt *q, int col)
+{
+    const unsigned char *s = sqlite3_column_text(q, col);
+
+    if (!s)
+        return NULL;
+    return kz_strndup((const char *)s, (size_t)sqlite3_column_bytes(q, col));
+}
+
+/* Column text into a fixed array; "" for NULL. false (and a truncated copy) when it does not fit,
+ * which means a row we did not write: callers report KZ_ERR_DB. */
+static bool col_fixed(sqlite3_stmt *q, int col, char *dst, size_t size)
+{
+    const unsigned char *s = sqlite3_column_text(q, col);
+    size_t n = s ? (size_t)sqlite3_column_bytes(q, col) : 0;
+    bool fits = n < size;
+
+    if (!fits)
+        n = size - 1;
+    if (n)
+        memcpy(dst, s, n);
+    dst[n] = '\0';
+    return fits;
+}
+
+/* Reads WH_COLS starting at column `c0` into `w` (which owns its strings afterwards). */
+static bool row_webhook(sqlite3_stmt *q, int c0, struct kz_webhook *w)
+{
+    bool ok = col_fixed(q, c0, w->id, sizeof(w->id));
+
+    ok = col_fixed(q, c0 + 1, w->app_id, sizeof(w->app_id)) && ok;
+    w->object_type = (enum kz_objtype)sqlite3_column_int(q, c0 + 2);
+    w->object_id = col_dup(q, c0 + 3);
+    w->event_mask = (uint32_t)sqlite3_column_int64(q, c0 + 4);
+    w->callback_url = col_dup(q, c0 + 5);
+    w->callback_token = col_dup(q, c0 + 6);
+    w->callback_context = col_dup(q, c0 + 7);
+    w->signing_secret = col_dup(q, c0 + 8);
+    w->ts_ms = sqlite3_column_int64(q, c0 + 9);
+    w->validity_ms = sqlite3_column_int64(q, c0 + 10);
+    w->active = sqlite3_column_int(q, c0 + 11) != 0;
+    return ok;
+}
+
+/* Reads EV_COLS starting at column `c0` into `e` (which owns its strings afterwards). */
+static void row_event(sqlite3_stmt *q, int c0, struct kz_event *e)
+{
+    e->seq = sqlite3_column_int64(q, c0);
+    e->event_id = col_dup(q, c0 + 1);
+    e->event_type = (enum kz_evtype)sqlite3_column_int(q, c0 + 2);
+    e->group_id = col_dup(q, c0 + 3);
+    e->action_id = col_dup(q, c0 + 4);
+    e->action_package_id = col_dup(q, c0 + 5);
+    e->from_user = col_dup(q, c0 + 6);
+    e->from_user_id = col_dup(q, c0 + 7);
+    e->from_user_name = col_dup(q, c0 + 8);
+    e->from_user_pic = col_dup(q, c0 + 9);
+    e->data_json = col_dup(q, c0 + 10);
+    e->created_at = sqlite3_column_int64(q, c0 + 11);
+}
+
+static bool row_app(sqlite3_stmt *q, struct kz_app *a)
+{
+    bool ok = col_fixed(q, 0, a->id, sizeof(a->id));
+
+    a->name = col_dup(q, 1);
+    a->object_ids_json = col_dup(q, 2);
+    ok = col_fixed(q, 3, a->secret_hash, sizeof(a->secret_hash)) && ok;
+    ok = col_fixed(q, 4, a->refresh_hash, sizeof(a->refresh_hash)) && ok;
+    a->created_at = sqlite3_column_int64(q, 5);
+    return ok;
+}
+
+/* ==== connections ==== */
+
+/* Creates every missing directory above the file `path` (mode 0700: the database holds signing
+ * secrets). */
+static int make_parent_dirs(const char *path)
+{
+    char *dir = kz_strdup(path);
+    char *p;
+    char saved;
+    int result = 0;
+
+    p = strrchr(dir, '/');
+    if (!p || p == dir)
+        goto out;
+    *p = '\0';
+    for (p = dir + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        saved = *p;
+        *p = '\0';
+        if (mkdir(dir, 0700) && errno != EEXIST) {
+            result = -1;
+            goto out;
+        }
+        *p = saved;
+        if (!saved)
+            break;
+    }
+out:
+    kz_free(dir);
+    return result;
+}
+
+/* Runs one PRAGMA (or any statement whose rows are ignored but the first, which is copied to
+ * `first` when given). */
+static int pragma(sqlite3 *db, const char *sql, char *first, size_t firstlen)
+{
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &q, NULL);
+
+    if (rc)
+        goto out;
+    rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW && first) {
+        const unsigned char *s = sqlite3_column_text(q, 0);
+
+        snprintf(first, firstlen, "%s", s ? (const char *)s : "");
+    }
+    while (rc == SQLITE_ROW)
+        rc = sqlite3_step(q);
+    if (rc == SQLITE_DONE)
+        rc = SQLITE_OK;
+out:
+    sqlite3_finalize(q);
+    return rc;
+}
+
+static void conn_close(struct conn *c)
+{
+    size_t i;
+    int rc;
+
+    if (!c)
+        return;
+    for (i = 0; i < S__COUNT; i++)
+        sqlite3_finalize(c->stmt[i]);
+    rc = sqlite3_close(c->db);
+    if (rc)
+        kz_log("error", "store: sqlite close failed", "\"rc\":%d", rc);
+    kz_free(c);
+}
+
+/* Opens a connection to the database file `path` with the pragmas every connection needs;
+ * `writer` adds the writer-only settings. */
+static enum kz_err conn_open(const char *path, bool writer, struct conn **out, char *err,
+                             size_t errlen)
+{
+    enum kz_err result = KZ_ERR_DB;
+    struct conn *c = kz_calloc(1, sizeof(*c));
+    char mode[32] = "";
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (writer ? SQLITE_OPEN_CREATE : 0);
+    const char *what = "open";
+    int rc;
+
+    rc = sqlite3_open_v2(path, &c->db, flags, NULL);
+    if (rc)
+        goto fail;
+    what = "extended result codes";
+    rc = sqlite3_extended_result_codes(c->db, 1);
+    if (rc)
+        goto fail;
+    what = "busy_timeout";
+    rc = sqlite3_busy_timeout(c->db, BUSY_TIMEOUT_MS);
+    if (rc)
+        goto fail;
+    what = "journal_mode";
+    rc = pragma(c->db, "PRAGMA journal_mode=WAL", mode, sizeof(mode));
+    if (rc)
+        goto fail;
+    if (strcmp(mode, "wal")) {
+        snprintf(err, errlen, "store: %s: cannot enable WAL (journal_mode is %s)", path, mode);
+        goto out;
+    }
+    what = "synchronous";
+    rc = pragma(c->db, "PRAGMA synchronous=FULL", NULL, 0);
+    if (rc)
+        goto fail;
+    if (writer) {
+        what = "writer pragmas";
+        rc = pragma(c->db, "PRAGMA temp_store=MEMORY", NULL, 0);
+        if (!rc)
+            rc = pragma(c->db, "PRAGMA cache_size=-" WRITER_CACHE_KIB, NULL, 0);
+        if (rc)
+            goto fail;
+    } else {
+        what = "query_only";
+        rc = pragma(c->db, "PRAGMA query_only=1", NULL, 0);
+        if (rc)
+            goto fail;
+    }
+    *out = c;
+    c = NULL;
+    result = KZ_OK;
+    goto out;
+fail:
+    result = map_rc(rc);
+    snprintf(err, errlen, "store: %s: %s: %s", path, what,
+             c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
+out:
+    conn_close(c);
+    return result;
+}
+
+/* Brings the schema to the newest version. Each step runs under BEGIN IMMEDIATE and re-reads the
+ * version inside it, so two processes opening the same file at once migrate it exactly once. */
+static enum kz_err migrate(struct conn *c, char *err, size_t errlen)
+{
+    const int64_t newest = (int64_t)KZ_ARRAY_LEN(migrations);
+    enum kz_err result = KZ_OK;
+    sqlite3_stmt *q = NULL;
+    char *emsg = NULL;
+    int64_t version;
+    int rc;
+
+    rc = sqlite3_exec(c->db, "CREATE TABLE IF NOT EXISTS schema_version"
+                             " (version INTEGER NOT NULL)", NULL, NULL, &emsg);
+    if (rc)
+        goto fail;
+    rc = sqlite3_prepare_v2(c->db, "SELECT COALESCE(MAX(version), 0) FROM schema_version", -1,
+                            &q, NULL);
+    if (rc)
+        goto fail;
+    for (;;) {
+        char sql[96];
+
+        rc = sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, &emsg);
+        if (rc)
+            goto fail;
+        rc = sqlite3_step(q);
+        if (rc != SQLITE_ROW)
+            goto fail;
+        version = sqlite3_column_int64(q, 0);
+        rc = sqlite3_reset(q);
+        if (rc)
+            goto fail;
+        if (version > newest) {
+            snprintf(err, errlen, "store: schema version %lld is newer than this binary (%lld)",
+                     (long long)version, (long long)newest);
+            result = KZ_ERR_DB;
+            goto rollback;
+        }
+        if (version == newest)
+            break;
+        rc = sqlite3_exec(c->db, migrations[version], NULL, NULL, &emsg);
+        if (rc)
+            goto fail;
+        snprintf(sql, sizeof(sql), "INSERT INTO schema_version(version) VALUES (%lld)",
+                 (long long)(version + 1));
+        rc = sqlite3_exec(c->db, sql, NULL, NULL, &emsg);
+        if (rc)
+            goto fail;
+        rc = sqlite3_exec(c->db, "COMMIT", NULL, NULL, &emsg);
+        if (rc)
+            goto fail;
+        kz_log("info", "store: schema migrated", "\"version\":%lld", (long long)(version + 1));
+    }
+    rc = sqlite3_exec(c->db, "COMMIT", NULL, NULL, &emsg);
+    if (rc)
+        goto fail;
+    goto out;
+fail:
+    result = map_rc(rc);
+    snprintf(err, errlen, "store: migration failed: %s",
+             emsg ? emsg : sqlite3_errmsg(c->db));
+rollback:
+    if (!sqlite3_get_autocommit(c->db))
+        (void)sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL); /* best effort: closing next */
+out:
+    sqlite3_free(emsg);
+    sqlite3_finalize(q);
+    return result;
+}
+
+/* Reads meta webhooks_version on the write connection (inside or outside a transaction). */
+static int read_version(struct conn *c, int64_t *out)
+{
+    struct bind b;
+    int rc;
+
+    prep(c, S_VERSION_GET, &b);
+    rc = step(&b);
+    if (rc == SQLITE_ROW) {
+        *out = sqlite3_column_int64(b.q, 0);
+        rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+        *out = 0;
+        rc = SQLITE_OK;
+    }
+    finish(&b);
+    return rc;
+}
+
+static enum kz_err sq_open(struct kz_backend **out, const char *url, char *err, size_t errlen)
+{
+    enum kz_err result = KZ_ERR_INVALID;
+    struct kz_backend *be = NULL;
+    int fd;
+    int rc;
+
+    if (!sqlite3_threadsafe()) {
+        snprintf(err, errlen, "store: SQLite was built without thread support");
+        goto out;
+    }
+    if (!*url || !strcmp(url, ":memory:") || !strncmp(url, "file:", 5)) {
+        snprintf(err, errlen, "store: the SQLite store needs a plain file path");
+        goto out;
+    }
+    if (make_parent_dirs(url)) {
+        snprintf(err, errlen, "store: cannot create the directory of %s: %s", url,
+                 strerror(errno));
+        result = KZ_ERR_IO;
+        goto out;
+    }
+    /* Created here rather than by SQLite so that it is private (0600); SQLite gives the -wal
+     * and -shm files the same mode. */
+    fd = open(url, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        snprintf(err, errlen, "store: cannot open %s: %s", url, strerror(errno));
+        result = KZ_ERR_IO;
+        goto out;
+    }
+    close(fd);
+
+    be = kz_calloc(1, sizeof(*be));
+    be->path = kz_strdup(url);
+    pthread_mutex_init(&be->pool_mu, NULL);
+    pthread_cond_init(&be->pool_cv, NULL);
+    result = conn_open(be->path, true, &be->wr, err, errlen);
+    if (result)
+        goto out;
+    result = migrate(be->wr, err, errlen);
+    if (result)
+        goto out;
+    rc = sqlite3_exec(be->wr->db, "CREATE TEMP TABLE IF NOT EXISTS claim_exclude"
+                                  " (id TEXT PRIMARY KEY)", NULL, NULL, NULL);
+    if (!rc)
+        rc = read_version(be->wr, &be->wh_version);
+    if (rc) {
+        snprintf(err, errlen, "store: %s: setup: %s", url, sqlite3_errmsg(be->wr->db));
+        result = map_rc(rc);
+        goto out;
+    }
+    *out = be;
+    be = NULL;
+out:
+    if (be) {
+        conn_close(be->wr);
+        pthread_cond_destroy(&be->pool_cv);
+        pthread_mutex_destroy(&be->pool_mu);
+        kz_free(be->path);
+        kz_free(be);
+    }
+    return result;
+}
+
+static void sq_close(struct kz_backend *be)
+{
+    struct conn *c;
+    size_t n = 0;
+
+    if (!be)
+        return;
+    while ((c = be->idle)) {
+        be->idle = c->next;
+        conn_close(c);
+        n++;
+    }
+    KZ_ASSERT(n == be->n_read); /* no read may still be running */
+    conn_close(be->wr);
+    pthread_cond_destroy(&be->pool_cv);
+    pthread_mutex_destroy(&be->pool_mu);
+    kz_free(be->path);
+    kz_free(be);
+}
+
+/* Takes an idle read connection, opening one when fewer than READ_MAX exist, else waiting for
+ * one to come back. */
+static enum kz_err acquire(struct kz_backend *be, struct conn **out)
+{
+    enum kz_err result;
+    struct conn *c = NULL;
+    char err[256];
+
+    pthread_mutex_lock(&be->pool_mu);
+    while (!be->idle && be->n_read >= READ_MAX)
+        pthread_cond_wait(&be->pool_cv, &be->pool_mu);
+    if (be->idle) {
+        c = be->idle;
+        be->idle = c->next;
+        pthread_mutex_unlock(&be->pool_mu);
+        *out = c;
+        return KZ_OK;
+    }
+    be->n_read++; /* reserve the slot; open outside the lock */
+    pthread_mutex_unlock(&be->pool_mu);
+
+    result = conn_open(be->path, false, &c, err, sizeof(err));
+    if (result) {
+        char emsg[300];
+
+        kz_log("error", "store: cannot open a read connection", "\"err\":\"%s\"",
+               kz_log_esc(err, emsg, sizeof(emsg)));
+        pthread_mutex_lock(&be->pool_mu);
+        be->n_read--;
+        pthread_cond_signal(&be->pool_cv);
+        pthread_mutex_unlock(&be->pool_mu);
+        return result;
+    }
+    *out = c;
+    return KZ_OK;
+}
+
+static void release(struct kz_backend *be, struct conn *c)
+{
+    pthread_mutex_lock(&be->pool_mu);
+    c->next = be->idle;
+    be->idle = c;
+    pthread_cond_signal(&be->pool_cv);
+    pthread_mutex_unlock(&be->pool_mu);
+}
+
+/* ==== write ops (writer thread) ==== */
+
+/* Each op_* runs inside the op's savepoint on the write connection. It returns the op's result;
+ * on failure the caller rolls the savepoint back, so an op_* may stop halfway. `*bump` is set when
+ * the op changed the webhooks table. */
+
+static enum kz_err op_meta_set(struct conn *c, struct kz_op *op)
+{
+    struct bind b;
+    int rc;
+
+    if (!op->u.meta.key || !op->u.meta.value)
+        return KZ_ERR_INVALID;
+    prep(c, S_META_SET, &b);
+    b_text(&b, op->u.meta.key);
+    b_text(&b, op->u.meta.value);
+    rc = run(&b);
+    return rc ? fail(c, "meta set", rc) : KZ_OK;
+}
+
+static enum kz_err op_app_create(struct conn *c, struct kz_op *op)
+{
+    const struct kz_app *a = &op->u.app;
+    struct bind b;
+    int rc;
+
+    prep(c, S_APP_INSERT, &b);
+    b_fixed(&b, a->id, sizeof(a->id));
+    b_text(&b, a->name);
+    b_text(&b, a->object_ids_json);
+    b_fixed(&b, a->secret_hash, sizeof(a->secret_hash));
+    b_fixed(&b, a->refresh_hash, sizeof(a->refresh_hash));
+    b_int(&b, a->created_at);
+    rc = run(&b);
+    return rc ? fail(c, "app insert", rc) : KZ_OK;
+}
+
+/* Runs a statement whose only parameter is `id`; `*changes` gets the rows it changed. */
+static int run_by_id(struct conn *c, enum stmt_id sid, const char *id, int64_t *changes)
+{
+    struct bind b;
+    int rc;
+
+    prep(c, sid, &b);
+    b_text(&b, id);
+    rc = run(&b);
+    if (!rc && changes)
+        *changes = sqlite3_changes64(c->db);
+    return rc;
+}
+
+static enum kz_err op_app_delete(struct conn *c, struct kz_op *op, bool *bump)
+{
+    const char *id = op->u.id;
+    int64_t changed = 0;
+    int rc;
+
+    if (!id)
+        return KZ_ERR_INVALID;
+    rc = run_by_id(c, S_APP_DELETE, id, &changed);
+    if (rc)
+        return fail(c, "app delete", rc);
+    if (!changed)
+        return KZ_ERR_NOTFOUND;
+    rc = run_by_id(c, S_APP_DEL_DELIVERIES, id, NULL);
+    if (rc)
+        return fail(c, "app delete deliveries", rc);
+    rc = run_by_id(c, S_APP_DEL_WEBHOOKS, id, &changed);
+    if (rc)
+        return fail(c, "app delete webhooks", rc);
+    if (changed)
+        *bump = true;
+    rc = run_by_id(c, S_APP_DEL_TOKENS, id, NULL);
+    return rc ? fail(c, "app delete tokens", rc) : KZ_OK;
+}
+
+static enum kz_err op_token_add(struct conn *c, struct kz_op *op)
+{
+    struct bind b;
+    int rc;
+
+    if (!op->u.token.hash || !op->u.token.app_id)
+        return KZ_ERR_INVALID;
+    prep(c, S_TOKEN_PURGE, &b);
+    b_text(&b, op->u.token.app_id);
+    b_int(&b, kz_now_ms());
+    rc = run(&b);
+    if (rc)
+        return fail(c, "token purge", rc);
+    prep(c, S_TOKEN_INSERT, &b);
+    b_text(&b, op->u.token.hash);
+    b_text(&b, op->u.token.app_id);
+    b_int(&b, op->u.token.expires_at);
+    rc = run(&b);
+    return rc ? fail(c, "token insert", rc) : KZ_OK;
+}
+
+static enum kz_err op_webhook_insert(struct conn *c, struct kz_op *op, bool *bump)
+{
+    const struct kz_webhook *w = &op->u.webhook;
+    struct bind b;
+    int rc;
+
+    prep(c, S_WH_INSERT, &b);
+    b_fixed(&b, w->id, sizeof(w->id));
+    b_fixed(&b, w->app_id, sizeof(w->app_id));
+    b_int(&b, w->object_type);
+    b_text(&b, w->object_id);
+    b_int(&b, w->event_mask);
+    b_text(&b, w->callback_url);
+    b_text(&b, w->callback_token);
+    b_text(&b, w->callback_context);
+    b_text(&b, w->signing_secret);
+    b_int(&b, w->ts_ms);
+    b_int(&b, w->validity_ms);
+    b_int(&b, w->active);
+    rc = run(&b);
+    if (rc)
+        return fail(c, "webhook insert", rc);
+    *bump = true;
+    return KZ_OK;
+}
+
+/* Replaces the mutable columns. id, app_id and ts_ms never change; signing_secret changes only
+ * when the op carries one (NULL keeps the stored secret). */
+static enum kz_err op_webhook_update(struct conn *c, struct kz_op *op, bool *bump)
+{
+    const struct kz_webhook *w = &op->u.webhook;
+    struct bind b;
+    int rc;
+
+    prep(c, S_WH_UPDATE, &b);
+    b_int(&b, w->object_type);
+    b_text(&b, w->object_id);
+    b_int(&b, w->event_mask);
+    b_text(&b, w->callback_url);
+    b_text(&b, w->callback_token);
+    b_text(&b, w->callback_context);
+    b_text(&b, w->signing_secret);
+    b_int(&b, w->validity_ms);
+    b_int(&b, w->active);
+    b_fixed(&b, w->id, sizeof(w->id));
+    b_fixed(&b, w->app_id, sizeof(w->app_id));
+    rc = run(&b);
+    if (rc)
+        return fail(c, "webhook update", rc);
+    if (!sqlite3_changes64(c->db))
+        return KZ_ERR_NOTFOUND;
+    *bump = true;
+    return KZ_OK;
+}
+
+static enum kz_err op_webhook_delete(struct conn *c, struct kz_op *op, bool *bump)
+{
+    struct bind b;
+    int rc;
+
+    if (!op->u.del.id)
+        return KZ_ERR_INVALID;
+    prep(c, S_WH_DELETE, &b);
+    b_text(&b, op->u.del.id);
+    b_text(&b, op->u.del.app_id ? op->u.del.app_id : "");
+    rc = run(&b);
+    if (rc)
+        return fail(c, "webhook delete", rc);
+    if (!sqlite3_changes64(c->db))
+        return KZ_ERR_NOTFOUND;
+    rc = run_by_id(c, S_WH_DEL_DELIVERIES, op->u.del.id, NULL);
+    if (rc)
+        return fail(c, "webhook delete deliveries", rc);
+    *bump = true;
+    return KZ_OK;
+}
+
+static enum kz_err op_webhook_active(struct conn *c, struct kz_op *op, bool *bump)
+{
+    struct bind b;
+    int rc;
+
+    if (!op->u.active.id)
+        return KZ_ERR_INVALID;
+    prep(c, S_WH_ACTIVE, &b);
+    b_text(&b, op->u.active.id);
+    b_int(&b, op->u.active.flag);
+    rc = run(&b);
+    if (rc)
+        return fail(c, "webhook active", rc);
+    if (!sqlite3_changes64(c->db))
+        return KZ_ERR_NOTFOUND;
+    *bump = true;
+    return KZ_OK;
+}
+
+/* Inserts one event and its deliveries, or, when event_id is already stored (by an earlier
+ * batch or earlier in this one), reports the stored event and inserts nothing. */
+static enum kz_err publish_one(struct conn *c, struct kz_publish_item *it, int64_t now)
+{
+    const struct kz_event *e = &it->ev;
+    int64_t created = e->created_at ? e->created_at : now;
+    struct bind b;
+    size_t i;
+    int rc;
+
+    if (!e->event_id || (it->n_targets && (!it->webhook_ids || !it->target_active)) ||
+        it->n_targets > INT32_MAX)
+        return KZ_ERR_INVALID;
+    prep(c, S_EV_INSERT, &b);
+    b_text(&b, e->event_id);
+    b_int(&b, e->event_type);
+    b_text(&b, e->group_id);
+    b_text(&b, e->action_id);
+    b_text(&b, e->action_package_id);
+    b_text(&b, e->from_user);
+    b_text(&b, e->from_user_id);
+    b_text(&b, e->from_user_name);
+    b_text(&b, e->from_user_pic);
+    b_text(&b, e->data_json);
+    b_int(&b, (int64_t)it->n_targets);
+    b_int(&b, created);
+    rc = run(&b);
+    if (rc)
+        return fail(c, "event insert", rc);
+
+    if (!sqlite3_changes64(c->db)) {
+        prep(c, S_EV_LOOKUP, &b);
+        b_text(&b, e->event_id);
+        rc = step(&b);
+        if (rc == SQLITE_ROW) {
+            it->seq = sqlite3_column_int64(b.q, 0);
+            it->deliveries = sqlite3_column_int(b.q, 1);
+            it->duplicate = true;
+            rc = SQLITE_OK;
+        }
+        finish(&b);
+        if (rc == SQLITE_DONE)
+            return KZ_ERR_DB; /* the insert conflicted, so the row must exist */
+        return rc ? fail(c, "event lookup", rc) : KZ_OK;
+    }
+
+    it->seq = sqlite3_last_insert_rowid(c->db);
+    it->deliveries = (int)it->n_targets;
+    it->duplicate = false;
+    for (i = 0; i < it->n_targets; i++) {
+        if (!it->webhook_ids[i])
+            return KZ_ERR_INVALID;
+        prep(c, S_DLV_INSERT, &b);
+        b_text(&b, it->webhook_ids[i]);
+        b_int(&b, it->seq);
+        b_int(&b, it->target_active[i] ? KZ_D_PENDING : KZ_D_SKIPPED);
+        b_int(&b, created);
+        rc = run(&b);
+        if (rc)
+            return fail(c, "delivery insert", rc);
+    }
+    return KZ_OK;
+}
+
+static enum kz_err op_publish(struct conn *c, struct kz_op *op)
+{
+    int64_t now = kz_now_ms();
+    enum kz_err result;
+    size_t i;
+
+    for (i = 0; i < op->u.publish.n; i++) {
+        result = publish_one(c, &op->u.publish.items[i], now);
+        if (result)
+            return result;
+    }
+    return KZ_OK;
+}
+
+/* Selects the due rows in (next_attempt_at, id) order with their webhook and event, then marks
+ * them inflight. The exclusion list goes through a temp table so that the statement stays
+ * prepared whatever its length. Rows are collected before any UPDATE runs, so the SELECT never
+ * walks rows it is changing. */
+static enum kz_err op_claim(struct conn *c, struct kz_op *op)
+{
+    enum kz_err result = KZ_OK;
+    struct kz_claimed *rows = NULL;
+    size_t n = 0;
+    size_t cap = 0;
+    struct bind b;
+    size_t i;
+    int64_t now = op->u.claim.now;
+    int rc;
+
+    op->u.claim.out = NULL;
+    op->u.claim.n_out = 0;
+    if (!op->u.claim.limit)
+        return KZ_OK;
+    if (op->u.claim.n_exclude && !op->u.claim.exclude)
+        return KZ_ERR_INVALID;
+    rc = run_plain(c, S_EXCL_CLEAR);
+    if (rc)
+        return fail(c, "claim exclude clear", rc);
+    for (i = 0; i < op->u.claim.n_exclude; i++) {
+        rc = run_by_id(c, S_EXCL_ADD, op->u.claim.exclude[i], NULL);
+        if (rc)
+            return fail(c, "claim exclude add", rc);
+    }
+
+    prep(c, S_CLAIM_SELECT, &b);
+    b_int(&b, now);
+    b_int(&b, clamp_size(op->u.claim.limit));
+    while ((rc = step(&b)) == SQLITE_ROW) {
+        struct kz_claimed *r;
+
+        if (n == cap) {
+            cap = cap ? cap * 2 : (op->u.claim.limit < 64 ? op->u.claim.limit : 64);
+            rows = kz_realloc(rows, cap * sizeof(*rows));
+        }
+        r = &rows[n++];
+        memset(r, 0, sizeof(*r));
+        r->delivery_id = sqlite3_column_int64(b.q, 0);
+        r->attempts = sqlite3_column_int(b.q, 1);
+        r->created_at = sqlite3_column_int64(b.q, 2);
+        if (!row_webhook(b.q, 3, &r->wh))
+            result = KZ_ERR_DB;
+        row_event(b.q, 3 + WH_NCOLS, &r->ev);
+    }
+    finish(&b);
+    /* Hand the rows to the op first so that kz_claim_cleanup frees them on any failure. */
+    op->u.claim.out = rows;
+    op->u.claim.n_out = n;
+    if (rc != SQLITE_DONE)
+        return fail(c, "claim select", rc);
+    if (result) {
+        kz_log("error", "store: claimed row with an oversized id", "\"rows\":%zu", n);
+        return result;
+    }
+    for (i = 0; i < n; i++) {
+        prep(c, S_CLAIM_MARK, &b);
+        b_int(&b, op->u.claim.lease_until);
+        b_int(&b, now);
+        b_int(&b, rows[i].delivery_id);
+        rc = run(&b);
+        if (rc)
+            return fail(c, "claim mark", rc);
+    }
+    return KZ_OK;
+}
+
+/* Keeps at most `max` bytes of `s`, cut back to a UTF-8 character boundary. */
+static size_t keep_len(const char *s, size_t len, size_t max)
+{
+    if (len <= max)
+        return len;
+    len = max;
+    while (len > 0 && ((unsigned char)s[len] & 0xC0) == 0x80)
+        len--;
+    return len;
+}
+
+static enum kz_err op_complete(struct conn *c, struct kz_op *op, bool *bump)
+{
+    int64_t now = kz_now_ms();
+    struct bind b;
+    size_t i;
+    int rc;
+
+    for (i = 0; i < op->u.complete.n; i++) {
+        const struct kz_attempt *a = &op->u.complete.items[i];
+        int64_t changed;
+
+        if (a->state == KZ_D_INFLIGHT || (unsigned)a->state > KZ_D_SKIPPED ||
+            (a->response_len && !a->response))
+            return KZ_ERR_INVALID;
+        prep(c, S_COMPLETE, &b);
+        b_int(&b, a->state);
+        b_int(&b, a->attempts);
+        b_int(&b, a->next_attempt_at);
+        b_int(&b, a->status);
+        if (a->error)
+            b_textn(&b, a->error, keep_len(a->error, strlen(a->error), ERROR_KEEP));
+        else
+            b_text(&b, NULL);
+        if (a->response)
+            b_textn(&b, a->response, keep_len(a->response, a->response_len, KZ_RESPONSE_KEEP));
+        else
+            b_text(&b, NULL);
+        b_int(&b, now);
+        b_int(&b, a->delivery_id);
+        rc = run(&b);
+        if (rc)
+            return fail(c, "complete", rc);
+        changed = sqlite3_changes64(c->db);
+        if (a->state != KZ_D_DEAD || !changed)
+            continue; /* not dead, or no longer inflight: a replay or delete came first */
+        prep(c, S_WH_DISABLE, &b);
+        b_fixed(&b, a->webhook_id, sizeof(a->webhook_id));
+        rc = run(&b);
+        if (rc)
+            return fail(c, "webhook disable", rc);
+        if (sqlite3_changes64(c->db))
+            *bump = true;
+    }
+    return KZ_OK;
+}
+
+static enum kz_err op_replay(struct conn *c, struct kz_op *op)
+{
+    struct bind b;
+    int rc;
+
+    if (!op->u.replay.webhook_id)
+        return KZ_ERR_INVALID;
+    prep(c, S_REPLAY, &b);
+    b_text(&b, op->u.replay.webhook_id);
+    b_int(&b, op->u.replay.since);
+    b_int(&b, op->u.replay.now);
+    rc = run(&b);
+    if (rc)
+        return fail(c, "replay", rc);
+    op->u.replay.requeued = sqlite3_changes64(c->db);
+    return KZ_OK;
+}
+
+static enum kz_err op_release(struct conn *c, struct kz_op *op)
+{
+    struct bind b;
+    int rc;
+
+    prep(c, op->u.release.all ? S_LEASE_ALL : S_LEASE_EXPIRED, &b);
+    b_int(&b, op->u.release.now);
+    rc = run(&b);
+    if (rc)
+        return fail(c, "release", rc);
+    op->u.release.released = sqlite3_changes64(c->db);
+    return KZ_OK;
+}
+
+/* Deletes event `seq` if it is older than `before` and has no delivery left. */
+static int drop_orphan_event(struct conn *c, int64_t seq, int64_t before, int64_t *dropped)
+{
+    struct bind b;
+    int rc;
+
+    prep(c, S_PRUNE_EV_ORPHAN, &b);
+    b_int(&b, seq);
+    b_int(&b, before);
+    rc = run(&b);
+    if (!rc)
+        *dropped += sqlite3_changes64(c->db);
+    return rc;
+}
+
+/* Retention, bounded by `limit` rows per step so the writer never holds a long transaction:
+ * 1. delete up to `limit` succeeded deliveries last touched before `before`, and the events they
+ *    leave without deliveries;
+ * 2. sweep up to `limit` further events from a cursor for orphans older than `before` (events
+ *    that matched no webhook, or lost their deliveries to a webhook or app delete). The sweep
+ *    stops at the first event inside the retention window or at the end of the table and then
+ *    restarts from the beginning, so every call is bounded and every orphan is reached. */
+static enum kz_err op_prune(struct kz_backend *be, struct conn *c, struct kz_op *op)
+{
+    enum kz_err result = KZ_OK;
+    int64_t before = op->u.prune.before;
+    size_t limit = op->u.prune.limit < PRUNE_LIMIT_MAX ? op->u.prune.limit : PRUNE_LIMIT_MAX;
+    int64_t *seqs = NULL;
+    size_t n = 0;
+    size_t i;
+    int64_t dropped = 0;
+    bool wrap = false;
+    struct bind b;
+    int rc;
+
+    op->u.prune.pruned = 0;
+    if (!limit)
+        return KZ_OK;
+    seqs = kz_malloc(limit * sizeof(*seqs));
+
+    prep(c, S_PRUNE_DLV, &b);
+    b_int(&b, before);
+    b_int(&b, (int64_t)limit);
+    while ((rc = step(&b)) == SQLITE_ROW && n < limit)
+        seqs[n++] = sqlite3_column_int64(b.q, 0);
+    finish(&b);
+    if (rc != SQLITE_DONE) {
+        result = fail(c, "prune deliveries", rc);
+        goto out;
+    }
+    op->u.prune.pruned = (int64_t)n;
+    for (i = 0; i < n && dropped < (int64_t)limit; i++) { /* a repeated seq is a no-op */
+        rc = drop_orphan_event(c, seqs[i], before, &dropped);
+        if (rc) {
+            result = fail(c, "prune event", rc);
+            goto out;
+        }
+    }
+
+    n = 0;
+    prep(c, S_PRUNE_EV_SCAN, &b);
+    b_int(&b, be->prune_cursor);
+    b_int(&b, (int64_t)limit);
+    while ((rc = step(&b)) == SQLITE_ROW) {
+        if (sqlite3_column_int64(b.q, 1) >= before) {
+            wrap = true;
+            break;
+        }
+        seqs[n++] = sqlite3_column_int64(b.q, 0);
+    }
+    finish(&b);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        result = fail(c, "prune event scan", rc);
+        goto out;
+    }
+    if (rc == SQLITE_DONE && n < limit)
+        wrap = true;
+    for (i = 0; i < n && dropped < (int64_t)limit; i++) {
+        rc = drop_orphan_event(c, seqs[i], before, &dropped);
+        if (rc) {
+            result = fail(c, "prune event", rc);
+            goto out;
+        }
+    }
+    /* The cursor only advances when the batch commits; a rolled-back sweep is simply redone. */
+    if (wrap)
+        be->prune_cursor = 0;
+    else if (i)
+        be->prune_cursor = seqs[i - 1];
+out:
+    kz_free(seqs);
+    return result;
+}
+
+static enum kz_err run_op(struct kz_backend *be, struct kz_op *op, bool *bump)
+{
+    struct conn *c = be->wr;
+
+    switch (op->type) {
+    case KZ_OP_META_SET:
+        return op_meta_set(c, op);
+    case KZ_OP_APP_CREATE:
+        return op_app_create(c, op);
+    case KZ_OP_APP_DELETE:
+        return op_app_delete(c, op, bump);
+    case KZ_OP_TOKEN_ADD:
+        return op_token_add(c, op);
+    case KZ_OP_WEBHOOK_INSERT:
+        return op_webhook_insert(c, op, bump);
+    case KZ_OP_WEBHOOK_UPDATE:
+        return op_webhook_update(c, op, bump);
+    case KZ_OP_WEBHOOK_DELETE:
+        return op_webhook_delete(c, op, bump);
+    case KZ_OP_WEBHOOK_ACTIVE:
+        return op_webhook_active(c, op, bump);
+    case KZ_OP_PUBLISH:
+        return op_publish(c, op);
+    case KZ_OP_CLAIM:
+        return op_claim(c, op);
+    case KZ_OP_COMPLETE:
+        return op_complete(c, op, bump);
+    case KZ_OP_REPLAY:
+        return op_replay(c, op);
+    case KZ_OP_RELEASE:
+        return op_release(c, op);
+    case KZ_OP_PRUNE:
+        return op_prune(be, c, op);
+    }
+    return KZ_ERR_INVALID;
+}
+
+/* Group commit: BEGIN IMMEDIATE, each op between SAVEPOINT and RELEASE (ROLLBACK TO on its
+ * failure), bump webhooks_version once if anything changed webhooks, COMMIT (the one fsync).
+ * Some errors (I/O, disk full, out of memory) make SQLite roll back the whole transaction
+ * by itself; that is detected after every op and fails the whole batch, since the earlier
+ * ops' work is gone too. */
+static enum kz_err sq_write_batch(struct kz_backend *be, struct kz_op **ops, size_t n)
+{
+    struct conn *c = be->wr;
+    enum kz_err result;
+    int64_t version = be->wh_version;
+    bool bump = false;
+    size_t i;
+    int rc;
+
+    rc = run_plain(c, S_BEGIN);
+    if (rc) {
+        result = fail(c, "begin", rc);
+        goto rollback;
+    }
+    for (i = 0; i < n; i++) {
+        struct kz_op *op = ops[i];
+        bool op_bump = false;
+
+        rc = run_plain(c, S_SAVEPOINT);
+        if (rc) {
+            result = fail(c, "savepoint", rc);
+            goto rollback;
+        }
+        op->result = run_op(be, op, &op_bump);
+        if (sqlite3_get_autocommit(c->db)) {
+            kz_log("error", "store: transaction lost mid-batch", "\"ops\":%zu", n);
+            result = op->result == KZ_ERR_BUSY ? KZ_ERR_BUSY : KZ_ERR_DB;
+            goto rollback;
+        }
+        if (op->result) {
+            if (op->type == KZ_OP_CLAIM)
+                kz_claim_cleanup(op);
+            rc = run_plain(c, S_SP_ROLLBACK);
+            if (rc) {
+                result = fail(c, "rollback to savepoint", rc);
+                goto rollback;
+            }
+        } else if (op_bump) {
+            bump = true;
+        }
+        rc = run_plain(c, S_SP_RELEASE);
+        if (rc) {
+            result = fail(c, "release savepoint", rc);
+            goto rollback;
+        }
+    }
+    if (bump) {
+        rc = run_plain(c, S_VERSION_BUMP);
+        if (rc) {
+            result = fail(c, "webhooks_version bump", rc);
+            goto rollback;
+        }
+    }
+    /* Read inside the transaction, so that a bump by another process (the CLI) shows too. */
+    rc = read_version(c, &version);
+    if (rc) {
+        result = fail(c, "webhooks_version read", rc);
+        goto rollback;
+    }
+    rc = run_plain(c, S_COMMIT);
+    if (rc) {
+        result = fail(c, "commit", rc);
+        goto rollback;
+    }
+    be->wh_version = version;
+    for (i = 0; i < n; i++)
+        ops[i]->webhooks_version = version;
+    return KZ_OK;
+
+rollback:
+    if (!sqlite3_get_autocommit(c->db)) {
+        rc = run_plain(c, S_ROLLBACK);
+        if (rc)
+            (void)fail(c, "rollback", rc);
+    }
+    if (result != KZ_ERR_BUSY)
+        result = KZ_ERR_DB;
+    for (i = 0; i < n; i++) {
+        ops[i]->result = result;
+        ops[i]->webhooks_version = be->wh_version;
+        if (ops[i]->type == KZ_OP_CLAIM)
+            kz_claim_cleanup(ops[i]);
+        if (ops[i]->type == KZ_OP_PUBLISH) {
+            size_t k;
+
+            for (k = 0; k < ops[i]->u.publish.n; k++) {
+                ops[i]->u.publish.items[k].seq = 0;
+                ops[i]->u.publish.items[k].deliveries = 0;
+                ops[i]->u.publish.items[k].duplicate = false;
+            }
+        }
+    }
+    return result;
+}
+
+/* ==== reads (any thread) ==== */
+
+static enum kz_err sq_ping(struct kz_backend *be)
+{
+    struct conn *c;
+    struct bind b;
+    enum kz_err result = acquire(be, &c);
+    int rc;
+
+    if (result)
+        return result;
+    prep(c, S_PING, &b);
+    rc = step(&b);
+    finish(&b);
+    if (rc != SQLITE_ROW)
+        result = fail(c, "ping", rc);
+    release(be, c);
+    return result;
+}
+
+static enum kz_err sq_meta_get(struct kz_backend *be, const char *key, struct kz_buf *out)
+{
+    struct conn *c;
+    struct bind b;
+    enum kz_err result = acquire(be, &c);
+    int rc;
+
+    if (result)
+        return result;
+    kz_buf_reset(out);
+    prep(c, S_META_GET, &b);
+    b_text(&b, key);
+    rc = step(&b);
+    if (rc == SQLITE_ROW)
+        result = kz_buf_append(out, sqlite3_column_text(b.q, 0),
+                               (size_t)sqlite3_column_bytes(b.q, 0));
+    else if (rc == SQLITE_DONE)
+        result = KZ_ERR_NOTFOUND;
+    else
+        result = fail(c, "meta get", rc);
+    finish(&b);
+    release(be, c);
+    return result;
+}
+
+static enum kz_err sq_app_get(struct kz_backend *be, const char *id, struct kz_app *out)
+{
+    struct conn *c;
+    struct bind b;
+    enum kz_err result = acquire(be, &c);
+    int rc;
+
+    if (result)
+        return result;
+    prep(c, S_APP_GET, &b);
+    b_text(&b, id);
+    rc = step(&b);
+    if (rc == SQLITE_ROW) {
+        memset(out, 0, sizeof(*out));
+        if (!row_app(b.q, out)) {
+            kz_app_cleanup(out);
+            result = KZ_ERR_DB;
+        }
+    } else if (rc == SQLITE_DONE) {
+        result = KZ_ERR_NOTFOUND;
+    } else {
+        result = fail(c, "app get", rc);
+    }
+    finish(&b);
+    release(be, c);
+    return result;
+}
+
+static enum kz_err sq_app_list(struct kz_backend *be, void (*fn)(void *, const struct kz_app *),
+                               void *arg)
+{
+    struct conn *c;
+    struct bind b;
+    enum kz_err result = acquire(be, &c);
+    int rc;
+
+    if (result)
+        return result;
+    prep(c, S_APP_LIST, &b);
+    while ((rc = step(&b)) == SQLITE_ROW) {
+        struct kz_app a;
+        bool ok;
+
+        memset(&a, 0, sizeof(a));
+        ok = row_app(b.q, &a);
+
+        if (ok)
+            fn(arg, &a);
+        kz_app_cleanup(&a);
+        if (!ok) {
+            result = KZ_ERR_DB;
+            break;
+        }
+    }
+    if (!result && rc != SQLITE_DONE)
+        result = fail(c, "app list", rc);
+    finish(&b);
+    release(be, c);
+    return result;
+}
+
+static enum kz_err sq_token_get(struct kz_backend *be, const char *hash, char app_id[40],
+                                int64_t *expires_at)
+{
+    struct conn *c;
+    struct bind b;
+    enum kz_err result = acquire(be, &c);
+    int rc;
+
+    if (result)
+        return result;
+    prep(c, S_TOKEN_GET, &b);
+    b_text(&b, hash);
+    rc = step(&b);
+    if (rc == SQLITE_ROW) {
+        if (!col_fixed(b.q, 0, app_id, 40))
+            result = KZ_ERR_DB;
+        *expires_at = sqlite3_column_int64(b.q, 1);
+    } else if (rc == SQLITE_DONE) {
+        result = KZ_ERR_NOTFOUND;
+    } else {
+        result = fail(c, "token get", rc);
+    }
+    finish(&b);
+    release(be, c);
+    return result;
+}
+
+static enum kz_err sq_webhook_get(struct kz_backend *be, const char *id, struct kz_webhook *out)
+{
+    struct conn *c;
+    struct bind b;
+    enum kz_err result = acquire(be, &c);
+    int rc;
+
+    if (result)
+        return result;
+    prep(c, S_WH_GET, &b);
+    b_text(&b, id);
+    rc = step(&b);
+    if (rc == SQLITE_ROW) {
+        memset(out, 0, sizeof(*out));
+        if (!row_webhook(b.q, 0, out)) {
+            kz_webhook_cleanup(out);
+            result = KZ_ERR_DB;
+        }
+    } else if (rc == SQLITE_DONE) {
+        result = KZ_ERR_NOTFOUND;
+    } else {
+        result = fail(c, "webhook get", rc);
+    }
+    finish(&b);
+    release(be, c);
+    return result;
+}
+
+static enum kz_err sq_webhook_list(struct kz_backend *be, const char *app_id, int object_type,
+                                   const char *object_id,
+                                   void (*fn)(void *, const struct kz_webhook *), void *arg)
+{
+    struct conn *c;
+    struct bind b;
+    enum kz_err result = acquire(be, &c);
+    int rc;
+
+    if (result)
+        return result;
+    if (app_id) {
+        prep(c, S_WH_LIST_APP, &b);
+        b_text(&b, app_id);
+    } else {
+        prep(c, S_WH_LIST_ALL, &b);
+    }
+    b_int(&b, object_type < 0 ? -1 : object_type);
+    b_text(&b, object_id);
+    while ((rc = step(&b)) == SQLITE_ROW) {
+        struct kz_webhook w;
+        bool ok;
+
+        memset(&w, 0, sizeof(w));
+        ok = row_webhook(b.q, 0, &w);
+        if (ok)
+            fn(arg, &w);
+        kz_webhook_cleanup(&w);
+        if (!ok) {
+            result = KZ_ERR_DB;
+            break;
+        }
+    }
+    if (!result && rc != SQLITE_DONE)
+        result = fail(c, "webhook list", rc);
+    finish(&b);
+    release(be, c);
+    return result;
+}
+
+static enum kz_err sq_delivery_list(struct kz_backend *be, const char *webhook_id, int state,
+                                    int64_t cursor, size_t limit,
+                                    void (*fn)(void *, const struct kz_delivery *), void *arg)
+{
+    struct conn *c;
+    struct bind b;
+    enum kz_err result;
+    int lo = state;
+    int hi = state;
+    int rc;
+
+    if (state < 0) {
+        lo = KZ_D_PENDING;
+        hi = KZ_D_SKIPPED;
+    } else if (state == KZ_D_PENDING) {
+        hi = KZ_D_INFLIGHT; /* the API shows inflight as pending */
+    } else if (state > KZ_D_SKIPPED) {
+        return KZ_ERR_INVALID;
+    }
+    if (!webhook_id)
+        return KZ_ERR_INVALID;
+    result = acquire(be, &c);
+    if (result)
+        return result;
+    prep(c, S_DLV_LIST, &b);
+    b_text(&b, webhook_id);
+    b_int(&b, cursor > 0 ? cursor : INT64_MAX);
+    b_int(&b, lo);
+    b_int(&b, hi);
+    b_int(&b, clamp_size(limit));
+    while ((rc = step(&b)) == SQLITE_ROW) {
+        struct kz_delivery d;
+        bool ok;
+
+        memset(&d, 0, sizeof(d));
+        d.id = sqlite3_column_int64(b.q, 0);
+        ok = col_fixed(b.q, 1, d.webhook_id, sizeof(d.webhook_id));
+        d.event_seq = sqlite3_column_int64(b.q, 2);
+        ok = col_fixed(b.q, 3, d.event_id, sizeof(d.event_id)) && ok;
+        d.event_type = (enum kz_evtype)sqlite3_column_int(b.q, 4);
+        d.state = (enum kz_dstate)sqlite3_column_int(b.q, 5);
+        d.attempts = sqlite3_column_int(b.q, 6);
+        d.last_status = sqlite3_column_int(b.q, 7);
+        d.last_error = col_dup(b.q, 8);
+        d.last_response = col_dup(b.q, 9);
+        d.next_attempt_at = sqlite3_column_int64(b.q, 10);
+        d.created_at = sqlite3_column_int64(b.q, 11);
+        d.updated_at = sqlite3_column_int64(b.q, 12);
+        if (ok)
+            fn(arg, &d);
+        kz_delivery_cleanup(&d);
+        if (!ok) {
+            result = KZ_ERR_DB;
+            break;
+        }
+    }
+    if (!result && rc != SQLITE_DONE)
+        result = fail(c, "delivery list", rc);
+    finish(&b);
+    release(be, c);
+    return result;
+}
+
+/* Three counts over ranges of deliveries_due: index-only, but linear in the backlog. */
+static enum kz_err sq_backlog(struct kz_backend *be, int64_t now, int64_t *due,
+                              int64_t *scheduled, int64_t *inflight)
+{
+    struct conn *c;
+    struct bind b;
+    enum kz_err result = acquire(be, &c);
+    int rc;
+
+    if (result)
+        return result;
+    prep(c, S_BACKLOG, &b);
+    b_int(&b, now);
+    rc = step(&b);
+    if (rc == SQLITE_ROW) {
+        *due = sqlite3_column_int64(b.q, 0);
+        *scheduled = sqlite3_column_int64(b.q, 1);
+        *inflight = sqlite3_column_int64(b.q, 2);
+    } else {
+        result = fail(c, "backlog", rc);
+    }
+    finish(&b);
+    release(be, c);
+    return result;
+}
+
+static enum kz_err sq_next_due(struct kz_backend *be, int64_t *at)
+{
+    struct conn *c;
+    struct bind b;
+    enum kz_err result = acquire(be, &c);
+    int rc;
+
+    if (result)
+        return result;
+    prep(c, S_NEXT_DUE, &b);
+    rc = step(&b);
+    if (rc == SQLITE_ROW)
+        *at = sqlite3_column_int64(b.q, 0);
+    else if (rc == SQLITE_DONE)
+        *at = -1;
+    else
+        result = fail(c, "next due", rc);
+    finish(&b);
+    release(be, c);
+    return result;
+}
+
+const struct kz_backend_ops kz_store_sqlite_ops = {
+    .name = "sqlite",
+    .open = sq_open,
+    .close = sq_close,
+    .write_batch = sq_write_batch,
+    .ping = sq_ping,
+    .meta_get = sq_meta_get,
+    .app_get = sq_app_get,
+    .app_list = sq_app_list,
+    .token_get = sq_token_get,
+    .webhook_get = sq_webhook_get,
+    .webhook_list = sq_webhook_list,
+    .delivery_list = sq_delivery_list,
+    .backlog = sq_backlog,
+    .next_due = sq_next_due,
+};
