@@ -76,3 +76,6 @@ clean:
 	rm -rf build build-asan
 
 -include $(OBJS:.o=.d) $(UNITBINS:%=%.d)
+
+# Benchmarks (not part of `make test`): see docs/PERFORMANCE.md.
+-include bench/bench.mk

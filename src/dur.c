@@ -9,17 +9,11 @@ struct unit {
     int64_t ms;
 };
 
-/* Ordered from largest to smallest: a component's unit must come strictly after the previous
- * component's unit in this table. "ms" precedes "m" only for matching purposes (longest match
- * first); ranks keep the real order. */
+/* In matching order: "ms" must be tried before "m". Components must use strictly decreasing
+ * units, which is checked by comparing their sizes, not their place in this table. */
 static const struct unit units[] = {
-    {"d", 1, 86400000},
-    {"h", 1, 3600000},
-    {"ms", 2, 1},
-    {"m", 1, 60000},
-    {"s", 1, 1000},
+    {"d", 1, 86400000}, {"h", 1, 3600000}, {"ms", 2, 1}, {"m", 1, 60000}, {"s", 1, 1000},
 };
-static const int unit_rank[] = {0, 1, 4, 2, 3};
 
 static bool is_digit(char c)
 {
@@ -30,7 +24,7 @@ static bool is_digit(char c)
 static enum kz_err parse_span(const char *p, size_t len, int64_t *ms)
 {
     size_t i = 0, u;
-    int last_rank = -1;
+    int64_t last_unit = INT64_MAX;
     int64_t total = 0;
 
     if (!len)
@@ -52,9 +46,9 @@ static enum kz_err parse_span(const char *p, size_t len, int64_t *ms)
             if (len - i >= units[u].len && !memcmp(p + i, units[u].name, units[u].len))
                 break;
         }
-        if (u == KZ_ARRAY_LEN(units) || unit_rank[u] <= last_rank)
+        if (u == KZ_ARRAY_LEN(units) || units[u].ms >= last_unit)
             return KZ_ERR_INVALID;
-        last_rank = unit_rank[u];
+        last_unit = units[u].ms;
         i += units[u].len;
         if (num > (KZ_DUR_MAX_MS - total) / units[u].ms)
             return KZ_ERR_INVALID;

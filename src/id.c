@@ -56,9 +56,8 @@ void kz_id_token(char *out, size_t nchars)
 
 static bool safe_char(char c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == ':' || c == '@' || c == '+' || c == '=' || c == '~' ||
-           c == '-';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == ':' || c == '@' || c == '+' || c == '=' || c == '~' || c == '-';
 }
 
 bool kz_id_is_safe(const char *s, size_t maxlen)

@@ -90,8 +90,7 @@ static bool parse_imf_fixdate(const char *p, size_t len, int64_t *epoch)
     if (wd < 0 || mon == 12 || !digits(p + 5, 2, &day) || !digits(p + 12, 4, &year) ||
         !digits(p + 17, 2, &hh) || !digits(p + 20, 2, &mm) || !digits(p + 23, 2, &ss))
         return false;
-    if (day < 1 || day > mdays[mon] + (mon == 1 && is_leap(year)) || hh > 23 || mm > 59 ||
-        ss > 60)
+    if (day < 1 || day > mdays[mon] + (mon == 1 && is_leap(year)) || hh > 23 || mm > 59 || ss > 60)
         return false;
     days = days_from_civil(year, mon + 1, day);
     /* ((days % 7) + 7) % 7 is the weekday with 0 = Thursday, for dates before 1970 too. */

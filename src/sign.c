@@ -162,8 +162,7 @@ out:
     return result;
 }
 
-enum kz_err kz_sign_key_decode(const char *whsec, unsigned char *key, size_t keymax,
-                               size_t *keylen)
+enum kz_err kz_sign_key_decode(const char *whsec, unsigned char *key, size_t keymax, size_t *keylen)
 {
     size_t plen = sizeof(SECRET_PREFIX) - 1;
     size_t n;

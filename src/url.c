@@ -380,8 +380,7 @@ enum kz_err kz_url_check_addrs(const struct addrinfo *res, bool allow_private, c
             msg = unsafe_reason(c);
             goto out;
         }
-        if (!first && (c != KZ_ADDR_RESERVED || ai->ai_addr->sa_family == AF_INET ||
-                       ai->ai_addr->sa_family == AF_INET6))
+        if (!first && (ai->ai_addr->sa_family == AF_INET || ai->ai_addr->sa_family == AF_INET6))
             first = ai;
     }
     if (!first || !ntop_sa(first->ai_addr, tmp, sizeof(tmp)))
@@ -423,8 +422,7 @@ enum kz_err kz_url_resolve(const struct kz_url *u, bool allow_private, char *ip,
     return result;
 }
 
-enum kz_err kz_url_resolve_entry(const struct kz_url *u, const char *ip, char *out,
-                                 size_t outlen)
+enum kz_err kz_url_resolve_entry(const struct kz_url *u, const char *ip, char *out, size_t outlen)
 {
     unsigned char tmp[sizeof(struct in6_addr)];
     bool v6;

@@ -104,7 +104,6 @@ enum kz_err kz_url_check_addrs(const struct addrinfo *res, bool allow_private, c
  * if one is given, and needs no entry because it connects to the literal itself, which
  * kz_url_resolve() has already checked. The caller then simply sets no CURLOPT_RESOLVE.
  */
-enum kz_err kz_url_resolve_entry(const struct kz_url *u, const char *ip, char *out,
-                                 size_t outlen);
+enum kz_err kz_url_resolve_entry(const struct kz_url *u, const char *ip, char *out, size_t outlen);
 
 #endif

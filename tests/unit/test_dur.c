@@ -154,8 +154,8 @@ static void test_list_max_boundary(void **state)
 static void test_list_invalid(void **state)
 {
     static const char *const cases[] = {
-        "",      " ",        ",",      "1s,",         ",1s",    "1s,,2s",  "1s, ,2s",
-        "0s",    "1s,0ms",   "0s,1s",  "1s,bogus",    "1s 2s",  "1s;2s",   "15",
+        "",       " ",       ",",       "1s,",       ",1s",   "1s,,2s", "1s, ,2s",
+        "0s",     "1s,0ms",  "0s,1s",   "1s,bogus",  "1s 2s", "1s;2s",  "15",
         "1s,-1s", "1s,1.5s", "1s,\n2s", "1s,36526d", "1s,2S",
     };
     size_t i, n = 77;
@@ -173,12 +173,9 @@ static void test_list_invalid(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_valid),
-        cmocka_unit_test(test_parse_invalid),
-        cmocka_unit_test(test_list_default_schedule),
-        cmocka_unit_test(test_list_spaces_and_single),
-        cmocka_unit_test(test_list_max_boundary),
-        cmocka_unit_test(test_list_invalid),
+        cmocka_unit_test(test_parse_valid),           cmocka_unit_test(test_parse_invalid),
+        cmocka_unit_test(test_list_default_schedule), cmocka_unit_test(test_list_spaces_and_single),
+        cmocka_unit_test(test_list_max_boundary),     cmocka_unit_test(test_list_invalid),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

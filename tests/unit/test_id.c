@@ -148,9 +148,9 @@ static void test_is_safe_accepts(void **state)
 static void test_is_safe_rejects(void **state)
 {
     static const char *const bad[] = {
-        "",    ".",   "..",  "a/b",  "a?b", "a#b",  "a%2fb", "a b", "a\"b", "a\\b",
-        "a*b", "a'b", "a<b", "a>b",  "a;b", "a,b",  "a&b",   "a!b", "a$b",  "a(b)",
-        "a|b", "a`b", "a^b", "a{b}", "a[b]", "a\x7f", "a\nb", "a\tb", "\xc3\xa9", "a\x01",
+        "",    ".",   "..",  "a/b",  "a?b",  "a#b",   "a%2fb", "a b",  "a\"b",     "a\\b",
+        "a*b", "a'b", "a<b", "a>b",  "a;b",  "a,b",   "a&b",   "a!b",  "a$b",      "a(b)",
+        "a|b", "a`b", "a^b", "a{b}", "a[b]", "a\x7f", "a\nb",  "a\tb", "\xc3\xa9", "a\x01",
     };
     size_t i;
 

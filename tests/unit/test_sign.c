@@ -77,7 +77,7 @@ static void test_base64_encode_rfc4648(void **state)
     static const struct {
         const char *in, *out;
     } v[] = {
-        {"f", "Zg=="},   {"fo", "Zm8="},       {"foo", "Zm9v"},
+        {"f", "Zg=="},        {"fo", "Zm8="},        {"foo", "Zm9v"},
         {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"},
     };
     size_t i;
@@ -85,8 +85,8 @@ static void test_base64_encode_rfc4648(void **state)
 
     (void)state;
     for (i = 0; i < KZ_ARRAY_LEN(v); i++) {
-        size_t n = kz_base64_encode((const unsigned char *)v[i].in, strlen(v[i].in), out,
-                                    sizeof(out));
+        size_t n =
+            kz_base64_encode((const unsigned char *)v[i].in, strlen(v[i].in), out, sizeof(out));
 
         assert_int_equal(n, strlen(v[i].out));
         assert_string_equal(out, v[i].out);
@@ -150,8 +150,8 @@ static void test_base64_decode(void **state)
 static void test_base64_decode_rejects(void **state)
 {
     static const char *const bad[] = {
-        "Zg",   "Zg=",  "Zm9",  "Zm9vY",   "====", "Z===", "=Zm9", "Zm=v", "Zg==Zg==",
-        "Zh==", "Zm9=", "Zm-v", "Zm_v",    "Zm9 ", " Zm9", "Zm\n9", "Zm.v", "Zm9v\0AAA",
+        "Zg",   "Zg=",  "Zm9",  "Zm9vY", "====", "Z===", "=Zm9",  "Zm=v", "Zg==Zg==",
+        "Zh==", "Zm9=", "Zm-v", "Zm_v",  "Zm9 ", " Zm9", "Zm\n9", "Zm.v", "Zm9v\0AAA",
     };
     size_t i;
     unsigned char out[16];
@@ -240,9 +240,8 @@ static void test_key_decode(void **state)
 static void test_key_decode_rejects(void **state)
 {
     static const char *const bad[] = {
-        "",           "whsec_",      "whsec_abc",   "whsec_A===", "whsec_AB=A",
-        "whsec_AB==", "whsec_@@@@",  "whsec_ AAA",  "whsec_AA-_", "WHSEC_AAAA",
-        "whsec_whsec_AAAA",
+        "",           "whsec_",     "whsec_abc",  "whsec_A===", "whsec_AB=A",       "whsec_AB==",
+        "whsec_@@@@", "whsec_ AAA", "whsec_AA-_", "WHSEC_AAAA", "whsec_whsec_AAAA",
     };
     size_t i, keylen = 77;
     unsigned char key[32];
@@ -347,9 +346,9 @@ static void test_sign_errors(void **state)
     assert_string_equal(sig, "");
     assert_int_equal(kz_sign_v1((const unsigned char *)"k", 1, "id", 1, "b", 1, sig, 0),
                      KZ_ERR_TOOBIG);
-    assert_int_equal(kz_sign_v1((const unsigned char *)"k", 1, "id", INT64_MIN, "b", 1, sig,
-                                sizeof(sig)),
-                     KZ_OK);
+    assert_int_equal(
+        kz_sign_v1((const unsigned char *)"k", 1, "id", INT64_MIN, "b", 1, sig, sizeof(sig)),
+        KZ_OK);
     assert_int_equal(strncmp(sig, "v1,", 3), 0);
 }
 

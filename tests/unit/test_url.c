@@ -7,6 +7,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/un.h>
@@ -158,7 +159,7 @@ static void test_parse_rejects(void **state)
         {"https://example.com/a\tb", false, "whitespace"},
         {"https://example.com/\r\nX-Injected: 1", false, "whitespace"},
         {"https://example.com/\x7f", false, "control"},
-        {"https://b\xc3\xbc" "cher.example/", false, "non-ASCII"},
+        {"https://b\303\274cher.example/", false, "non-ASCII"},
         {" https://example.com/", false, "whitespace"},
         {"https://example.com\\@evil.example/", false, "backslash"},
         {"https://example.com/a\\b", false, "backslash"},
@@ -470,6 +471,88 @@ static void test_resolve_ip_buffer(void **state)
     assert_int_equal(resolve("https://8.8.8.8/", false, ip, 0, &why), KZ_ERR_TOOBIG);
 }
 
+/* ==== kz_url_check_addrs: lists as a resolver returns them ==== */
+
+struct fake_ai {
+    struct addrinfo ai;
+    struct sockaddr_storage ss;
+};
+
+/* Builds a getaddrinfo()-style list from numeric strings into `nodes`. */
+static struct addrinfo *fake_list(struct fake_ai *nodes, const char *const *addrs, size_t n)
+{
+    size_t i;
+
+    memset(nodes, 0, n * sizeof(*nodes));
+    for (i = 0; i < n; i++) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&nodes[i].ss;
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&nodes[i].ss;
+
+        if (inet_pton(AF_INET, addrs[i], &s4->sin_addr) == 1) {
+            s4->sin_family = AF_INET;
+            nodes[i].ai.ai_addrlen = sizeof(*s4);
+        } else if (inet_pton(AF_INET6, addrs[i], &s6->sin6_addr) == 1) {
+            s6->sin6_family = AF_INET6;
+            nodes[i].ai.ai_addrlen = sizeof(*s6);
+        } else {
+            fail_msg("bad literal %s", addrs[i]);
+        }
+        nodes[i].ai.ai_family = nodes[i].ss.ss_family;
+        nodes[i].ai.ai_socktype = SOCK_STREAM;
+        nodes[i].ai.ai_addr = (struct sockaddr *)&nodes[i].ss;
+        nodes[i].ai.ai_next = i + 1 < n ? &nodes[i + 1].ai : NULL;
+    }
+    return n ? &nodes[0].ai : NULL;
+}
+
+static void test_check_addrs_any_bad_address_refuses(void **state)
+{
+    /* A rebinding-style answer: public first, internal later. curl may try any of them. */
+    static const char *const mixed[] = {"93.184.216.34", "2606:2800:220:1::1", "10.1.2.3"};
+    static const char *const mixed6[] = {"8.8.8.8", "fd12::1"};
+    static const char *const good[] = {"2606:2800:220:1::1", "93.184.216.34"};
+    struct fake_ai nodes[3];
+    char ip[INET6_ADDRSTRLEN] = "untouched";
+    const char *why = NULL;
+
+    (void)state;
+    assert_int_equal(kz_url_check_addrs(fake_list(nodes, mixed, 3), false, ip, sizeof(ip), &why),
+                     KZ_ERR_UNSAFE);
+    assert_non_null(strstr(why, "private"));
+    assert_string_equal(ip, "untouched");
+    assert_int_equal(kz_url_check_addrs(fake_list(nodes, mixed6, 2), false, ip, sizeof(ip), &why),
+                     KZ_ERR_UNSAFE);
+    /* Allowed when private targets are; the first address is the one reported. */
+    assert_int_equal(kz_url_check_addrs(fake_list(nodes, mixed, 3), true, ip, sizeof(ip), &why),
+                     KZ_OK);
+    assert_string_equal(ip, "93.184.216.34");
+    assert_int_equal(kz_url_check_addrs(fake_list(nodes, good, 2), false, ip, sizeof(ip), &why),
+                     KZ_OK);
+    assert_string_equal(ip, "2606:2800:220:1::1");
+}
+
+static void test_check_addrs_empty_and_foreign(void **state)
+{
+    struct fake_ai node;
+    struct sockaddr_un su;
+    char ip[INET6_ADDRSTRLEN];
+    const char *why = NULL;
+
+    (void)state;
+    assert_int_equal(kz_url_check_addrs(NULL, true, ip, sizeof(ip), &why), KZ_ERR_INVALID);
+    assert_string_equal(why, "host does not resolve");
+    /* A family that is neither IPv4 nor IPv6 is refused, or skipped when private is allowed. */
+    memset(&node, 0, sizeof(node));
+    memset(&su, 0, sizeof(su));
+    su.sun_family = AF_UNIX;
+    node.ai.ai_family = AF_UNIX;
+    node.ai.ai_addr = (struct sockaddr *)&su;
+    why = NULL;
+    assert_int_equal(kz_url_check_addrs(&node.ai, false, ip, sizeof(ip), &why), KZ_ERR_UNSAFE);
+    assert_non_null(strstr(why, "reserved"));
+    assert_int_equal(kz_url_check_addrs(&node.ai, true, ip, sizeof(ip), &why), KZ_ERR_INVALID);
+}
+
 /* ==== kz_url_resolve_entry ==== */
 
 static void parse_ok(const char *url, struct kz_url *u)
@@ -522,8 +605,7 @@ static void test_entry_errors(void **state)
     parse_ok("https://example.com/", &u);
     assert_int_equal(kz_url_resolve_entry(&u, "not-an-ip", out, sizeof(out)), KZ_ERR_INVALID);
     assert_int_equal(kz_url_resolve_entry(&u, "[::1]", out, sizeof(out)), KZ_ERR_INVALID);
-    assert_int_equal(kz_url_resolve_entry(&u, "1.2.3.4,5.6.7.8", out, sizeof(out)),
-                     KZ_ERR_INVALID);
+    assert_int_equal(kz_url_resolve_entry(&u, "1.2.3.4,5.6.7.8", out, sizeof(out)), KZ_ERR_INVALID);
     assert_int_equal(kz_url_resolve_entry(&u, "", out, sizeof(out)), KZ_ERR_INVALID);
     assert_int_equal(kz_url_resolve_entry(&u, NULL, out, sizeof(out)), KZ_ERR_INVALID);
     /* Exactly enough room, then one byte short. */
@@ -648,6 +730,8 @@ int main(void)
         cmocka_unit_test(test_resolve_allow_private),
         cmocka_unit_test(test_resolve_failures),
         cmocka_unit_test(test_resolve_ip_buffer),
+        cmocka_unit_test(test_check_addrs_any_bad_address_refuses),
+        cmocka_unit_test(test_check_addrs_empty_and_foreign),
         cmocka_unit_test(test_entry_format),
         cmocka_unit_test(test_entry_ipv6_literal_host),
         cmocka_unit_test(test_entry_errors),
