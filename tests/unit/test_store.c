@@ -197,7 +197,7 @@ struct dlist {
     int64_t next_at[64];
     int status[64];
     char err0[64];
-    char event_id0[64];
+    char event_id0[KZ_ID_MAX + 1];
 };
 
 static void dlist_add(void *arg, const struct kz_delivery *d)
