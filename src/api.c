@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,7 +40,19 @@ struct kz_api {
     struct kz_api_hooks hooks;
     pthread_mutex_t rate_lock;
     struct rate_slot rate[RATE_SLOTS];
+    atomic_bool closing;
+    atomic_int pending;     /* publishes submitted, not yet answered */
 };
+
+void kz_api_close(struct kz_api *api)
+{
+    atomic_store(&api->closing, true);
+}
+
+int kz_api_pending(struct kz_api *api)
+{
+    return atomic_load(&api->pending);
+}
 
 struct kz_api *kz_api_new(const struct kz_config *cfg, struct kz_store *st, struct kz_subidx *idx,
                           struct kz_metrics *m, const char *admin_hash,
@@ -1093,6 +1106,7 @@ static void publish_done(struct kz_op *op, void *arg)
             reply_json(req, 202, publish_result(&pb->items[0]));
         }
         req->complete(req);
+        atomic_fetch_sub(&api->pending, 1);
         return;
     }
     pthread_mutex_lock(&pb->lock);
@@ -1174,10 +1188,16 @@ static enum kz_err publish(struct kz_api *api, struct kz_req *req)
 
     if (!pb)
         return KZ_OK;
+    if (atomic_load(&api->closing)) {
+        pending_free(pb);
+        return fail(req, 503, "Unavailable", "the service is shutting down");
+    }
     pb->req = req;
     req->pending = pb;
+    atomic_fetch_add(&api->pending, 1);
     e = kz_store_submit(api->st, &pb->op);
     if (e) {
+        atomic_fetch_sub(&api->pending, 1);
         req->pending = NULL;
         pending_free(pb);
         if (e == KZ_ERR_BUSY)

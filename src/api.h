@@ -54,6 +54,12 @@ void kz_req_init(struct kz_req *req);
 /** Frees the response and any pending state. */
 void kz_req_cleanup(struct kz_req *req);
 
+/** Shutdown, step 1: from now on publishes are refused with 503 (nothing is accepted that the
+ * process might not finish answering). Any thread. */
+void kz_api_close(struct kz_api *api);
+/** Publishes submitted and not yet answered. */
+int kz_api_pending(struct kz_api *api);
+
 /** Answers `req`: KZ_OK when the response is ready in req; KZ_ERR_PENDING when it will be
  * ready when req->complete(req) is called (exactly once, from another thread). */
 enum kz_err kz_api_handle(struct kz_api *api, struct kz_req *req);

@@ -191,7 +191,14 @@ static int serve(struct kz_ctx *ctx)
         }
     }
     kz_log("info", "shutting down", "\"signal\":%d", sig);
+    /* Stop taking work, answer every publish already submitted, close the API, then let the
+     * deliveries in flight finish (the dispatcher keeps running throughout). */
     kz_http_quiesce(ctx->http);
+    kz_api_close(ctx->api);
+    for (int i = 0; i < 500 && kz_api_pending(ctx->api); i++)
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    kz_http_stop(ctx->http);
+    ctx->http = NULL;
     kz_dispatch_stop(ctx->dispatch, 5000);
     ctx->dispatch = NULL;
     rc = 0;
