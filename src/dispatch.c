@@ -238,9 +238,11 @@ static void complete_done(struct kz_op *op, void *arg)
         kz_log("error", "could not record delivery outcomes", "\"count\":%zu,\"error\":\"%s\"", b->n,
                kz_err_str(op->result));
     } else {
+        /* The store disabled the webhook of a dead delivery in the same transaction (unless a
+         * replay or re-enable got there first) and bumped webhooks_version; the index follows
+         * at the next sync, and rows claimed meanwhile see the stored state and are skipped. */
         for (i = 0; i < b->n; i++) {
             if (b->items[i].state == KZ_D_DEAD) {
-                kz_subidx_set_active(d->idx, b->items[i].webhook_id, false, op->webhooks_version);
                 atomic_fetch_add(&d->m->webhooks_disabled, 1);
                 kz_log("warn", "webhook disabled after its last retry failed",
                        "\"webhookId\":\"%s\"", b->items[i].webhook_id);

@@ -134,7 +134,7 @@ static int serve(struct kz_ctx *ctx)
     struct kz_api_hooks hooks;
     int sig, rc = 1;
     struct kz_op op;
-    int64_t last_prune = 0;
+    int64_t last_prune = 0, last_release = kz_now_ms();
     char esc[300];
 
     /* Every thread inherits this mask; the main thread alone takes the signals. */
@@ -180,6 +180,14 @@ static int serve(struct kz_ctx *ctx)
          * prune succeeded deliveries past retention in small batches. */
         kz_subidx_sync(ctx->idx, ctx->st, false);
         now = kz_now_ms();
+        if (now - last_release >= 10000) {
+            /* Leases of a node that died (or of transfers we abandoned) expire into pending. */
+            memset(&op, 0, sizeof(op));
+            op.type = KZ_OP_RELEASE;
+            op.u.release.now = now;
+            kz_store_exec(ctx->st, &op);
+            last_release = now;
+        }
         if (now - last_prune >= 10000) {
             memset(&op, 0, sizeof(op));
             op.type = KZ_OP_PRUNE;

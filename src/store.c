@@ -16,8 +16,8 @@ struct kz_store {
     const struct kz_backend_ops *ops;
     struct kz_backend *be;
 
-    pthread_mutex_t mu;   /* guards everything below */
-    pthread_cond_t wake;  /* writer: queue became non-empty, or stopping */
+    pthread_mutex_t mu;  /* guards everything below */
+    pthread_cond_t wake; /* writer: queue became non-empty, or stopping */
     struct kz_op *head, *tail;
     size_t queued, queue_max;
     bool stopping;

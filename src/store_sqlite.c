@@ -26,11 +26,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define READ_MAX 8              /* read connections at most */
+#define READ_MAX 8 /* read connections at most */
 #define BUSY_TIMEOUT_MS 5000
 #define WRITER_CACHE_KIB "32768" /* page cache of the write connection: indexes of big backlogs */
-#define PRUNE_LIMIT_MAX 100000  /* rows one PRUNE op may touch; bounds its scratch memory */
-#define ERROR_KEEP 1024         /* bytes of an attempt's error text kept */
+#define PRUNE_LIMIT_MAX 100000   /* rows one PRUNE op may touch; bounds its scratch memory */
+#define ERROR_KEEP 1024          /* bytes of an attempt's error text kept */
 
 /* ==== schema ==== */
 
@@ -104,12 +104,12 @@ static const char *const migrations[] = {
 
 /* Column lists shared by every statement that reads a whole webhook or event row; row_webhook()
  * and row_event() read them in this order. */
-#define WH_COLS                                                                                  \
-    "w.id, w.application_id, w.object_type, w.object_id, w.event_mask, w.callback_url, "        \
+#define WH_COLS                                                                                    \
+    "w.id, w.application_id, w.object_type, w.object_id, w.event_mask, w.callback_url, "           \
     "w.callback_token, w.callback_context, w.signing_secret, w.ts_ms, w.validity_ms, w.active"
 #define WH_NCOLS 12
-#define EV_COLS                                                                                  \
-    "e.seq, e.event_id, e.event_type, e.group_id, e.action_id, e.action_package_id, "           \
+#define EV_COLS                                                                                    \
+    "e.seq, e.event_id, e.event_type, e.group_id, e.action_id, e.action_package_id, "              \
     "e.from_user, e.from_user_id, e.from_user_name, e.from_user_pic, e.data_json, e.created_at"
 #define APP_COLS "id, name, object_ids_json, secret_hash, refresh_hash, created_at"
 
@@ -214,13 +214,13 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_EXCL_ADD] = "INSERT OR IGNORE INTO temp.claim_exclude(id) VALUES (?1)",
     /* CROSS JOIN pins deliveries as the outer loop, so the scan walks deliveries_due in
      * (next_attempt_at, id) order and stops after LIMIT rows: no sort, no full scan. */
-    [S_CLAIM_SELECT] = "SELECT d.id, d.attempts, d.created_at, " WH_COLS ", " EV_COLS
-                       " FROM deliveries AS d"
-                       " CROSS JOIN webhooks AS w ON w.id = d.webhook_id"
-                       " CROSS JOIN events AS e ON e.seq = d.event_seq"
-                       " WHERE d.state = 0 AND d.next_attempt_at <= ?1"
-                       " AND d.webhook_id NOT IN (SELECT id FROM temp.claim_exclude)"
-                       " ORDER BY d.next_attempt_at, d.id LIMIT ?2",
+    [S_CLAIM_SELECT] =
+        "SELECT d.id, d.attempts, d.created_at, " WH_COLS ", " EV_COLS " FROM deliveries AS d"
+        " CROSS JOIN webhooks AS w ON w.id = d.webhook_id"
+        " CROSS JOIN events AS e ON e.seq = d.event_seq"
+        " WHERE d.state = 0 AND d.next_attempt_at <= ?1"
+        " AND d.webhook_id NOT IN (SELECT id FROM temp.claim_exclude)"
+        " ORDER BY d.next_attempt_at, d.id LIMIT ?2",
     [S_CLAIM_MARK] = "UPDATE deliveries SET state = 1, lease_until = ?1, updated_at = ?2"
                      " WHERE id = ?3",
     [S_COMPLETE] = "UPDATE deliveries SET state = ?1, attempts = ?2,"
@@ -282,14 +282,14 @@ struct conn {
 
 struct kz_backend {
     char *path;
-    struct conn *wr;          /* writer thread only (and open/close) */
-    int64_t wh_version;       /* last committed meta webhooks_version: writer only */
-    int64_t prune_cursor;     /* events.seq where the orphan-event sweep resumes: writer only */
+    struct conn *wr;      /* writer thread only (and open/close) */
+    int64_t wh_version;   /* last committed meta webhooks_version: writer only */
+    int64_t prune_cursor; /* events.seq where the orphan-event sweep resumes: writer only */
 
-    pthread_mutex_t pool_mu;  /* guards the read pool */
-    pthread_cond_t pool_cv;   /* a read connection was returned */
-    struct conn *idle;        /* idle read connections */
-    size_t n_read;            /* read connections open or being opened */
+    pthread_mutex_t pool_mu; /* guards the read pool */
+    pthread_cond_t pool_cv;  /* a read connection was returned */
+    struct conn *idle;       /* idle read connections */
+    size_t n_read;           /* read connections open or being opened */
 };
 
 /* ==== errors ==== */
@@ -304,6 +304,8 @@ static enum kz_err map_rc(int rc)
         return KZ_ERR_CONFLICT;
     case SQLITE_NOMEM:
         return KZ_ERR_NOMEM;
+    case SQLITE_TOOBIG:
+        return KZ_ERR_TOOBIG;
     default:
         return KZ_ERR_DB;
     }
@@ -318,8 +320,8 @@ static enum kz_err fail(struct conn *c, const char *what, int rc)
 
     if ((rc & 0xff) != SQLITE_CONSTRAINT)
         kz_log("error", "store: sqlite call failed", "\"what\":\"%s\",\"rc\":%d,\"err\":\"%s\"",
-               what, rc, kz_log_esc(c ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc), emsg,
-                                    sizeof(emsg)));
+               what, rc,
+               kz_log_esc(c ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc), emsg, sizeof(emsg)));
     return map_rc(rc);
 }
 
@@ -344,8 +346,8 @@ static void prep(struct conn *c, enum stmt_id id, struct bind *b)
     b->rc = SQLITE_OK;
     if (b->q)
         return;
-    b->rc = sqlite3_prepare_v3(c->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &c->stmt[id],
-                               NULL);
+    b->rc =
+        sqlite3_prepare_v3(c->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &c->stmt[id], NULL);
     b->q = c->stmt[id];
     if (!b->rc && !b->q)
         b->rc = SQLITE_MISUSE; /* empty SQL: a bug in stmt_sql */
@@ -642,12 +644,14 @@ static enum kz_err migrate(struct conn *c, char *err, size_t errlen)
     int64_t version;
     int rc;
 
-    rc = sqlite3_exec(c->db, "CREATE TABLE IF NOT EXISTS schema_version"
-                             " (version INTEGER NOT NULL)", NULL, NULL, &emsg);
+    rc = sqlite3_exec(c->db,
+                      "CREATE TABLE IF NOT EXISTS schema_version"
+                      " (version INTEGER NOT NULL)",
+                      NULL, NULL, &emsg);
     if (rc)
         goto fail;
-    rc = sqlite3_prepare_v2(c->db, "SELECT COALESCE(MAX(version), 0) FROM schema_version", -1,
-                            &q, NULL);
+    rc = sqlite3_prepare_v2(c->db, "SELECT COALESCE(MAX(version), 0) FROM schema_version", -1, &q,
+                            NULL);
     if (rc)
         goto fail;
     for (;;) {
@@ -690,8 +694,7 @@ static enum kz_err migrate(struct conn *c, char *err, size_t errlen)
     goto out;
 fail:
     result = map_rc(rc);
-    snprintf(err, errlen, "store: migration failed: %s",
-             emsg ? emsg : sqlite3_errmsg(c->db));
+    snprintf(err, errlen, "store: migration failed: %s", emsg ? emsg : sqlite3_errmsg(c->db));
 rollback:
     if (!sqlite3_get_autocommit(c->db))
         (void)sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL); /* best effort: closing next */
@@ -736,8 +739,7 @@ static enum kz_err sq_open(struct kz_backend **out, const char *url, char *err, 
         goto out;
     }
     if (make_parent_dirs(url)) {
-        snprintf(err, errlen, "store: cannot create the directory of %s: %s", url,
-                 strerror(errno));
+        snprintf(err, errlen, "store: cannot create the directory of %s: %s", url, strerror(errno));
         result = KZ_ERR_IO;
         goto out;
     }
@@ -761,8 +763,10 @@ static enum kz_err sq_open(struct kz_backend **out, const char *url, char *err, 
     result = migrate(be->wr, err, errlen);
     if (result)
         goto out;
-    rc = sqlite3_exec(be->wr->db, "CREATE TEMP TABLE IF NOT EXISTS claim_exclude"
-                                  " (id TEXT PRIMARY KEY)", NULL, NULL, NULL);
+    rc = sqlite3_exec(be->wr->db,
+                      "CREATE TEMP TABLE IF NOT EXISTS claim_exclude"
+                      " (id TEXT PRIMARY KEY)",
+                      NULL, NULL, NULL);
     if (!rc)
         rc = read_version(be->wr, &be->wh_version);
     if (rc) {
@@ -1545,8 +1549,8 @@ static enum kz_err sq_meta_get(struct kz_backend *be, const char *key, struct kz
     b_text(&b, key);
     rc = step(&b);
     if (rc == SQLITE_ROW)
-        result = kz_buf_append(out, sqlite3_column_text(b.q, 0),
-                               (size_t)sqlite3_column_bytes(b.q, 0));
+        result =
+            kz_buf_append(out, sqlite3_column_text(b.q, 0), (size_t)sqlite3_column_bytes(b.q, 0));
     else if (rc == SQLITE_DONE)
         result = KZ_ERR_NOTFOUND;
     else
@@ -1776,8 +1780,8 @@ static enum kz_err sq_delivery_list(struct kz_backend *be, const char *webhook_i
 }
 
 /* Three counts over ranges of deliveries_due: index-only, but linear in the backlog. */
-static enum kz_err sq_backlog(struct kz_backend *be, int64_t now, int64_t *due,
-                              int64_t *scheduled, int64_t *inflight)
+static enum kz_err sq_backlog(struct kz_backend *be, int64_t now, int64_t *due, int64_t *scheduled,
+                              int64_t *inflight)
 {
     struct conn *c;
     struct bind b;

@@ -308,6 +308,10 @@ class _RecvHTTPServer(ThreadingHTTPServer):
 
     def finish_request(self, request, client_address):
         self.owner._track(request, True)
+        try:
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
         conn = request
         try:
             if self.ssl_ctx is not None:
@@ -372,9 +376,13 @@ class _RecvHandler(BaseHTTPRequestHandler):
         for k, v in hdrs.items():
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
+        # one write for head and body: no Nagle/delayed-ACK stall on keep-alive connections
+        self._headers_buffer.append(b"\r\n")
         if self.command != "HEAD":
-            self.wfile.write(body)
+            self._headers_buffer.append(body)
+        data = b"".join(self._headers_buffer)
+        self._headers_buffer = []
+        self.wfile.write(data)
         self.wfile.flush()
 
     def _abort(self, partial=b""):
@@ -737,6 +745,7 @@ class Server:
             err.close()
         with _LIVE_LOCK:
             _LIVE.add(self.proc)
+        self._note("start")
         deadline = time.monotonic() + self.startup_timeout * timeout_scale()
         last = None
         while time.monotonic() < deadline:
@@ -759,10 +768,19 @@ class Server:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
+    def _note(self, what):
+        """Record process-control actions in <dir>/harness.log (helps explain a server that vanished)."""
+        try:
+            with open(os.path.join(self.dir, "harness.log"), "a") as f:
+                f.write("%.3f %s pid=%s\n" % (time.time(), what, self.proc.pid if self.proc else None))
+        except OSError:
+            pass
+
     def stop(self, check=True, timeout=10):
         """SIGTERM; wait; return the exit code. With check, AssertionError unless it exits 0 in time."""
         if self.proc is None:
             return None
+        self._note("stop")
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -777,6 +795,7 @@ class Server:
         return rc
 
     def kill9(self):
+        self._note("kill9")
         if self.proc is not None and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -791,6 +810,7 @@ class Server:
 
     def close(self):
         """Cleanup: stop without assertions, drop a per-server PostgreSQL database."""
+        self._note("close")
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self.proc.send_signal(signal.SIGTERM)
@@ -952,41 +972,74 @@ def run_cli(args, env=None, timeout=20, input=None):
                           cwd=new_dir("cli"), universal_newlines=True)
 
 
+class RawReader:
+    """Buffered reader over a raw socket, for reading several (pipelined) responses."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            return False
+        self.buf += chunk
+        return True
+
+
 def read_http_response(sock, timeout=5):
-    """Read one HTTP/1.x response from a raw socket. Returns (status, headers dict lower-case, body)
-    or (None, {}, b"") when the peer closed/reset before a status line."""
-    sock.settimeout(timeout * timeout_scale())
-    buf = b""
+    """Read one HTTP/1.x response from a raw socket (or a RawReader, which keeps any bytes after the
+    response for the next call). Returns (status, headers dict lower-case, body), or
+    (None, {}, bytes received) when the peer closed/reset before a complete head."""
+    rd = sock if isinstance(sock, RawReader) else RawReader(sock)
+    rd.sock.settimeout(timeout * timeout_scale())
     try:
-        while b"\r\n\r\n" not in buf:
-            chunk = sock.recv(65536)
-            if not chunk:
+        while b"\r\n\r\n" not in rd.buf:
+            if not rd._fill():
                 break
-            buf += chunk
     except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
         pass
-    if b"\r\n\r\n" not in buf:
-        return None, {}, buf
-    head, rest = buf.split(b"\r\n\r\n", 1)
+    if b"\r\n\r\n" not in rd.buf:
+        return None, {}, rd.buf
+    head, rest = rd.buf.split(b"\r\n\r\n", 1)
     lines = head.decode("latin-1").split("\r\n")
     m = re.match(r"HTTP/1\.[01] (\d{3})", lines[0])
     if not m:
-        return None, {}, buf
+        return None, {}, rd.buf
     hd = {}
     for ln in lines[1:]:
         if ":" in ln:
             k, v = ln.split(":", 1)
             hd[k.strip().lower()] = v.strip()
+    rd.buf = rest
+    status = int(m.group(1))
+    if "chunked" in hd.get("transfer-encoding", "").lower():
+        body = b""
+        try:
+            while True:
+                while b"\r\n" not in rd.buf:
+                    if not rd._fill():
+                        return status, hd, body
+                line, rd.buf = rd.buf.split(b"\r\n", 1)
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                while len(rd.buf) < size + 2:
+                    if not rd._fill():
+                        return status, hd, body + rd.buf
+                body += rd.buf[:size]
+                rd.buf = rd.buf[size + 2:]
+                if size == 0:
+                    return status, hd, body
+        except (ConnectionResetError, BrokenPipeError, socket.timeout, ssl.SSLError):
+            return status, hd, body
     n = int(hd.get("content-length", "0") or 0)
     try:
-        while len(rest) < n:
-            chunk = sock.recv(65536)
-            if not chunk:
+        while len(rd.buf) < n:
+            if not rd._fill():
                 break
-            rest += chunk
     except (ConnectionResetError, BrokenPipeError, socket.timeout, ssl.SSLError):
         pass
-    return int(m.group(1)), hd, rest[:n] if n else rest
+    body, rd.buf = rd.buf[:n], rd.buf[n:]
+    return status, hd, body
 
 
 def readable(sock, timeout=0):

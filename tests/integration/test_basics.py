@@ -1,9 +1,10 @@
 """Health, metrics, error format, routing, keep-alive (CONTRACT §1, §2)."""
 
+import json
 import re
 import socket
 
-from kzlib import KzTestCase, webhook_body, read_http_response
+from kzlib import KzTestCase, RawReader, read_http_response, webhook_body
 
 
 class Basics(KzTestCase):
@@ -95,10 +96,11 @@ class Basics(KzTestCase):
         s = self.srv.raw_socket()
         try:
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            st1, h1, b1 = read_http_response(s)
-            self.assertEqual(st1, 200)
-            st2, h2, b2 = read_http_response(s)
-            self.assertEqual(st2, 200)
+            rd = RawReader(s)
+            st1, h1, b1 = read_http_response(rd)
+            self.assertEqual((st1, json.loads(b1)), (200, {"status": "ok"}))
+            st2, h2, b2 = read_http_response(rd)
+            self.assertEqual((st2, json.loads(b2)), (200, {"status": "ok"}))
         finally:
             s.close()
 

@@ -123,9 +123,8 @@ static int64_t add_webhook(struct kz_store *st, const char *id, const char *app,
 }
 
 /* Publishes one event to `n` webhooks, all active unless `skip` has a bit set for target i. */
-static struct kz_publish_item publish(struct kz_store *st, const char *event_id,
-                                      int64_t created_at, const char *const *ids, size_t n,
-                                      unsigned skip)
+static struct kz_publish_item publish(struct kz_store *st, const char *event_id, int64_t created_at,
+                                      const char *const *ids, size_t n, unsigned skip)
 {
     bool active[16];
     struct kz_op op = {.type = KZ_OP_PUBLISH};
@@ -218,8 +217,8 @@ static void dlist_add(void *arg, const struct kz_delivery *d)
     l->n++;
 }
 
-static struct dlist list_deliveries(struct kz_store *st, const char *wh, int state,
-                                    int64_t cursor, size_t limit)
+static struct dlist list_deliveries(struct kz_store *st, const char *wh, int state, int64_t cursor,
+                                    size_t limit)
 {
     struct dlist l;
 
@@ -304,8 +303,7 @@ static void test_open_errors(void **state)
     assert_int_equal(kz_store_open(&st, "postgresql://u@h/db", 10, err, sizeof(err)),
                      KZ_ERR_INVALID);
     assert_non_null(strstr(err, "PostgreSQL"));
-    assert_int_equal(kz_store_open(&st, "postgres://u@h/db", 10, err, sizeof(err)),
-                     KZ_ERR_INVALID);
+    assert_int_equal(kz_store_open(&st, "postgres://u@h/db", 10, err, sizeof(err)), KZ_ERR_INVALID);
     assert_int_equal(kz_store_open(&st, ":memory:", 10, err, sizeof(err)), KZ_ERR_INVALID);
     assert_int_equal(kz_store_open(&st, "", 10, err, sizeof(err)), KZ_ERR_INVALID);
     assert_int_equal(kz_store_open(&st, f->path, 0, err, sizeof(err)), KZ_ERR_INVALID);
@@ -326,17 +324,16 @@ static void test_schema_newer_than_binary(void **state)
     kz_store_close(f->st);
     f->st = NULL;
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    assert_int_equal(
-        sqlite3_exec(db, "INSERT INTO schema_version VALUES (999)", NULL, NULL, NULL),
-        SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "INSERT INTO schema_version VALUES (999)", NULL, NULL, NULL),
+                     SQLITE_OK);
     sqlite3_close(db);
     assert_int_equal(kz_store_open(&st, f->path, 10, err, sizeof(err)), KZ_ERR_DB);
     assert_non_null(strstr(err, "newer"));
     db = NULL;
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "DELETE FROM schema_version WHERE version = 999", NULL,
-                                  NULL, NULL),
-                     SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db, "DELETE FROM schema_version WHERE version = 999", NULL, NULL, NULL),
+        SQLITE_OK);
     sqlite3_close(db);
     open_store(f, 100);
 }
@@ -454,8 +451,7 @@ static void whlist_add(void *arg, const struct kz_webhook *w)
     l->n++;
 }
 
-static struct whlist list_webhooks(struct kz_store *st, const char *app, int type,
-                                   const char *obj)
+static struct whlist list_webhooks(struct kz_store *st, const char *app, int type, const char *obj)
 {
     struct whlist l;
 
@@ -720,7 +716,7 @@ static void setup_backlog(struct kz_store *st)
     add_app(st, "app-1", T0);
     add_webhook(st, "wh-1", "app-1", "g1");
     add_webhook(st, "wh-2", "app-1", "g1");
-    publish(st, "ev-3", T0 + 30, ids, 2, 0);  /* later event first: order is by time */
+    publish(st, "ev-3", T0 + 30, ids, 2, 0); /* later event first: order is by time */
     publish(st, "ev-1", T0 + 10, ids, 2, 0);
     publish(st, "ev-2", T0 + 20, ids, 1, 0);
     publish(st, "ev-late", T0 + 100000, ids, 2, 0); /* not due at T0 + 1000 */
@@ -1304,27 +1300,145 @@ static void test_version_seen_across_processes(void **state)
     assert_int_equal(add_webhook(f->st, "wh-1", "app-1", "g1"), v + 11);
 }
 
-/* While another connection holds the write lock longer than busy_timeout, a batch fails as a
- * whole with KZ_ERR_BUSY and the next one succeeds. */
+/* While another connection holds the write lock longer than busy_timeout, a whole batch fails
+ * with KZ_ERR_BUSY: claimed rows are freed, publish results cleared, and the next batch works.
+ * A gate holds the writer so that both ops land in the same batch. */
 static void test_locked_batch_busy(void **state)
 {
     struct fx *f = *state;
-    struct kz_op op = {.type = KZ_OP_META_SET};
+    const char *ids[] = {"wh-1"};
+    struct gate g = {.entered = false, .open = false};
+    struct counter cnt = {.done = 0};
+    struct kz_op first = {.type = KZ_OP_META_SET};
+    struct kz_op meta = {.type = KZ_OP_META_SET};
+    struct kz_op cl;
     sqlite3 *db = NULL;
+    uint64_t b0, o0, b1, o1;
     struct kz_buf b;
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    publish(f->st, "ev-1", T0, ids, 1, 0);
+    pthread_mutex_init(&g.mu, NULL);
+    pthread_cond_init(&g.cv, NULL);
+    pthread_mutex_init(&cnt.mu, NULL);
+    pthread_cond_init(&cnt.cv, NULL);
+
+    first.u.meta.key = "k0";
+    first.u.meta.value = "v";
+    first.done = gate_done;
+    first.arg = &g;
+    assert_int_equal(kz_store_submit(f->st, &first), KZ_OK);
+    pthread_mutex_lock(&g.mu);
+    while (!g.entered)
+        pthread_cond_wait(&g.cv, &g.mu);
+    pthread_mutex_unlock(&g.mu);
+
+    meta.u.meta.key = "k";
+    meta.u.meta.value = "v";
+    meta.done = count_done;
+    meta.arg = &cnt;
+    memset(&cl, 0, sizeof(cl));
+    cl.type = KZ_OP_CLAIM;
+    cl.u.claim.now = T0;
+    cl.u.claim.lease_until = T0 + 1000;
+    cl.u.claim.limit = 10;
+    cl.done = count_done;
+    cl.arg = &cnt;
+    assert_int_equal(kz_store_submit(f->st, &meta), KZ_OK);
+    assert_int_equal(kz_store_submit(f->st, &cl), KZ_OK);
+    kz_store_stats(f->st, &b0, &o0);
 
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
-    op.u.meta.key = "k";
-    op.u.meta.value = "v";
-    assert_int_equal(exec(f->st, &op), KZ_ERR_BUSY); /* waits busy_timeout (5 s) */
+    pthread_mutex_lock(&g.mu);
+    g.open = true;
+    pthread_cond_broadcast(&g.cv);
+    pthread_mutex_unlock(&g.mu);
+    pthread_mutex_lock(&cnt.mu);
+    while (cnt.done < 2) /* after busy_timeout (5 s) */
+        pthread_cond_wait(&cnt.cv, &cnt.mu);
+    pthread_mutex_unlock(&cnt.mu);
     assert_int_equal(sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
+
+    kz_store_stats(f->st, &b1, &o1);
+    assert_int_equal(b1 - b0, 1);
+    assert_int_equal(meta.result, KZ_ERR_BUSY);
+    assert_int_equal(cl.result, KZ_ERR_BUSY);
+    assert_null(cl.u.claim.out);
+    assert_int_equal(cl.u.claim.n_out, 0);
     kz_buf_init(&b, 16);
     assert_int_equal(kz_store_meta_get(f->st, "k", &b), KZ_ERR_NOTFOUND);
-    assert_int_equal(exec(f->st, &op), KZ_OK);
+    meta.done = NULL;
+    assert_int_equal(exec(f->st, &meta), KZ_OK);
     assert_int_equal(kz_store_meta_get(f->st, "k", &b), KZ_OK);
     kz_buf_cleanup(&b);
+    claim(f->st, &cl, T0, 10, NULL, 0);
+    assert_int_equal(cl.u.claim.n_out, 1); /* the failed claim leased nothing */
+    kz_claim_cleanup(&cl);
+    pthread_cond_destroy(&g.cv);
+    pthread_mutex_destroy(&g.mu);
+    pthread_cond_destroy(&cnt.cv);
+    pthread_mutex_destroy(&cnt.mu);
+}
+
+/* More reader threads than pooled connections, beside a busy writer: every read answers. */
+#define RD_THREADS 12
+
+struct rd_arg {
+    struct kz_store *st;
+    int failures;
+};
+
+static void *rd_thread(void *p)
+{
+    struct rd_arg *a = p;
+    struct kz_webhook w;
+    int64_t due, sched, infl;
+    int i;
+
+    for (i = 0; i < 50; i++) {
+        struct dlist l;
+
+        memset(&l, 0, sizeof(l));
+        if (kz_store_webhook_get(a->st, "wh-1", &w))
+            a->failures++;
+        else
+            kz_webhook_cleanup(&w);
+        if (kz_store_delivery_list(a->st, "wh-1", -1, 0, 10, dlist_add, &l))
+            a->failures++;
+        if (kz_store_backlog(a->st, T0, &due, &sched, &infl))
+            a->failures++;
+    }
+    return NULL;
+}
+
+static void test_concurrent_reads(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1"};
+    struct rd_arg args[RD_THREADS];
+    pthread_t th[RD_THREADS];
+    char evid[32];
+    int i;
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    for (i = 0; i < RD_THREADS; i++) {
+        args[i].st = f->st;
+        args[i].failures = 0;
+        assert_int_equal(pthread_create(&th[i], NULL, rd_thread, &args[i]), 0);
+    }
+    for (i = 0; i < 100; i++) {
+        snprintf(evid, sizeof(evid), "ev-%d", i);
+        publish(f->st, evid, T0, ids, 1, 0);
+    }
+    for (i = 0; i < RD_THREADS; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].failures, 0);
+    }
+    assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 1000).n, 100);
 }
 
 /* ==== query plans of the hot statements ==== */
@@ -1364,9 +1478,9 @@ static void test_query_plans(void **state)
     sqlite3 *db = NULL;
 
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "CREATE TEMP TABLE claim_exclude (id TEXT PRIMARY KEY)",
-                                  NULL, NULL, NULL),
-                     SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db, "CREATE TEMP TABLE claim_exclude (id TEXT PRIMARY KEY)", NULL, NULL, NULL),
+        SQLITE_OK);
     assert_plan(db, S_CLAIM_SELECT, "INDEX deliveries_due (state=? AND next_attempt_at<?)", false);
     assert_plan(db, S_NEXT_DUE, "INDEX deliveries_due (state=?)", false);
     assert_plan(db, S_BACKLOG, "INDEX deliveries_due (state=? AND next_attempt_at>?)", false);
@@ -1408,6 +1522,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_drains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_version_seen_across_processes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_locked_batch_busy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_reads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_query_plans, setup, teardown),
     };
 

@@ -1,0 +1,1176 @@
+#!/usr/bin/env python3
+"""kzhook benchmark driver (stdlib only). See docs/PERFORMANCE.md.
+
+    python3 bench/run.py --binary build/kzhook [--quick] [--only e2e,latency] [--update-docs]
+
+Everything runs on loopback inside a temporary directory: a private nginx (HTTPS receiver with an
+arrival log, plus a plain-HTTP `return 200`), wrk for the baselines and the ingest scenario, a
+Python open-loop publisher for the latency scenario, a Python slow receiver for isolation, and a
+fresh kzhook (own SQLite database) per scenario. Every child is stopped on exit, whatever happens.
+"""
+import argparse
+import atexit
+import datetime
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
+EVENT_TYPE = "SurveyResponse"
+
+T_START = time.monotonic()
+
+
+def log(msg):
+    sys.stderr.write("[%7.1fs] %s\n" % (time.monotonic() - T_START, msg))
+    sys.stderr.flush()
+
+
+class BenchError(Exception):
+    pass
+
+
+# ==== child processes: always stopped ====
+
+CHILDREN = []  # (name, Popen)
+
+
+def _descendants(pid):
+    """Pids of every live descendant of pid (read from /proc)."""
+    kids = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+            ppid = int(st[st.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        kids.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for k in kids.get(p, []):
+            out.append(k)
+            todo.append(k)
+    return out
+
+
+def stop_proc(p, sig=signal.SIGTERM, timeout=10.0):
+    """Stops one child we started, by pid: sig, wait, then SIGKILL it and what it left behind."""
+    if p is None:
+        return
+    if p.poll() is None:
+        kids = _descendants(p.pid)
+        try:
+            p.send_signal(sig)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                p.kill()
+            except ProcessLookupError:
+                pass
+            p.wait(5)
+        for k in kids:  # e.g. nginx workers whose master died
+            try:
+                os.kill(k, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    CHILDREN[:] = [c for c in CHILDREN if c[1] is not p]
+
+
+def spawn(name, argv, **kw):
+    p = subprocess.Popen(argv, **kw)
+    CHILDREN.append((name, p))
+    return p
+
+
+def stop_all():
+    for name, p in list(reversed(CHILDREN)):
+        stop_proc(p, timeout=5)
+
+
+atexit.register(stop_all)
+
+
+def _on_signal(signum, frame):
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
+# ==== small helpers ====
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10.0, proc=None):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError("process exited with %s before listening on %d" % (proc.returncode, port))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise BenchError("nothing listens on port %d after %.0fs" % (port, timeout))
+
+
+def run(argv, **kw):
+    return subprocess.run(argv, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def pct(values, p):
+    """Nearest-rank percentile of sorted values; float('inf') entries stand for never-arrived."""
+    if not values:
+        return None
+    k = max(0, min(len(values) - 1, int(round(p / 100.0 * len(values) + 0.5)) - 1))
+    return values[k]
+
+
+def machine():
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for ln in f:
+                if ln.startswith("model name"):
+                    cpu = ln.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_kb = 0
+    with open("/proc/meminfo") as f:
+        for ln in f:
+            if ln.startswith("MemTotal:"):
+                mem_kb = int(ln.split()[1])
+    def ver(argv):
+        try:
+            r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            return r.stdout.strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "?"
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "os": _os_name(),
+        "nginx": ver(["nginx", "-v"]),
+        "wrk": ver(["wrk", "--version"]),
+        "python": platform.python_version(),
+    }
+
+
+def _os_name():
+    try:
+        with open("/etc/os-release") as f:
+            for ln in f:
+                if ln.startswith("PRETTY_NAME="):
+                    return ln.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return platform.platform()
+
+
+def git_sha():
+    try:
+        sha = run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no", "--", "src"],
+                               stdout=subprocess.PIPE, text=True).stdout.strip()
+        return sha, bool(dirty)
+    except (OSError, subprocess.CalledProcessError):
+        return "nogit", False
+
+
+# ==== payloads ====
+
+def survey_data(group):
+    """The `data` of a Kaizala SurveyResponse (reference §4.4, live ActionResponse sample)."""
+    return {
+        "actionId": "5f6c1e2a-9b1d-4c43-8f53-2d7a1c0e9b41",
+        "actionPackageId": "com.example.form",
+        "packageId": "com.example.form.2",
+        "groupId": group,
+        "sourceGroupId": group,
+        "responseId": "0c2b7a9e-3f4d-4b8e-a1c6-7d2e9f0a5b13",
+        "isUpdateResponse": False,
+        "responder": "+15550101",
+        "responderId": "b7e4d2c1-8a9f-4e3b-9c6d-1f2a3b4c5d6e",
+        "responderName": "B User",
+        "responderProfilePic": "",
+        "isAnonymous": False,
+        "responseDetails": {"responseWithQuestions": [
+            {"title": "Shop", "type": "SingleOption", "options": [{"title": "A"}, {"title": "B"}], "answer": ["A"]},
+            {"title": "Qty", "type": "Numeric", "options": [], "answer": 4.0},
+            {"title": "Where", "type": "Location", "options": [],
+             "answer": {"lt": 0.018, "lg": 37.07, "n": "Nanyuki", "acc": 14.3}},
+            {"title": "Response Time", "type": "DateTime", "options": [], "answer": 1558681000175}]},
+        "Properties": [],
+    }
+
+
+def event(group, event_id):
+    return {"eventType": EVENT_TYPE, "groupId": group, "actionId": "5f6c1e2a-9b1d-4c43-8f53-2d7a1c0e9b41",
+            "eventId": event_id, "fromUser": "+15550101", "fromUserId": "b7e4d2c1-8a9f-4e3b-9c6d-1f2a3b4c5d6e",
+            "fromUserName": "B User", "fromUserProfilePic": "", "data": survey_data(group)}
+
+
+def envelope(group):
+    """What kzhook POSTs for such an event (CONTRACT §6): the baseline-A body."""
+    e = event(group, str(uuid.uuid4()))
+    return {"subscriptionId": str(uuid.uuid4()), "objectId": group, "objectType": "Group",
+            "eventType": EVENT_TYPE, "eventId": e["eventId"], "groupId": group, "data": e["data"],
+            "fromUser": e["fromUser"], "fromUserId": e["fromUserId"], "fromUserName": e["fromUserName"],
+            "fromUserProfilePic": ""}
+
+
+def dumps(o):
+    return json.dumps(o, separators=(",", ":"))
+
+
+# ==== TLS material ====
+
+def make_certs(d):
+    """A throw-away CA and a server certificate for 127.0.0.1/localhost (EC P-256)."""
+    ca_key, ca, key, csr, crt, ext = (os.path.join(d, n) for n in
+                                      ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem", "ext.cnf"))
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=kzhook bench CA",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+    run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"])
+    with open(ext, "w") as f:
+        f.write("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+         "-out", crt, "-days", "2", "-extfile", ext])
+    return {"ca": ca, "cert": crt, "key": key}
+
+
+# ==== nginx ====
+
+class Nginx:
+    def __init__(self, workdir, name, certs, workers, log_buffer="64k", log_flush="100ms"):
+        self.prefix = os.path.join(workdir, name)
+        os.makedirs(os.path.join(self.prefix, "tmp"), exist_ok=True)
+        self.https_port, self.http_port = free_port(), free_port()
+        self.access_log = os.path.join(self.prefix, "arrivals.log")
+        self.conf = os.path.join(self.prefix, "nginx.conf")
+        try:
+            import pwd
+            user = pwd.getpwuid(os.geteuid()).pw_name
+        except (ImportError, KeyError):
+            user = None
+        # As root the workers would drop to `nobody` and could not read the keys in our 0700 temp
+        # dir: keep them as the current user. (Not root: nginx ignores `user` with a warning.)
+        user_line = ("user %s;" % user) if (user and os.geteuid() == 0) else "# user: not root, unchanged"
+        with open(os.path.join(HERE, "nginx.conf.tmpl")) as f:
+            t = f.read()
+        for k, v in {"USER_LINE": user_line, "WORKERS": str(workers), "PREFIX": self.prefix,
+                     "HTTPS_PORT": str(self.https_port), "HTTP_PORT": str(self.http_port),
+                     "CERT": certs["cert"], "KEY": certs["key"], "ACCESS_LOG": self.access_log,
+                     "LOG_BUFFER": log_buffer, "LOG_FLUSH": log_flush}.items():
+            t = t.replace("@@%s@@" % k, v)
+        with open(self.conf, "w") as f:
+            f.write(t)
+        self.proc = None
+        self.stderr = None
+
+    def start(self):
+        self.stderr = open(os.path.join(self.prefix, "stderr.log"), "ab")
+        self.proc = spawn("nginx", ["nginx", "-p", self.prefix, "-c", self.conf],
+                          stdout=self.stderr, stderr=self.stderr)
+        try:
+            wait_port(self.https_port, proc=self.proc)
+            wait_port(self.http_port, proc=self.proc)
+        except BenchError:
+            with open(os.path.join(self.prefix, "error.log"), errors="replace") as f:
+                raise BenchError("nginx did not start: " + f.read()[-2000:])
+
+    def stop(self):
+        # SIGQUIT: graceful, flushes the buffered access log.
+        stop_proc(self.proc, sig=signal.SIGQUIT, timeout=10)
+        self.proc = None
+        if self.stderr:
+            self.stderr.close()
+            self.stderr = None
+
+    def url(self, path="/hook"):
+        return "https://127.0.0.1:%d%s" % (self.https_port, path)
+
+
+class Arrivals:
+    """Incremental reader of an nginx arrival log ('$msec webhook-id' lines)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.off = 0
+        self.rest = b""
+
+    def skip_to_end(self):
+        self.off = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        self.rest = b""
+
+    def read(self):
+        """New (time, id) pairs since the last call."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.off)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.off += len(data)
+        data = self.rest + data
+        cut = data.rfind(b"\n") + 1
+        self.rest = data[cut:]
+        out = []
+        for ln in data[:cut].split(b"\n"):
+            t, _, wid = ln.partition(b" ")
+            if wid:
+                out.append((float(t), wid.decode()))
+        return out
+
+    def collect(self, want, expected, timeout, idle_timeout=None, unique=True, on_poll=None):
+        """Waits until `expected` arrivals whose id satisfies want(id), or timeout seconds, or
+        nothing new for idle_timeout seconds. Returns {id: first arrival} (unique) or a list."""
+        got = {} if unique else []
+        end = time.monotonic() + timeout
+        last_new = time.monotonic()
+        while True:
+            new = 0
+            for t, wid in self.read():
+                if not want(wid):
+                    continue
+                new += 1
+                if unique:
+                    if wid not in got:
+                        got[wid] = t
+                else:
+                    got.append(t)
+            now = time.monotonic()
+            if new:
+                last_new = now
+            if on_poll:
+                on_poll()
+            if len(got) >= expected or now > end:
+                return got
+            if idle_timeout and now - last_new > idle_timeout:
+                return got
+            time.sleep(0.05)
+
+
+# ==== kzhook ====
+
+class Api:
+    """Keep-alive JSON client for one thread."""
+
+    def __init__(self, port):
+        self.port = port
+        self.c = None
+
+    def req(self, method, path, body=None, headers=None, timeout=120):
+        h = {"Content-Type": "application/json"}
+        h.update(headers or {})
+        data = body if body is None or isinstance(body, bytes) else dumps(body).encode()
+        for attempt in (1, 2):
+            if self.c is None:
+                self.c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+            try:
+                self.c.request(method, path, body=data, headers=h)
+                r = self.c.getresponse()
+                raw = r.read()
+                break
+            except (http.client.HTTPException, OSError):
+                self.c.close()
+                self.c = None
+                if attempt == 2:
+                    raise
+        try:
+            doc = json.loads(raw) if raw else None
+        except ValueError:
+            doc = raw.decode(errors="replace")
+        return r.status, doc
+
+    def close(self):
+        if self.c:
+            self.c.close()
+            self.c = None
+
+
+class Kzhook:
+    def __init__(self, args, workdir, name, certs, extra=()):
+        self.args = args
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = free_port()
+        self.argv = [args.binary, "serve", "--listen", "127.0.0.1:%d" % self.port,
+                     "--db", os.path.join(self.dir, "kz.db"), "--admin-token", ADMIN_TOKEN,
+                     "--ca-file", certs["ca"], "--allow-private-targets", "--rate-limit", "0"]
+        self.argv += list(extra) + list(args.kz_arg or [])
+        self.proc = None
+        self.local = threading.local()
+        self.app = None
+        self.token = None
+
+    def start(self):
+        self.log = open(os.path.join(self.dir, "stderr.log"), "ab")
+        self.proc = spawn("kzhook", self.argv, stdout=self.log, stderr=self.log)
+        wait_port(self.port, timeout=20, proc=self.proc)
+        return self
+
+    def stop(self, graceful=False):
+        # The scenario is over: a delivery backlog may remain; SIGKILL does not wait for it
+        # (kzhook is crash-safe by contract), SIGTERM does a clean stop.
+        stop_proc(self.proc, sig=signal.SIGTERM if graceful else signal.SIGKILL, timeout=15)
+        self.proc = None
+        self.log.close()
+
+    @property
+    def api(self):
+        a = getattr(self.local, "api", None)
+        if a is None:
+            a = self.local.api = Api(self.port)
+        return a
+
+    def admin(self, method, path, body=None):
+        return self.api.req(method, path, body, {"Authorization": "Bearer " + ADMIN_TOKEN})
+
+    def setup_app(self):
+        st, doc = self.admin("POST", "/admin/v1/applications", {"name": "bench", "objectIds": ["*"]})
+        if st != 201:
+            raise BenchError("create application: %s %s" % (st, doc))
+        self.app = doc
+        st, doc = self.api.req("GET", "/v1/accessToken", None, {
+            "applicationId": doc["applicationId"], "applicationSecret": doc["applicationSecret"],
+            "refreshToken": doc["refreshToken"]})
+        if st != 200:
+            raise BenchError("access token: %s %s" % (st, doc))
+        self.token = doc["accessToken"]
+        return self
+
+    def webhook(self, group, url):
+        st, doc = self.api.req("POST", "/v1/webhook", {
+            "objectId": group, "objectType": "Group", "eventTypes": [EVENT_TYPE], "callBackUrl": url},
+            {"accessToken": self.token})
+        if st != 200:
+            raise BenchError("create webhook %s: %s %s" % (url, st, doc))
+        return doc["webhookId"]
+
+    def webhooks(self, group, urls, parallel=8):
+        with ThreadPoolExecutor(parallel) as ex:
+            return list(ex.map(lambda u: self.webhook(group, u), urls))
+
+    def publish(self, events):
+        body = dumps(events).encode()
+        for _ in range(600):
+            st, doc = self.admin("POST", "/v1/events", body)
+            if st == 202:
+                return doc
+            if st in (429, 503):  # back-pressure: the store queue is full; retry shortly
+                time.sleep(0.05)
+                continue
+            raise BenchError("publish: %s %s" % (st, str(doc)[:300]))
+        raise BenchError("publish: still overloaded after 30 s")
+
+    def metrics(self):
+        try:
+            st, doc = self.api.req("GET", "/metrics", timeout=10)
+        except OSError:
+            return {}
+        out = {}
+        if st == 200 and isinstance(doc, str):
+            for ln in doc.splitlines():
+                if ln and not ln.startswith("#"):
+                    k, _, v = ln.rpartition(" ")
+                    try:
+                        out[k] = float(v)
+                    except ValueError:
+                        pass
+        return out
+
+    def status(self):
+        """VmRSS, VmHWM, RssAnon, RssFile in KiB."""
+        out = {}
+        try:
+            with open("/proc/%d/status" % self.proc.pid) as f:
+                for ln in f:
+                    k, _, v = ln.partition(":")
+                    if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem", "Threads"):
+                        out[k] = int(v.split()[0])
+        except OSError:
+            pass
+        return out
+
+    def reset_hwm(self):
+        """Resets VmHWM (peak RSS) to the current RSS: `echo 5 > /proc/PID/clear_refs`."""
+        try:
+            with open("/proc/%d/clear_refs" % self.proc.pid, "w") as f:
+                f.write("5")
+            return True
+        except OSError:
+            return False
+
+
+def publish_batches(kz, group, prefix, n, batch=1000, parallel=2):
+    """Publishes events prefix-0..prefix-(n-1) in arrays of `batch` from `parallel` connections.
+    Returns (first send, last 202) wall-clock times."""
+    chunks = [(i, min(n, i + batch)) for i in range(0, n, batch)]
+
+    def one(ch):
+        kz.publish([event(group, "%s-%d" % (prefix, k)) for k in range(*ch)])
+
+    t0 = time.time()
+    with ThreadPoolExecutor(parallel) as ex:
+        for _ in ex.map(one, chunks):
+            pass
+    return t0, time.time()
+
+
+class RssSampler:
+    def __init__(self, kz, every=0.1):
+        self.kz, self.every = kz, every
+        self.peak = {}
+        self.stop_ev = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self.stop_ev.is_set():
+            s = self.kz.status()
+            for k, v in s.items():
+                if v > self.peak.get(k, 0):
+                    self.peak[k] = v
+            self.stop_ev.wait(self.every)
+
+    def start(self):
+        self.t.start()
+        return self
+
+    def stop(self):
+        self.stop_ev.set()
+        self.t.join()
+        return self.peak
+
+
+# ==== wrk ====
+
+def wrk(url, script, threads, conns, duration, env=None):
+    e = dict(os.environ)
+    e.update(env or {})
+    argv = ["wrk", "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration, "--timeout", "10s",
+            "-s", os.path.join(HERE, script), url]
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e,
+                       timeout=duration + 60)
+    out = r.stdout
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    if r.returncode or not m:
+        raise BenchError("wrk failed (%s):\n%s" % (r.returncode, out))
+    total = int(m.group(1))
+    secs = float(m.group(2)) * {"s": 1, "ms": 1e-3, "us": 1e-6, "m": 60}.get(m.group(3), 1)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockerr = re.search(r"Socket errors: (.*)", out)
+    lat = re.search(r"Latency\s+([\d.]+\w+)\s+([\d.]+\w+)\s+([\d.]+\w+)", out)
+    st = re.search(r"KZB_STATUS accepted=(\d+) rejected=(\d+)", out)
+    res = {"requests": total, "seconds": round(secs, 3), "rps": round(total / secs, 1),
+           "non2xx": int(non2xx.group(1)) if non2xx else 0,
+           "socket_errors": sockerr.group(1).strip() if sockerr else None,
+           "latency_avg": lat.group(1) if lat else None, "threads": threads, "connections": conns}
+    if st:
+        res["accepted"], res["rejected"] = int(st.group(1)), int(st.group(2))
+    res["ok_per_s"] = round((total - res["non2xx"]) / secs, 1)
+    return res
+
+
+# ==== the benchmark ====
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.quick = args.quick
+        self.work = tempfile.mkdtemp(prefix="kzbench-")
+        self.results = {"baselines": {}, "scenarios": {}}
+        self.certs = None
+        self.ngx = None
+        self.tag = uuid.uuid4().hex[:6]
+
+    def p(self, quick, full):
+        return quick if self.quick else full
+
+    def setup(self):
+        log("workdir %s" % self.work)
+        self.certs = make_certs(self.work)
+        self.ngx = Nginx(self.work, "nginx", self.certs, self.args.nginx_workers)
+        self.ngx.start()
+        self.arr = Arrivals(self.ngx.access_log)
+        with open(os.path.join(self.work, "envelope.json"), "w") as f:
+            f.write(dumps(envelope("g-baseline")))
+        with open(os.path.join(self.work, "event.tmpl"), "w") as f:
+            f.write(dumps(event("g-ingest", "@EVENTID@")))
+        self.body_bytes = os.path.getsize(os.path.join(self.work, "envelope.json"))
+        log("receiver nginx https:%d http:%d (workers %d), delivery body ~%d bytes"
+            % (self.ngx.https_port, self.ngx.http_port, self.args.nginx_workers, self.body_bytes))
+
+    def cleanup(self):
+        stop_all()
+        if self.args.keep:
+            log("kept %s" % self.work)
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def kz(self, name, extra=()):
+        k = Kzhook(self.args, self.work, name, self.certs, extra)
+        k.start().setup_app()
+        return k
+
+    # ---- baselines ----
+    def baselines(self):
+        d = self.p(3, 10)
+        env = {"KZB_BODY_FILE": os.path.join(self.work, "envelope.json"), "KZB_WEBHOOK_ID": "baselineA"}
+        a = wrk(self.ngx.url("/hook/baseline"), "post.lua", 1, self.args.per_endpoint_concurrency, d, env)
+        self.arr.skip_to_end()
+        log("baseline A (HTTPS nginx, %d keep-alive conns): %.0f req/s" % (a["connections"], a["rps"]))
+        env = {"KZB_BODY_FILE": os.path.join(self.work, "event.tmpl"), "KZB_WEBHOOK_ID": ""}
+        b = wrk("http://127.0.0.1:%d/" % self.ngx.http_port, "post.lua", self.args.wrk_threads,
+                self.args.ingest_conns, d, env)
+        log("baseline B (plain HTTP nginx return 200, %d conns): %.0f req/s" % (b["connections"], b["rps"]))
+        self.results["baselines"] = {"A": a, "B": b}
+
+    # ---- 1. end-to-end throughput ----
+    def s_e2e(self):
+        n = self.p(10000, 100000)
+        kz = self.kz("e2e")
+        try:
+            kz.webhook("g-e2e", self.ngx.url("/hook/e2e"))
+            prefix = "e2e-%s" % self.tag
+            self.arr.skip_to_end()
+            holder = {}
+            th = threading.Thread(target=lambda: holder.update(t=publish_batches(kz, "g-e2e", prefix, n)))
+            th.start()
+            got = self.arr.collect(lambda w: w.startswith(prefix + "-"), n, timeout=self.p(60, 600), idle_timeout=20)
+            th.join()
+            t_pub0, t_pub1 = holder.get("t", (0, 0))
+            m = kz.metrics()
+        finally:
+            kz.stop()
+        times = sorted(got.values())
+        span = times[-1] - times[0] if len(times) > 1 else 0
+        rate = (len(times) - 1) / span if span > 0 else 0
+        a = self.results["baselines"]["A"]["rps"]
+        r = {"events": n, "arrived": len(times), "deliveries_per_s": round(rate, 1),
+             "first_to_last_s": round(span, 3), "publish_s": round(t_pub1 - t_pub0, 3),
+             "publish_events_per_s": round(n / (t_pub1 - t_pub0), 1) if t_pub1 > t_pub0 else None,
+             "publish_to_last_arrival_s": round(times[-1] - t_pub0, 3) if times else None,
+             "ratio_to_A": round(rate / a, 3) if a else None,
+             "failed_attempts": m.get('kzhook_deliveries_total{outcome="failed"}')}
+        log("e2e: %d/%d arrived, %.0f deliveries/s (%.2f x A); publishing took %.1fs"
+            % (len(times), n, rate, r["ratio_to_A"] or 0, r["publish_s"]))
+        self.results["scenarios"]["e2e"] = r
+
+    # ---- 2. ingest ----
+    def s_ingest(self):
+        d = self.p(3, 15)
+        out = {}
+        b = self.results["baselines"]["B"]["rps"]
+        for nwh in (1, 10):
+            kz = self.kz("ingest%d" % nwh)
+            try:
+                kz.webhooks("g-ingest", [self.ngx.url("/hook/ingest/%d" % i) for i in range(nwh)])
+                env = {"KZB_BODY_FILE": os.path.join(self.work, "event.tmpl"), "KZB_TOKEN": ADMIN_TOKEN,
+                       "KZB_PREFIX": "ing%d-%s" % (nwh, self.tag)}
+                w = wrk("http://127.0.0.1:%d/v1/events" % kz.port, "events.lua", self.args.wrk_threads,
+                        self.args.ingest_conns, d, env)
+                m = kz.metrics()
+            finally:
+                kz.stop()
+            acc = w.get("accepted", w["requests"] - w["non2xx"])
+            eps = acc / w["seconds"]
+            r = {"webhooks": nwh, "events_per_s": round(eps, 1), "ratio_to_B": round(eps / b, 3) if b else None,
+                 "requests": w["requests"], "accepted": acc, "rejected": w.get("rejected", w["non2xx"]),
+                 "wrk_latency_avg": w["latency_avg"], "socket_errors": w["socket_errors"],
+                 "deliveries_succeeded_meanwhile": m.get('kzhook_deliveries_total{outcome="succeeded"}'),
+                 "store_batches": m.get("kzhook_store_batches_total")}
+            if r["store_batches"]:
+                r["events_per_commit"] = round(m.get("kzhook_events_accepted_total", 0) / r["store_batches"], 1)
+            log("ingest (%d webhook%s): %.0f events/s (%.2f x B), %d rejected"
+                % (nwh, "s" if nwh > 1 else "", eps, r["ratio_to_B"] or 0, r["rejected"]))
+            out["webhooks_%d" % nwh] = r
+        self.results["scenarios"]["ingest"] = out
+
+    # ---- 3. fan-out ----
+    def s_fanout(self):
+        nwh = 1000
+        reps = 3
+        kz = self.kz("fanout")
+        try:
+            t = time.monotonic()
+            kz.webhooks("g-fan", [self.ngx.url("/hook/fan/%d" % i) for i in range(nwh)], parallel=16)
+            create_s = time.monotonic() - t
+            log("fan-out: %d webhooks created in %.1fs" % (nwh, create_s))
+            runs = []
+            for rep in range(reps):
+                eid = "fan-%s-%d" % (self.tag, rep)
+                self.arr.skip_to_end()
+                t0 = time.time()
+                doc = kz.publish(event("g-fan", eid))
+                t_ack = time.time()
+                got = self.arr.collect(lambda w: w == eid, nwh, timeout=60, unique=False)
+                got.sort()
+                runs.append({"deliveries": doc.get("deliveries") if isinstance(doc, dict) else None,
+                             "arrived": len(got), "ack_ms": round((t_ack - t0) * 1000, 1),
+                             "first_ms": round((got[0] - t0) * 1000, 1) if got else None,
+                             "last_ms": round((got[-1] - t0) * 1000, 1) if got else None})
+                log("fan-out run %d: %d/%d arrived, 202 after %.1f ms, first %.1f ms, last %.1f ms"
+                    % (rep, len(got), nwh, runs[-1]["ack_ms"], runs[-1]["first_ms"] or -1, runs[-1]["last_ms"] or -1))
+        finally:
+            kz.stop()
+        lasts = [r["last_ms"] for r in runs if r["last_ms"] is not None and r["arrived"] >= nwh]
+        self.results["scenarios"]["fanout"] = {
+            "webhooks": nwh, "create_s": round(create_s, 2), "runs": runs,
+            "publish_to_last_ms_median": statistics.median(lasts) if lasts else None,
+            "complete": len(lasts) == reps}
+
+    # ---- 4. latency ----
+    def s_latency(self):
+        dur = self.p(5, 20)
+        out = {}
+        for rate in self.args.rates:
+            kz = self.kz("lat%d" % rate)
+            try:
+                kz.webhook("g-lat", self.ngx.url("/hook/lat"))
+                prefix = "lat%d-%s" % (rate, self.tag)
+                tmpl = os.path.join(self.work, "lat.tmpl")
+                with open(tmpl, "w") as f:
+                    f.write(dumps(event("g-lat", "@EVENTID@")))
+                nprocs = max(1, min(4, (rate + 3999) // 4000))
+                t0 = time.time() + 1.0
+                self.arr.skip_to_end()
+                procs, outs = [], []
+                for i in range(nprocs):
+                    o = os.path.join(self.work, "lat%d-%d.txt" % (rate, i))
+                    outs.append(o)
+                    procs.append(spawn("openloop", [
+                        sys.executable, os.path.join(HERE, "openloop.py"), "--port", str(kz.port),
+                        "--token", ADMIN_TOKEN, "--rate", str(rate), "--duration", str(dur), "--t0", repr(t0),
+                        "--index", str(i), "--nprocs", str(nprocs), "--prefix", prefix, "--body-file", tmpl,
+                        "--max-conns", "512", "--init-conns", str(max(4, rate // 500 // nprocs)),
+                        "--out", o]))
+                total = int(rate * dur)
+                got = self.arr.collect(lambda w: w.startswith(prefix + "-"), total,
+                                       timeout=dur + 1 + self.p(10, 30), idle_timeout=None)
+                for pr in procs:
+                    try:
+                        pr.wait(60)
+                    except subprocess.TimeoutExpired:
+                        pass
+                    stop_proc(pr)
+            finally:
+                kz.stop()
+            sent = {}
+            status_bad = 0
+            for o in outs:
+                with open(o) as f:
+                    for ln in f:
+                        eid, intended, actual, ack, status = ln.split()
+                        sent[eid] = (float(intended), float(actual), float(ack), int(status))
+                        if int(status) != 202:
+                            status_bad += 1
+            lat_i, lat_a, acks, lags = [], [], [], []
+            for eid, (ti, ta, tk, s) in sent.items():
+                if s != 202:
+                    continue
+                arr = got.get(eid)
+                lat_i.append((arr - ti) * 1000 if arr is not None else float("inf"))
+                lat_a.append((arr - ta) * 1000 if arr is not None else float("inf"))
+                acks.append((tk - ta) * 1000)
+                lags.append((ta - ti) * 1000)
+            for v in (lat_i, lat_a, acks, lags):
+                v.sort()
+            first = min((v[0] for v in sent.values()), default=0)
+            last = max((v[1] for v in sent.values()), default=0)
+            r = {"rate": rate, "seconds": dur, "scheduled": total, "sent": len(sent),
+                 "achieved_rate": round(len(sent) / (last - first), 1) if last > first else None,
+                 "not_accepted": status_bad, "arrived": sum(1 for x in lat_i if x != float("inf")),
+                 "p50_ms": _r(pct(lat_i, 50)), "p99_ms": _r(pct(lat_i, 99)), "p999_ms": _r(pct(lat_i, 99.9)),
+                 "max_ms": _r(lat_i[-1] if lat_i else None),
+                 "from_actual_send": {"p50_ms": _r(pct(lat_a, 50)), "p99_ms": _r(pct(lat_a, 99)),
+                                      "p999_ms": _r(pct(lat_a, 99.9))},
+                 "ack_ms": {"p50": _r(pct(acks, 50)), "p99": _r(pct(acks, 99)), "p999": _r(pct(acks, 99.9))},
+                 "send_lag_ms": {"p50": _r(pct(lags, 50)), "p99": _r(pct(lags, 99)), "max": _r(lags[-1] if lags else None)}}
+            log("latency @%d/s: sent %d (%.0f/s), arrived %d; publish->arrival p50 %s p99 %s p99.9 %s ms; "
+                "202 p50 %s p99 %s ms; sender lag p99 %s ms"
+                % (rate, len(sent), r["achieved_rate"] or 0, r["arrived"], r["p50_ms"], r["p99_ms"], r["p999_ms"],
+                   r["ack_ms"]["p50"], r["ack_ms"]["p99"], r["send_lag_ms"]["p99"]))
+            out[str(rate)] = r
+        self.results["scenarios"]["latency"] = out
+
+    # ---- 5. backlog ----
+    def s_backlog(self):
+        n = self.args.backlog_events or self.p(100000, 1000000)
+        # Retries while the receiver is down: every failed attempt comes back after ~D (±20 %);
+        # 31 steps so that nothing can go dead (and disable the webhook) during the outage.
+        step = self.p("5s", "20s")
+        rx = Nginx(self.work, "nginx-backlog", self.certs, self.args.nginx_workers)
+        rx.start()
+        arr = Arrivals(rx.access_log)
+        kz = self.kz("backlog", ["--retry-schedule", ",".join([step] * 31)])
+        try:
+            kz.webhook("g-bl", rx.url("/hook/backlog"))
+            rx.stop()  # the receiver goes down: connections are refused from now on
+            log("backlog: receiver down; publishing %d events in arrays of 1000" % n)
+            prefix = "bl-%s" % self.tag
+            hwm_reset = kz.reset_hwm()
+            smp = RssSampler(kz).start()
+            t_pub0, t_pub1 = publish_batches(kz, "g-bl", prefix, n)
+            m1 = kz.metrics()
+            s1 = kz.status()
+            peak1 = smp.stop()
+            if hwm_reset:
+                peak1["VmHWM"] = s1.get("VmHWM", 0)
+            log("backlog: %d queued in %.1fs (%.0f events/s); %d failed attempts meanwhile; RSS %.1f MiB, "
+                "peak %.1f MiB" % (n, t_pub1 - t_pub0, n / (t_pub1 - t_pub0),
+                                   m1.get('kzhook_deliveries_total{outcome="failed"}', 0),
+                                   s1.get("VmRSS", 0) / 1024, max(peak1.get("VmHWM", 0), peak1.get("VmRSS", 0)) / 1024))
+            # receiver back up: measure the drain
+            hwm_reset = kz.reset_hwm()
+            smp = RssSampler(kz).start()
+            rx.start()
+            t_up = time.time()
+            cap = self.args.drain_cap or self.p(15, 900)
+            got = arr.collect(lambda w: w.startswith(prefix + "-"), n, timeout=cap, idle_timeout=30)
+            t_end = time.time()
+            m2 = kz.metrics()
+            s2 = kz.status()
+            peak2 = smp.stop()
+            if hwm_reset:
+                peak2["VmHWM"] = s2.get("VmHWM", 0)
+        finally:
+            kz.stop()
+            rx.stop()
+        times = sorted(got.values())
+        span = times[-1] - times[0] if len(times) > 1 else 0
+        rate = (len(times) - 1) / span if span > 0 else 0
+        pk = lambda p: round(max(p.get("VmHWM", 0), p.get("VmRSS", 0)) / 1024, 1)
+        r = {"events": n, "retry_schedule": "31 x " + step,
+             "queue_s": round(t_pub1 - t_pub0, 2), "queue_events_per_s": round(n / (t_pub1 - t_pub0), 1),
+             "failed_attempts_while_down": m1.get('kzhook_deliveries_total{outcome="failed"}'),
+             "peak_rss_mib_queueing": pk(peak1), "peak_rss_mib_draining": pk(peak2),
+             "peak_rss_anon_mib": round(max(peak1.get("RssAnon", 0), peak2.get("RssAnon", 0)) / 1024, 1),
+             "peak_rss_file_mib": round(max(peak1.get("RssFile", 0), peak2.get("RssFile", 0)) / 1024, 1),
+             "hwm_reset_between_phases": bool(hwm_reset),
+             "drained": len(times), "drain_complete": len(times) >= n,
+             "drain_deliveries_per_s": round(rate, 1),
+             "receiver_up_to_first_s": round(times[0] - t_up, 2) if times else None,
+             "receiver_up_to_last_s": round(times[-1] - t_up, 2) if times else None,
+             "observed_s": round(t_end - t_up, 1),
+             "dead": m2.get('kzhook_deliveries_total{outcome="dead"}'),
+             "db_mib": round(_du(kz.dir) / 1048576, 1)}
+        r["peak_rss_mib"] = max(r["peak_rss_mib_queueing"], r["peak_rss_mib_draining"])
+        log("backlog: drained %d/%d at %.0f deliveries/s; peak RSS queueing %.1f MiB, draining %.1f MiB"
+            % (len(times), n, rate, r["peak_rss_mib_queueing"], r["peak_rss_mib_draining"]))
+        self.results["scenarios"]["backlog"] = r
+
+    # ---- 6. isolation ----
+    def s_isolation(self):
+        n = self.p(10000, 50000)
+        slow_port = free_port()
+        slow = spawn("slow-receiver", [sys.executable, os.path.join(HERE, "slow_receiver.py"), "--port",
+                                       str(slow_port), "--cert", self.certs["cert"], "--key", self.certs["key"],
+                                       "--delay", "5"], stdout=subprocess.DEVNULL)
+        kz = None
+        try:
+            wait_port(slow_port, proc=slow)
+            kz = self.kz("isolation")
+            kz.webhook("g-iso-solo", self.ngx.url("/hook/iso-solo"))
+            runs = {}
+            for phase, group in (("solo", "g-iso-solo"), ("beside_slow", "g-iso-mix")):
+                if phase == "beside_slow":
+                    kz.webhook(group, self.ngx.url("/hook/iso-fast"))
+                    kz.webhook(group, "https://127.0.0.1:%d/hook/slow" % slow_port)
+                prefix = "iso-%s-%s" % (phase, self.tag)
+                self.arr.skip_to_end()
+                holder = {}
+                th = threading.Thread(target=lambda: holder.update(t=publish_batches(kz, group, prefix, n)))
+                th.start()
+                got = self.arr.collect(lambda w: w.startswith(prefix + "-"), n, timeout=self.p(40, 300), idle_timeout=15)
+                th.join()
+                times = sorted(got.values())
+                span = times[-1] - times[0] if len(times) > 1 else 0
+                runs[phase] = {"arrived": len(times), "deliveries_per_s": round((len(times) - 1) / span, 1) if span else 0,
+                               "first_to_last_s": round(span, 2)}
+                log("isolation %s: fast receiver got %d/%d at %.0f deliveries/s"
+                    % (phase, len(times), n, runs[phase]["deliveries_per_s"]))
+        finally:
+            if kz:
+                kz.stop()
+            stop_proc(slow)
+        solo, mix = runs["solo"]["deliveries_per_s"], runs["beside_slow"]["deliveries_per_s"]
+        self.results["scenarios"]["isolation"] = {
+            "events": n, "slow_delay_s": 5, **runs,
+            "fraction": round(mix / solo, 3) if solo else None,
+            "complete": runs["beside_slow"]["arrived"] >= n}
+
+
+def _r(x):
+    if x is None:
+        return None
+    if x == float("inf"):
+        return "inf"
+    return round(x, 2)
+
+
+def _du(d):
+    tot = 0
+    for root, _, files in os.walk(d):
+        for f in files:
+            try:
+                tot += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return tot
+
+
+# ==== report ====
+
+def num(x):
+    return float("inf") if x == "inf" else x
+
+
+def targets(res):
+    s, b = res["scenarios"], res["baselines"]
+    out = []
+
+    def add(name, value, op, limit, unit, fmt="%.2f"):
+        if value is None:
+            out.append({"target": name, "value": None, "limit": limit, "result": "n/a"})
+            return
+        v = num(value)
+        ok = v >= limit if op == ">=" else v <= limit
+        out.append({"target": name, "value": value, "op": op, "limit": limit, "unit": unit,
+                    "result": "PASS" if ok else "MISS"})
+
+    if "e2e" in s:
+        add("e2e deliveries/s / baseline A", s["e2e"]["ratio_to_A"], ">=", 0.5, "x")
+    if "ingest" in s:
+        add("durable ingest (1 webhook) / baseline B", s["ingest"]["webhooks_1"]["ratio_to_B"], ">=", 0.3, "x")
+    lat = s.get("latency", {})
+    if "200" in lat:
+        add("p99 publish->arrival @200 ev/s", lat["200"]["p99_ms"], "<=", 5, "ms")
+    if "2000" in lat:
+        add("p99 publish->arrival @2000 ev/s", lat["2000"]["p99_ms"], "<=", 20, "ms")
+    if "backlog" in s:
+        bl = s["backlog"]
+        name = "peak RSS with %s queued" % ("1M" if bl["events"] == 1000000 else "%dk" % (bl["events"] // 1000))
+        add(name, bl["peak_rss_mib"], "<=", 64, "MiB")
+    if "isolation" in s:
+        add("isolation (fast beside 5 s-slow / solo)", s["isolation"]["fraction"], ">=", 0.9, "x")
+    return out
+
+
+def table(res):
+    b, s = res["baselines"], res["scenarios"]
+    rows = []
+    A = b.get("A", {}).get("rps")
+    B = b.get("B", {}).get("rps")
+    if A:
+        rows.append(("Baseline A: wrk -> nginx HTTPS POST (%d conns)" % b["A"]["connections"], "%.0f req/s" % A, ""))
+    if B:
+        rows.append(("Baseline B: wrk -> nginx plain HTTP return 200 (%d conns)" % b["B"]["connections"],
+                     "%.0f req/s" % B, ""))
+    if "e2e" in s:
+        e = s["e2e"]
+        rows.append(("1. e2e: %dk events, 1 webhook, deliveries/s at receiver" % (e["events"] // 1000),
+                     "%.0f /s (%d/%d arrived)" % (e["deliveries_per_s"], e["arrived"], e["events"]),
+                     "%.2f x A" % (e["ratio_to_A"] or 0)))
+    if "ingest" in s:
+        for k, v in s["ingest"].items():
+            rows.append(("2. ingest: wrk single events, %d matching webhook%s" % (v["webhooks"], "s" if v["webhooks"] > 1 else ""),
+                         "%.0f events/s" % v["events_per_s"], "%.2f x B" % (v["ratio_to_B"] or 0)))
+    if "fanout" in s:
+        f = s["fanout"]
+        lasts = ", ".join("%s" % r["last_ms"] for r in f["runs"])
+        rows.append(("3. fan-out: 1 event -> %d webhooks, publish -> last arrival" % f["webhooks"],
+                     "%s ms median" % f["publish_to_last_ms_median"], "runs: %s ms" % lasts))
+    for rate, v in s.get("latency", {}).items():
+        rows.append(("4. latency @%s ev/s (%ds): publish -> arrival p50/p99/p99.9" % (rate, v["seconds"]),
+                     "%s / %s / %s ms" % (v["p50_ms"], v["p99_ms"], v["p999_ms"]),
+                     "sent %.0f/s, arrived %d/%d" % (v["achieved_rate"] or 0, v["arrived"], v["sent"])))
+    if "backlog" in s:
+        v = s["backlog"]
+        rows.append(("5. backlog: %dk queued with receiver down; peak RSS queueing / draining" % (v["events"] // 1000),
+                     "%.1f / %.1f MiB" % (v["peak_rss_mib_queueing"], v["peak_rss_mib_draining"]),
+                     "queued at %.0f ev/s" % v["queue_events_per_s"]))
+        rows.append(("5. backlog: drain rate after the receiver comes back",
+                     "%.0f deliveries/s" % v["drain_deliveries_per_s"],
+                     "%d/%d in %.0fs%s" % (v["drained"], v["events"], v["observed_s"],
+                                           "" if v["drain_complete"] else " (cut)")))
+    if "isolation" in s:
+        v = s["isolation"]
+        rows.append(("6. isolation: fast endpoint beside a 5 s one / solo",
+                     "%.0f / %.0f /s" % (v["beside_slow"]["deliveries_per_s"], v["solo"]["deliveries_per_s"]),
+                     "%.0f %%" % (100 * (v["fraction"] or 0))))
+    return rows
+
+
+def render(res):
+    rows = table(res)
+    w0 = max(len(r[0]) for r in rows) if rows else 10
+    w1 = max(len(r[1]) for r in rows) if rows else 10
+    lines = ["%-*s  %-*s  %s" % (w0, "measure", w1, "value", "ratio / note"), "-" * (w0 + w1 + 30)]
+    lines += ["%-*s  %-*s  %s" % (w0, a, w1, b, c) for a, b, c in rows]
+    lines.append("")
+    for t in res["targets"]:
+        if t["result"] == "n/a":
+            lines.append("  n/a   %s (not measured)" % t["target"])
+        else:
+            lines.append("  %-4s  %s: %s %s (target %s %s)" % (t["result"], t["target"], t["value"], t["unit"],
+                                                            t["op"], t["limit"]))
+    return "\n".join(lines)
+
+
+def markdown(res):
+    m = res["machine"]
+    out = ["Run `%s` at %s, kzhook %s%s, mode **%s**." % (res["file"], res["date"], res["git_sha"],
+                                                        " (src/ modified)" if res["git_dirty"] else "", res["mode"]),
+           "",
+           "Machine: %s CPU(s), %s, %.1f GiB RAM, %s, kernel %s; %s; %s." % (
+               m["nproc"], m["cpu"], m["ram_gib"], m["os"], m["kernel"], m["nginx"], m["wrk"]),
+           "", "| measure | value | ratio / note |", "|---|---|---|"]
+    for a, b, c in table(res):
+        out.append("| %s | %s | %s |" % (a, b, c))
+    out += ["", "| target | measured | limit | result |", "|---|---|---|---|"]
+    for t in res["targets"]:
+        if t["result"] == "n/a":
+            out.append("| %s | not measured | | n/a |" % t["target"])
+        else:
+            out.append("| %s | %s %s | %s %s %s | **%s** |" % (t["target"], t["value"], t["unit"], t["op"],
+                                                              t["limit"], t["unit"], t["result"]))
+    return "\n".join(out)
+
+
+def update_docs(res):
+    path = os.path.join(ROOT, "docs", "PERFORMANCE.md")
+    begin, end = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
+    try:
+        with open(path) as f:
+            doc = f.read()
+    except FileNotFoundError:
+        log("no %s: not updated" % path)
+        return
+    if begin not in doc or end not in doc:
+        log("%s has no %s/%s markers: not updated" % (path, begin, end))
+        return
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    with open(path, "w") as f:
+        f.write(head + begin + "\n" + markdown(res) + "\n" + end + tail)
+    log("updated %s" % path)
+
+
+SCENARIOS = ["e2e", "ingest", "fanout", "latency", "isolation", "backlog"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--binary", default=os.path.join(ROOT, "build", "kzhook"))
+    ap.add_argument("--quick", action="store_true", help="short run (make bench-quick, < 2 min)")
+    ap.add_argument("--only", default="", help="comma-separated subset of: " + ",".join(SCENARIOS))
+    ap.add_argument("--rates", default="200,2000,10000", help="latency scenario arrival rates, events/s")
+    ap.add_argument("--nginx-workers", type=int, default=1)
+    ap.add_argument("--wrk-threads", type=int, default=1)
+    ap.add_argument("--ingest-conns", type=int, default=64, help="wrk connections: baseline B and ingest")
+    ap.add_argument("--per-endpoint-concurrency", type=int, default=8,
+                    help="kzhook's default; baseline A uses this many connections")
+    ap.add_argument("--backlog-events", type=int, default=0)
+    ap.add_argument("--drain-cap", type=float, default=0, help="max seconds to watch the backlog drain")
+    ap.add_argument("--kz-arg", action="append", help="extra kzhook serve flag (repeatable, use --kz-arg=--x=y)")
+    ap.add_argument("--results-dir", default=os.path.join(HERE, "results"))
+    ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--update-docs", action="store_true", help="rewrite the results block of docs/PERFORMANCE.md")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args()
+    args.rates = [int(x) for x in args.rates.split(",") if x]
+    args.binary = os.path.abspath(args.binary)
+    only = [x for x in args.only.split(",") if x] or SCENARIOS
+    for x in only:
+        if x not in SCENARIOS:
+            ap.error("unknown scenario %s" % x)
+    if not os.access(args.binary, os.X_OK):
+        ap.error("no kzhook binary at %s (make BUILD=... first)" % args.binary)
+    for tool in ("nginx", "wrk", "openssl"):
+        if not shutil.which(tool):
+            ap.error("%s is not installed (scripts/bootstrap.sh bench)" % tool)
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    sha, dirty = git_sha()
+    now = datetime.datetime.now()
+    res = {"date": now.isoformat(timespec="seconds"), "git_sha": sha, "git_dirty": dirty,
+           "mode": "quick" if args.quick else "full", "machine": machine(),
+           "config": {"nginx_workers": args.nginx_workers, "wrk_threads": args.wrk_threads,
+                      "ingest_conns": args.ingest_conns, "per_endpoint_concurrency": args.per_endpoint_concurrency,
+                      "kz_args": args.kz_arg or [], "scenarios": only}}
+    bench = Bench(args)
+    failed = []
+    try:
+        bench.setup()
+        bench.results.update(res)
+        res = bench.results
+        res["config"]["delivery_body_bytes"] = bench.body_bytes
+        bench.baselines()
+        for name in only:
+            try:
+                getattr(bench, "s_" + name)()
+            except BenchError as e:
+                log("scenario %s FAILED: %s" % (name, e))
+                failed.append(name)
+                res["scenarios"][name + "_error"] = str(e)
+    except KeyboardInterrupt:
+        log("interrupted")
+        bench.cleanup()
+        return 130
+    except BenchError as e:
+        log("bench failed: %s" % e)
+        bench.cleanup()
+        return 1
+    finally:
+        pass
+    bench.cleanup()
+    res["targets"] = targets(res)
+    res["wall_s"] = round(time.monotonic() - T_START, 1)
+    res["file"] = "%s-%s.json" % (now.strftime("%Y%m%dT%H%M%S"), sha)
+    print(render(res))
+    print("(total %.0fs)" % res["wall_s"])
+    if not args.no_save:
+        os.makedirs(args.results_dir, exist_ok=True)
+        path = os.path.join(args.results_dir, res["file"])
+        with open(path + ".tmp", "w") as f:
+            json.dump(res, f, indent=2)
+        os.replace(path + ".tmp", path)
+        log("results: %s" % os.path.relpath(path, ROOT))
+    if args.update_docs:
+        update_docs(res)
+    return 2 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
