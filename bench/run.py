@@ -206,27 +206,20 @@ def git_sha():
 # ==== payloads ====
 
 def survey_data(group):
-    """The `data` of a Kaizala SurveyResponse (reference §4.4, live ActionResponse sample)."""
+    """The `data` of a Kaizala SurveyResponse (the documented fields of reference §4.4), sized so
+    that the delivered envelope is about 600 bytes, like a typical one-question-or-two response."""
     return {
         "actionId": "5f6c1e2a-9b1d-4c43-8f53-2d7a1c0e9b41",
-        "actionPackageId": "com.example.form",
-        "packageId": "com.example.form.2",
         "groupId": group,
-        "sourceGroupId": group,
         "responseId": "0c2b7a9e-3f4d-4b8e-a1c6-7d2e9f0a5b13",
         "isUpdateResponse": False,
         "responder": "+15550101",
-        "responderId": "b7e4d2c1-8a9f-4e3b-9c6d-1f2a3b4c5d6e",
         "responderName": "B User",
         "responderProfilePic": "",
         "isAnonymous": False,
         "responseDetails": {"responseWithQuestions": [
             {"title": "Shop", "type": "SingleOption", "options": [{"title": "A"}, {"title": "B"}], "answer": ["A"]},
-            {"title": "Qty", "type": "Numeric", "options": [], "answer": 4.0},
-            {"title": "Where", "type": "Location", "options": [],
-             "answer": {"lt": 0.018, "lg": 37.07, "n": "Nanyuki", "acc": 14.3}},
-            {"title": "Response Time", "type": "DateTime", "options": [], "answer": 1558681000175}]},
-        "Properties": [],
+            {"title": "Qty", "type": "Numeric", "options": [], "answer": 4.0}]},
     }
 
 

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 enum opt_kind { OPT_STR, OPT_LISTEN, OPT_BOOL, OPT_DUR, OPT_SCHEDULE, OPT_INT };
 
@@ -222,6 +223,14 @@ enum kz_err kz_config_load(struct kz_config *cfg, int argc, char **argv, int fir
         rest[nrest] = NULL;
     if (!cfg->db) {
         snprintf(err, errlen, "--db must not be empty");
+        return KZ_ERR_INVALID;
+    }
+    if (cfg->ca_file && access(cfg->ca_file, R_OK)) {
+        snprintf(err, errlen, "--ca-file %.200s is not readable", cfg->ca_file);
+        return KZ_ERR_INVALID;
+    }
+    if (cfg->tls_cert && cfg->tls_key && (access(cfg->tls_cert, R_OK) || access(cfg->tls_key, R_OK))) {
+        snprintf(err, errlen, "--tls-cert/--tls-key files are not readable");
         return KZ_ERR_INVALID;
     }
     if (!cfg->tls_cert != !cfg->tls_key) {

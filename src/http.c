@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,7 @@ struct conn {
     struct kz_buf body;
     int64_t started_us;
     bool too_big;
+    bool early;        /* answered 413 before reading the body: drain it before MHD closes */
     bool handled;      /* kz_api_handle has run */
     /* PENDING hand-back, see complete() */
     pthread_mutex_t lock;
@@ -147,6 +149,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
          * connection after this answer. */
         if (cl && strtoull(cl, NULL, 10) > KZ_BODY_MAX) {
             cs->too_big = true;
+            cs->early = true;
             cs->handled = true;
             cs->ready = true;
             error_answer(cs, 413, "PayloadTooLarge", "request body over 1 MiB");
@@ -194,6 +197,32 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     return send_answer(cs);
 }
 
+/* After an early 413 the client may still be sending the body it announced. Closing a socket
+ * with unread data makes the kernel send RST, and many clients then lose the 413 they have not
+ * read yet. So read and discard what keeps arriving, briefly and boundedly (a lingering close),
+ * before MHD closes the connection. */
+static void linger_drain(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    char scratch[16384];
+    size_t total = 0;
+    int64_t deadline = kz_mono_ms() + 500;
+
+    if (!ci || ci->connect_fd < 0)
+        return;
+    while (total < 32u * 1024 * 1024 && kz_mono_ms() < deadline) {
+        struct pollfd p = {ci->connect_fd, POLLIN, 0};
+        ssize_t n;
+
+        if (poll(&p, 1, 50) <= 0)
+            break;
+        n = recv(ci->connect_fd, scratch, sizeof(scratch), MSG_DONTWAIT);
+        if (n <= 0)
+            break;
+        total += (size_t)n;
+    }
+}
+
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
                       enum MHD_RequestTerminationCode toe)
 {
@@ -202,9 +231,10 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
     char path[300], method[40];
     int status;
 
-    (void)c;
     if (!cs)
         return;
+    if (cs->early)
+        linger_drain(c);
     status = cs->req.status;
     if (status >= 100 && status < 600)
         atomic_fetch_add(&h->m->http_requests[status / 100], 1);

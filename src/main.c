@@ -318,7 +318,7 @@ static int cmd_app(struct kz_ctx *ctx, int argc, char **argv)
         kz_buf_init(&out, 1024 * 1024);
         kz_api_app_create(ctx->api, text ? text : "", text ? strlen(text) : 0, &status, &out);
         kz_free(text); /* jansson allocates through kz_malloc: see json_set_alloc_funcs */
-        printf("%s\n", kz_buf_cstr(&out));
+        fprintf(status == 201 ? stdout : stderr, "%s\n", kz_buf_cstr(&out));
         kz_buf_cleanup(&out);
         rc = status == 201 ? 0 : 1;
     } else if (!strcmp(argv[0], "list")) {
@@ -412,7 +412,7 @@ static int cmd_publish(struct kz_ctx *ctx, int argc, char **argv)
     if (!text)
         goto out;
     kz_api_publish_sync(ctx->api, text, strlen(text), &status, &out);
-    printf("%s\n", kz_buf_cstr(&out));
+    fprintf(status == 202 ? stdout : stderr, "%s\n", kz_buf_cstr(&out));
     rc = status == 202 ? 0 : 1;
 out:
     kz_free(text);
