@@ -135,6 +135,10 @@ static int serve(struct kz_ctx *ctx)
     int sig, rc = 1;
     struct kz_op op;
     int64_t last_prune = 0, last_release = kz_now_ms();
+    /* Prune often enough that a short retention is honoured, rarely enough to stay cheap. */
+    int64_t prune_every = ctx->cfg.retention_ms / 4 < 1000    ? 1000
+                          : ctx->cfg.retention_ms / 4 > 10000 ? 10000
+                                                              : ctx->cfg.retention_ms / 4;
     char esc[300];
 
     /* Every thread inherits this mask; the main thread alone takes the signals. */
@@ -188,7 +192,7 @@ static int serve(struct kz_ctx *ctx)
             kz_store_exec(ctx->st, &op);
             last_release = now;
         }
-        if (now - last_prune >= 10000) {
+        if (now - last_prune >= prune_every) {
             memset(&op, 0, sizeof(op));
             op.type = KZ_OP_PRUNE;
             op.u.prune.before = now - ctx->cfg.retention_ms;
