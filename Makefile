@@ -29,18 +29,21 @@ test-deps:
 
 $(BUILD)/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	@echo "CC $<"
+	@$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libkz.a: $(LIBOBJS)
-	rm -f $@
-	ar rcs $@ $^
+	@rm -f $@
+	@ar rcs $@ $^
 
 $(BUILD)/kzhook: $(BUILD)/obj/main.o $(BUILD)/libkz.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	@echo "LD $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/unit/%: tests/unit/%.c $(BUILD)/libkz.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) -o $@ $< $(BUILD)/libkz.a \
+	@echo "CC $<"
+	@$(CC) $(CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) -o $@ $< $(BUILD)/libkz.a \
 	    $(LDFLAGS) $(LDLIBS) $(shell pkg-config --libs cmocka)
 
 run: all

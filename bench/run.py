@@ -280,7 +280,11 @@ class Nginx:
         user_line = ("user %s;" % user) if (user and os.geteuid() == 0) else "# user: not root, unchanged"
         with open(os.path.join(HERE, "nginx.conf.tmpl")) as f:
             t = f.read()
-        for k, v in {"USER_LINE": user_line, "WORKERS": str(workers), "PREFIX": self.prefix,
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        nofile = min(65536, hard if hard != resource.RLIM_INFINITY else 65536)
+        for k, v in {"NOFILE": str(nofile), "WORKER_CONNECTIONS": str(max(1024, nofile - 64)),
+                     "USER_LINE": user_line, "WORKERS": str(workers), "PREFIX": self.prefix,
                      "HTTPS_PORT": str(self.https_port), "HTTP_PORT": str(self.http_port),
                      "CERT": certs["cert"], "KEY": certs["key"], "ACCESS_LOG": self.access_log,
                      "LOG_BUFFER": log_buffer, "LOG_FLUSH": log_flush}.items():
@@ -736,11 +740,14 @@ class Bench:
                     % (rep, len(got), nwh, runs[-1]["ack_ms"], runs[-1]["first_ms"] or -1, runs[-1]["last_ms"] or -1))
         finally:
             kz.stop()
-        lasts = [r["last_ms"] for r in runs if r["last_ms"] is not None and r["arrived"] >= nwh]
+        ok = [r for r in runs if r["last_ms"] is not None and r["arrived"] >= nwh]
+        warm = [r["last_ms"] for r in ok if r is not runs[0]]
         self.results["scenarios"]["fanout"] = {
             "webhooks": nwh, "create_s": round(create_s, 2), "runs": runs,
-            "publish_to_last_ms_median": statistics.median(lasts) if lasts else None,
-            "complete": len(lasts) == reps}
+            # run 0 opens a TLS connection to each of the 1000 endpoints; later runs reuse them
+            "cold_publish_to_last_ms": runs[0]["last_ms"] if runs and runs[0] in ok else None,
+            "warm_publish_to_last_ms_median": statistics.median(warm) if warm else None,
+            "complete": len(ok) == reps}
 
     # ---- 4. latency ----
     def s_latency(self):
@@ -1000,9 +1007,10 @@ def table(res):
                          "%.0f events/s" % v["events_per_s"], "%.2f x B" % (v["ratio_to_B"] or 0)))
     if "fanout" in s:
         f = s["fanout"]
-        lasts = ", ".join("%s" % r["last_ms"] for r in f["runs"])
         rows.append(("3. fan-out: 1 event -> %d webhooks, publish -> last arrival" % f["webhooks"],
-                     "%s ms median" % f["publish_to_last_ms_median"], "runs: %s ms" % lasts))
+                     "%s ms warm" % f["warm_publish_to_last_ms_median"],
+                     "cold (new connections): %s ms; %d webhooks created in %.1f s"
+                     % (f["cold_publish_to_last_ms"], f["webhooks"], f["create_s"])))
     for rate, v in s.get("latency", {}).items():
         rows.append(("4. latency @%s ev/s (%ds): publish -> arrival p50/p99/p99.9" % (rate, v["seconds"]),
                      "%s / %s / %s ms" % (v["p50_ms"], v["p99_ms"], v["p999_ms"]),

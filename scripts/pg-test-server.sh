@@ -194,8 +194,8 @@ createdb)
     '' | *[!A-Za-z0-9_]*) die "database name must be [A-Za-z0-9_]+" ;;
     esac
     running || die "no server running in $dir"
-    as_user "$PG_BIN/psql" -h 127.0.0.1 -p "$(port)" -U "$user" -d postgres -qtAc \
-        "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" >/dev/null
+    PGOPTIONS="-c client_min_messages=warning" as_user "$PG_BIN/psql" -h 127.0.0.1 \
+        -p "$(port)" -U "$user" -d postgres -qtAc "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" >/dev/null
     as_user "$PG_BIN/createdb" -h 127.0.0.1 -p "$(port)" -U "$user" "$name"
     url_for "$name"
     ;;

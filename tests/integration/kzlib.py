@@ -56,7 +56,6 @@ VALIDATION_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{32}$")
 WEBHOOK_FIELDS = {"id", "objectId", "objectType", "events", "filters", "callbackUrl",
                   "callbackToken", "callBackContext", "ts", "validity", "active"}
 
-_UNSET = object()
 
 
 def binary():
@@ -413,10 +412,10 @@ class _RecvHandler(BaseHTTPRequestHandler):
     def _handshake(self, req, cfg):
         token = req.query["validationToken"]
         mode = cfg.get("mode", "echo")
-        delay = cfg.get("delay", 0)
+        delay = cfg.get("delay", cfg.get("seconds", 0))
         if delay:
             self.server.owner._stopping.wait(delay)
-        if mode == "echo":
+        if mode in ("echo", "sleep"):
             self._send(cfg.get("status", 200), token)
         elif mode == "echo_ws":
             self._send(200, " \r\n\t" + token + "\r\n \n")
@@ -460,8 +459,8 @@ class Receiver:
     handshake(path, mode=..., **kw) configures the answer to GET ?validationToken= on `path`:
         echo [default] | echo_ws (token padded with whitespace/newlines) | wrong | prefix
         (token + junk) | empty | status (status=N, body is the token) | close (drop the
-        connection, no answer) | redirect (302 + Location, body is the token);
-        delay=S sleeps S seconds before answering (any mode).
+        connection, no answer) | redirect (302 + Location, body is the token) | sleep (echo after
+        seconds=S); delay=S sleeps S seconds before answering in any mode.
     script(path, [resp, ...]) queues answers to POST (and other non-GET) requests on `path`:
         an int status, "reset", or a dict {status, headers, body, delay, reset}; 200 afterwards.
     Every request is recorded (see Request); wait_for() blocks until enough have arrived.
@@ -865,16 +864,17 @@ class Server:
                                                context=self.pki.client_context())
         return http.client.HTTPConnection(self.host, self.port, timeout=t)
 
-    def req(self, method, path, json=_UNSET, raw=None, headers=None, token=None, admin=False,
+    def req(self, method, path, json=None, raw=None, headers=None, token=None, admin=False,
             timeout=10, conn=None):
         """One request; returns Resp(status, headers (lower-case keys), parsed JSON or None, raw bytes).
 
-        json=  body to serialise (use raw= for bytes); token= sends `accessToken: <token>`;
+        json=  body to serialise (None: no JSON body; send a literal null with raw=b"null");
+        raw= bytes as the body; token= sends `accessToken: <token>`;
         admin=True sends `Authorization: Bearer <admin token>`; conn= reuses a connection.
         """
         h = {}
         body = raw
-        if json is not _UNSET:
+        if json is not None:
             body = _json.dumps(json).encode()
             h["Content-Type"] = "application/json"
         if isinstance(body, str):
@@ -896,7 +896,7 @@ class Server:
             if own:
                 c.close()
 
-    def admin(self, method, path, json=_UNSET, **kw):
+    def admin(self, method, path, json=None, **kw):
         return self.req(method, path, json=json, admin=True, **kw)
 
     def create_app(self, name=None, objectIds=("*",)):
@@ -941,6 +941,32 @@ class Server:
             return r.status == 200 and r.json == {"status": "ok"}
         except (OSError, http.client.HTTPException):
             return False
+
+    def send_early_answer(self, method, path, body, headers=None, token=None, admin=False, timeout=10):
+        """Send a request whose body the server may refuse before reading it all (413): the body goes
+        out in 64 KiB pieces and sending stops as soon as an answer is readable, so an early answer
+        followed by a close is read instead of failing with a connection reset. Returns
+        (status or None, headers, body)."""
+        h = {"Host": "127.0.0.1", "Content-Type": "application/json", "Content-Length": str(len(body))}
+        if token is not None:
+            h["accessToken"] = token
+        if admin:
+            h["Authorization"] = "Bearer %s" % self.admin_token
+        h.update(headers or {})
+        head = "%s %s HTTP/1.1\r\n%s\r\n" % (method, path, "".join("%s: %s\r\n" % kv for kv in h.items()))
+        s = self.raw_socket(timeout)
+        try:
+            try:
+                s.sendall(head.encode("latin-1"))
+                for i in range(0, len(body), 65536):
+                    if readable(s, 0):
+                        break
+                    s.sendall(body[i:i + 65536])
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+                pass
+            return read_http_response(s, timeout)
+        finally:
+            s.close()
 
     def raw_socket(self, timeout=10):
         s = socket.create_connection((self.host, self.port), timeout=timeout * timeout_scale())

@@ -180,8 +180,10 @@ class Handshake(KzTestCase):
         k = pki()
         wrong = self.receiver(cert=k.wronghost_cert, key=k.wronghost_key)
         p = self.path()
+        # libcurl checks the name after the TLS handshake completed, so the receiver sees a TLS
+        # connection that is closed without a request
         self.assert_rejected(wrong.url(p), wrong, p, expect_requests=0)
-        self.assertTrue(wrong.wait_tls_failure())
+        self.assertEqual(wrong.requests(), [])
 
     def test_failures_leave_server_healthy_and_later_success_works(self):
         p = self.path("-bad")
