@@ -21,12 +21,14 @@
 #define MAX_VALIDITY_MS INT64_C(253402300799999) /* 9999-12-31 */
 #define PUBLISH_MAX 1000
 #define RATE_SLOTS 1024
-#define SECRET_CHARS 43 /* 258 bits of [A-Za-z0-9_-] */
+#define SECRET_CHARS 43
+#define AUTH_FAILURES_PER_APP 10 /* per applicationId per minute */
+#define AUTH_FAILURES_PER_IP 60  /* per client address per minute */ /* 258 bits of [A-Za-z0-9_-] */
 
 /* ==== rate limiting: fixed one-minute windows per application ==== */
 
 struct rate_slot {
-    char app_id[40];
+    char app_id[64];   /* the key: an application id or a client address */
     int64_t window;   /* minute number */
     int count;
 };
@@ -40,6 +42,8 @@ struct kz_api {
     struct kz_api_hooks hooks;
     pthread_mutex_t rate_lock;
     struct rate_slot rate[RATE_SLOTS];
+    struct rate_slot fail_app[RATE_SLOTS];  /* bad credentials per applicationId */
+    struct rate_slot fail_ip[RATE_SLOTS];   /* bad credentials per client address */
     atomic_bool closing;
     atomic_int pending;     /* publishes submitted, not yet answered */
 };
@@ -79,39 +83,61 @@ void kz_api_free(struct kz_api *api)
     kz_free(api);
 }
 
-/* Returns 0 when the call is allowed, else the seconds until the window resets. The table is a
- * hash of fixed size: two applications sharing a slot share a budget only while both are active
- * in the same minute, and the slot is reclaimed at the next window. */
-static int rate_check(struct kz_api *api, const char *app_id, int64_t now)
+/* Fixed one-minute windows in a fixed-size hash table. Returns 0 when the call is allowed (and,
+ * with `count`, counts it), else the seconds until the window resets. Two keys sharing a slot
+ * share a budget only while both are active in the same minute. Caller holds api->rate_lock. */
+static int window_hit(struct rate_slot *table, const char *key, int limit, int64_t now, bool count)
 {
     uint32_t h = 2166136261u;
     const char *p;
     struct rate_slot *s;
     int64_t window = now / 60000;
-    int wait = 0;
+    int wait;
+
+    for (p = key; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    s = &table[h % RATE_SLOTS];
+    if (s->window != window || (strcmp(s->app_id, key) && !s->count)) {
+        snprintf(s->app_id, sizeof(s->app_id), "%s", key);
+        s->window = window;
+        s->count = 0;
+    }
+    if (s->count < limit) {
+        if (count)
+            s->count++;
+        return 0;
+    }
+    wait = (int)(((window + 1) * 60000 - now + 999) / 1000);
+    return wait < 1 ? 1 : wait;
+}
+
+/* --rate-limit calls per minute per application on /v1/webhook*. */
+static int rate_check(struct kz_api *api, const char *app_id, int64_t now)
+{
+    int wait;
 
     if (!api->cfg->rate_limit)
         return 0;
-    for (p = app_id; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
     pthread_mutex_lock(&api->rate_lock);
-    s = &api->rate[h % RATE_SLOTS];
-    if (s->window != window || strcmp(s->app_id, app_id)) {
-        if (s->window != window || !s->count) {
-            snprintf(s->app_id, sizeof(s->app_id), "%s", app_id);
-            s->window = window;
-            s->count = 0;
-        }
-    }
-    if (s->count >= api->cfg->rate_limit) {
-        wait = (int)((window + 1) * 60000 - now + 999) / 1000;
-        if (wait < 1)
-            wait = 1;
-    } else {
-        s->count++;
-    }
+    wait = window_hit(api->rate, app_id, api->cfg->rate_limit, now, true);
     pthread_mutex_unlock(&api->rate_lock);
     return wait;
+}
+
+/* Brute force on /v1/accessToken: after AUTH_FAILURES_PER_APP bad credentials in a minute for one
+ * applicationId, or AUTH_FAILURES_PER_IP from one client address, further attempts get 429 until
+ * the minute ends.
+ * `fail` records a failure; otherwise only checks. */
+static int auth_throttle(struct kz_api *api, const char *app_id, const char *ip, int64_t now,
+                         bool fail)
+{
+    int w1, w2;
+
+    pthread_mutex_lock(&api->rate_lock);
+    w1 = window_hit(api->fail_app, app_id, AUTH_FAILURES_PER_APP, now, fail);
+    w2 = window_hit(api->fail_ip, ip, AUTH_FAILURES_PER_IP, now, fail);
+    pthread_mutex_unlock(&api->rate_lock);
+    return w1 > w2 ? w1 : w2;
 }
 
 /* ==== responses ==== */
@@ -473,8 +499,14 @@ static enum kz_err access_token(struct kz_api *api, struct kz_req *req)
     json_t *o;
     struct kz_buf url;
     int64_t expiry;
+    int wait;
 
     memset(&app, 0, sizeof(app));
+    wait = auth_throttle(api, id && strlen(id) < 64 ? id : "", req->remote_ip, kz_now_ms(), false);
+    if (wait) {
+        snprintf(req->retry_after, sizeof(req->retry_after), "%d", wait);
+        return fail(req, 429, "Throttled", "too many failed attempts; retry after %d s", wait);
+    }
     if (!id || !secret || !refresh)
         return fail(req, 401, "Unauthenticated",
                     "Dont have correct applicationId and secret in header! (applicationId, "
@@ -482,8 +514,10 @@ static enum kz_err access_token(struct kz_api *api, struct kz_req *req)
     if (strlen(id) > 64 || strlen(secret) > 1024 || strlen(refresh) > 1024)
         return fail(req, 401, "Unauthenticated", "Dont have correct applicationId and secret in header!");
     e = kz_store_app_get(api->st, id, &app);
-    if (e == KZ_ERR_NOTFOUND)
+    if (e == KZ_ERR_NOTFOUND) {
+        auth_throttle(api, id, req->remote_ip, kz_now_ms(), true);
         return fail(req, 401, "Unauthenticated", "Dont have correct applicationId and secret in header!");
+    }
     if (e)
         return internal(req, e);
     kz_sha256_hex(secret, strlen(secret), h1);
@@ -491,6 +525,7 @@ static enum kz_err access_token(struct kz_api *api, struct kz_req *req)
     ok = kz_ct_equal(h1, app.secret_hash, 64);
     ok = kz_ct_equal(h2, app.refresh_hash, 64) && ok;
     if (!ok) {
+        auth_throttle(api, app.id, req->remote_ip, kz_now_ms(), true);
         kz_app_cleanup(&app);
         return fail(req, 401, "Unauthenticated", "Dont have correct applicationId and secret in header!");
     }
