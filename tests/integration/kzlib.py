@@ -17,7 +17,6 @@ Main pieces:
                            assertion helpers for the contract's error format
 """
 
-import base64
 import collections
 import http.client
 import json as _json
@@ -25,10 +24,8 @@ import os
 import re
 import secrets
 import select
-import shutil
 import signal
 import socket
-import socketserver
 import ssl
 import struct
 import subprocess
@@ -661,6 +658,7 @@ class Server:
                  ca_file=True, allow_private=True, validation_timeout="1s", defaults=True,
                  port=None, start=True, startup_timeout=10):
         self.dir = new_dir(label)
+        self._auto_port = port is None and defaults
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.tls = tls
@@ -668,6 +666,7 @@ class Server:
         self.extra_args = list(args)
         self.proc = None
         self.runs = 0
+        self.harness_stopped = False
         self.startup_timeout = startup_timeout
         self._pg_created = None
         if admin_token is True:
@@ -725,9 +724,24 @@ class Server:
         return [binary(), "serve"] + self.args
 
     def start(self):
-        """Start the process and wait for GET /healthz → 200."""
+        """Start the process and wait for GET /healthz → 200. When this harness chose the port and
+        something else grabbed it meanwhile (other test runs on the machine), retry on a new one."""
+        for attempt in range(3):
+            try:
+                return self._start_once()
+            except RuntimeError as e:
+                busy = "in use" in str(e).lower()
+                if not (busy and self._auto_port and self.runs == 1 and attempt < 2):
+                    raise
+                old = "%s:%d" % (self.host, self.port)
+                self.port = free_port()
+                self.args = [("%s:%d" % (self.host, self.port)) if a == old else a for a in self.args]
+                self.runs = 0
+
+    def _start_once(self):
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.runs += 1
+        self.harness_stopped = False
         # keep each run's output separately; stdout_path/stderr_path point at the latest run
         suffix = "" if self.runs == 1 else ".%d" % self.runs
         self.stdout_path = os.path.join(self.dir, "stdout%s.log" % suffix)
@@ -763,6 +777,20 @@ class Server:
         raise RuntimeError("kzhook did not answer GET /healthz 200 within %ss (last: %s); stderr:\n%s"
                            % (self.startup_timeout, last, self.stderr_tail()))
 
+    def unexpected_exit(self):
+        """A description when the process ended although the harness never stopped it, else None."""
+        if self.proc is None or self.harness_stopped or self.proc.poll() is None:
+            return None
+        rc = self.proc.returncode
+        if rc < 0:
+            try:
+                how = "killed by signal %d (%s)" % (-rc, signal.Signals(-rc).name)
+            except ValueError:
+                how = "killed by signal %d" % -rc
+        else:
+            how = "exit status %d" % rc
+        return "kzhook pid %d ended on its own or by an outside signal: %s" % (self.proc.pid, how)
+
     @property
     def running(self):
         return self.proc is not None and self.proc.poll() is None
@@ -780,6 +808,7 @@ class Server:
         if self.proc is None:
             return None
         self._note("stop")
+        self.harness_stopped = True
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -795,6 +824,7 @@ class Server:
 
     def kill9(self):
         self._note("kill9")
+        self.harness_stopped = True
         if self.proc is not None and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -810,6 +840,9 @@ class Server:
     def close(self):
         """Cleanup: stop without assertions, drop a per-server PostgreSQL database."""
         self._note("close")
+        if self.proc is not None and self.proc.poll() is not None and not self.harness_stopped:
+            self._note("had already exited with %s without a signal from the harness" % self.proc.returncode)
+        self.harness_stopped = True
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self.proc.send_signal(signal.SIGTERM)

@@ -93,6 +93,9 @@ class Result(unittest.TestResult):
             getattr(type(test), "_kz_class_servers", []) if isinstance(test, unittest.TestCase) else [])
         for s in servers:
             try:
+                gone = s.unexpected_exit()
+                if gone:
+                    w("  !!! %s\n" % gone)
                 w("  --- server %s, stderr tail:\n" % s.dir)
                 for ln in s.stderr_tail(15).splitlines():
                     w("  | %s\n" % ln[:400])

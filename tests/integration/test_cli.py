@@ -7,7 +7,7 @@ import socket
 import subprocess
 import time
 
-from kzlib import KzTestCase, Server, binary, free_port, new_dir, now_ms, pki, run_cli, test_db_url, webhook_body
+from kzlib import KzTestCase, binary, free_port, new_dir, now_ms, pki, run_cli, test_db_url, webhook_body
 
 
 def fresh_db(label):

@@ -3,7 +3,7 @@
 import threading
 import time
 
-from kzlib import VALIDATION_TOKEN_RE, KzTestCase, Receiver, pki, webhook_body
+from kzlib import VALIDATION_TOKEN_RE, KzTestCase, free_port, pki, webhook_body
 
 
 class Handshake(KzTestCase):
@@ -151,7 +151,6 @@ class Handshake(KzTestCase):
         self.assertError(out["r"], 400, "CallbackValidationFailed")
 
     def test_nothing_listening(self):
-        from kzlib import free_port
         port = free_port()
         self.assert_rejected("https://127.0.0.1:%d/x" % port)
 

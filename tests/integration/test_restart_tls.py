@@ -3,10 +3,9 @@
 
 import http.client
 import re
-import socket
 import time
 
-from kzlib import KzTestCase, now_ms, webhook_body
+from kzlib import KzTestCase, webhook_body
 
 
 class TlsApi(KzTestCase):
