@@ -734,6 +734,7 @@ static void *run(void *arg)
 
         pthread_mutex_lock(&d->lock);
         ready = d->claim_ready;
+        d->claim_ready = false;
         pthread_mutex_unlock(&d->lock);
         if (ready)
             claim_finish(d);

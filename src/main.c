@@ -40,6 +40,14 @@ static void usage(FILE *f)
           f);
 }
 
+/* Startup failures are log lines too (CONTRACT §1: logs are JSON lines on stderr). */
+static void fatal(const char *what, const char *detail)
+{
+    char esc[600];
+
+    kz_log("fatal", what, "\"error\":\"%s\"", kz_log_esc(detail, esc, sizeof(esc)));
+}
+
 /* Everything a running command holds; one of these per process (STYLE rule 10). */
 struct kz_ctx {
     struct kz_config cfg;
@@ -67,13 +75,13 @@ static int ctx_open(struct kz_ctx *ctx)
     enum kz_err e = kz_store_open(&ctx->st, ctx->cfg.db, STORE_QUEUE_MAX, err, sizeof(err));
 
     if (e) {
-        fprintf(stderr, "kzhook: cannot open store %s: %s\n", ctx->cfg.db, err[0] ? err : kz_err_str(e));
+        fatal("cannot open the store", err[0] ? err : kz_err_str(e));
         return 1;
     }
     ctx->idx = kz_subidx_new();
     e = kz_subidx_sync(ctx->idx, ctx->st, true);
     if (e) {
-        fprintf(stderr, "kzhook: cannot load webhooks: %s\n", kz_err_str(e));
+        fatal("cannot load webhooks", kz_err_str(e));
         return 1;
     }
     return 0;
@@ -101,7 +109,7 @@ static int admin_token(struct kz_ctx *ctx)
     }
     kz_buf_cleanup(&v);
     if (e && e != KZ_ERR_NOTFOUND) {
-        fprintf(stderr, "kzhook: cannot read the admin token: %s\n", kz_err_str(e));
+        fatal("cannot read the admin token", kz_err_str(e));
         return 1;
     }
     kz_id_token(token, 43);
@@ -112,7 +120,7 @@ static int admin_token(struct kz_ctx *ctx)
     op.u.meta.value = ctx->admin_hash;
     e = kz_store_exec(ctx->st, &op);
     if (e) {
-        fprintf(stderr, "kzhook: cannot store the admin token: %s\n", kz_err_str(e));
+        fatal("cannot store the admin token", kz_err_str(e));
         return 1;
     }
     printf("admin token: %s\n", token);
@@ -161,14 +169,14 @@ static int serve(struct kz_ctx *ctx)
                    (long long)op.u.release.released);
     }
     if (kz_dispatch_start(&ctx->dispatch, &ctx->cfg, ctx->st, ctx->idx, &ctx->metrics)) {
-        fprintf(stderr, "kzhook: cannot start the delivery engine\n");
+        fatal("cannot start the delivery engine", "out of resources");
         goto out;
     }
     hooks.wake_dispatch = wake;
     hooks.arg = ctx->dispatch;
     ctx->api = kz_api_new(&ctx->cfg, ctx->st, ctx->idx, &ctx->metrics, ctx->admin_hash, &hooks);
     if (kz_http_start(&ctx->http, &ctx->cfg, ctx->api, &ctx->metrics, err, sizeof(err))) {
-        fprintf(stderr, "kzhook: %s\n", err);
+        fatal("cannot start the API", err);
         goto out;
     }
     kz_log("info", "listening", "\"listen\":\"%s:%d\",\"db\":\"%s\",\"tls\":%s",
@@ -446,7 +454,8 @@ int main(int argc, char **argv)
         rc = 0;
     } else if (!strcmp(argv[1], "serve")) {
         if (kz_config_load(&ctx.cfg, argc, argv, 2, NULL, err, sizeof(err))) {
-            fprintf(stderr, "kzhook: %s\n", err);
+            fatal("invalid configuration", err);
+            kz_config_cleanup(&ctx.cfg);
             rc = 2;
         } else {
             rc = serve(&ctx);
