@@ -886,6 +886,64 @@ struct dlist_ctx {
     size_t n;
 };
 
+/* Length of the valid UTF-8 sequence at `p` (at most `n` bytes), 0 when invalid. */
+static size_t utf8_seq(const unsigned char *p, size_t n)
+{
+    size_t len, i;
+    uint32_t cp;
+
+    if (p[0] < 0x80)
+        return 1;
+    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+        len = 2;
+        cp = p[0] & 0x1f;
+    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+        len = 3;
+        cp = p[0] & 0x0f;
+    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+        len = 4;
+        cp = p[0] & 0x07;
+    } else {
+        return 0;
+    }
+    if (len > n)
+        return 0;
+    for (i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3f);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return len;
+}
+
+/* A receiver's answer as a JSON string: it may be any bytes, so invalid UTF-8 becomes U+FFFD. */
+static json_t *utf8_json(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t n = strlen(s), i = 0;
+    struct kz_buf b;
+    json_t *v;
+
+    kz_buf_init(&b, n * 3 + 1);
+    while (i < n) {
+        size_t k = utf8_seq(p + i, n - i);
+
+        if (k) {
+            kz_buf_append(&b, p + i, k);
+            i += k;
+        } else {
+            kz_buf_append(&b, "\xef\xbf\xbd", 3);
+            i++;
+        }
+    }
+    v = json_stringn(kz_buf_cstr(&b), b.len);
+    kz_buf_cleanup(&b);
+    return v ? v : json_string("");
+}
+
 static void delivery_one(void *arg, const struct kz_delivery *d)
 {
     struct dlist_ctx *dc = arg;
@@ -900,9 +958,7 @@ static void delivery_one(void *arg, const struct kz_delivery *d)
     json_object_set_new(o, "attempts", json_integer(d->attempts));
     json_object_set_new(o, "lastStatusCode", d->last_status ? json_integer(d->last_status) : json_null());
     json_object_set_new(o, "lastError", d->last_error ? json_string(d->last_error) : json_null());
-    json_object_set_new(o, "lastResponse",
-                        d->last_response ? json_stringn_nocheck(d->last_response, strlen(d->last_response))
-                                         : json_null());
+    json_object_set_new(o, "lastResponse", d->last_response ? utf8_json(d->last_response) : json_null());
     json_object_set_new(o, "nextAttemptAt",
                         d->state == KZ_D_PENDING ? json_integer(d->next_attempt_at) : json_null());
     json_object_set_new(o, "createdAt", json_integer(d->created_at));
