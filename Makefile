@@ -17,7 +17,7 @@ LIBOBJS   := $(LIBSRCS:src/%.c=$(BUILD)/obj/%.o)
 UNITSRCS  := $(wildcard tests/unit/test_*.c)
 UNITBINS  := $(UNITSRCS:tests/unit/%.c=$(BUILD)/unit/%)
 
-.PHONY: all run test unit integration asan lint format clean deps test-deps tidy
+.PHONY: all run test check unit integration asan valgrind lint format clean deps test-deps
 
 all: deps $(BUILD)/kzhook
 
@@ -26,6 +26,8 @@ deps:
 
 test-deps:
 	@scripts/bootstrap.sh test
+	@if [ ! -d tests/integration/node/node_modules ] && [ -f tests/integration/node/package-lock.json ]; then \
+	    cd tests/integration/node && npm ci --no-audit --no-fund --loglevel=error; fi
 
 $(BUILD)/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)
@@ -50,11 +52,19 @@ run: all
 	@mkdir -p kzhook-data
 	$(BUILD)/kzhook serve
 
-# The whole suite: unit tests, then black-box integration tests against the real binary.
+# The whole suite, built with clang under ASan+UBSan (CI runs exactly this): unit tests, the
+# black-box integration suite on SQLite and again on a private PostgreSQL server. See
+# scripts/run-tests.sh.
 test: test-deps
+	$(MAKE) --no-print-directory check CC=clang BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
+	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=all"
+
+asan: test
+
+# The same suite on the current build flags (gcc, -O2 by default).
+check:
 	$(MAKE) --no-print-directory $(BUILD)/kzhook $(UNITBINS)
-	@scripts/run-unit.sh $(UNITBINS)
-	@python3 tests/integration/run.py --binary $(BUILD)/kzhook
+	@scripts/run-tests.sh $(BUILD)
 
 unit: test-deps
 	$(MAKE) --no-print-directory $(UNITBINS)
@@ -64,10 +74,11 @@ integration: test-deps
 	$(MAKE) --no-print-directory $(BUILD)/kzhook
 	@python3 tests/integration/run.py --binary $(BUILD)/kzhook
 
-# The same suite built with clang under ASan+UBSan in a separate build directory.
-asan: test-deps
-	$(MAKE) --no-print-directory test CC=clang BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
-	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=all"
+# The integration suite with kzhook under valgrind memcheck: zero errors, zero definite leaks.
+valgrind: test-deps
+	$(MAKE) --no-print-directory $(BUILD)/kzhook
+	KZ_VG_BINARY=$(abspath $(BUILD)/kzhook) python3 tests/integration/run.py \
+	    --binary scripts/valgrind-kzhook.sh --timeout-scale 6
 
 lint:
 	@scripts/lint.sh
@@ -82,3 +93,4 @@ clean:
 
 # Benchmarks (not part of `make test`): see docs/PERFORMANCE.md.
 -include bench/bench.mk
+-include fuzz.mk

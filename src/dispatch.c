@@ -21,7 +21,11 @@
 #include <strings.h>
 #include <time.h>
 
-#define MAX_INFLIGHT 512      /* transfers at once, all endpoints */
+/* Transfers at once, all endpoints. Past the soft cap only endpoints with nothing in flight may
+ * start one (so many slow endpoints cannot starve an idle fast one); the hard cap bounds sockets. */
+#define SOFT_INFLIGHT 512
+#define HARD_INFLIGHT 2048
+#define CLAIM_HEADROOM 32     /* rows claimed past the soft cap, for endpoints with nothing in flight */
 #define CLAIM_MAX 256         /* rows per claim */
 #define EP_BUCKETS 1024
 #define RESPONSE_READ_MAX (256 * 1024) /* bytes read from a receiver before we stop listening */
@@ -92,6 +96,7 @@ struct kz_dispatch {
     /* dispatcher-thread-only state */
     struct ep *eps[EP_BUCKETS];
     struct ep *ring;        /* last endpoint served in the ring */
+    size_t ring_len;
     size_t queued_total;
     int inflight;
     struct xfer *free_xfers;
@@ -170,6 +175,7 @@ static void ring_add(struct kz_dispatch *d, struct ep *e)
     if (e->in_ring)
         return;
     e->in_ring = true;
+    d->ring_len++;
     if (!d->ring) {
         e->rr_next = e;
         d->ring = e;
@@ -537,40 +543,55 @@ static void reap(struct kz_dispatch *d)
     }
 }
 
-/* Starts queued deliveries round-robin across endpoints while slots are free. */
+static void ring_remove_next(struct kz_dispatch *d, struct ep *prev)
+{
+    struct ep *e = prev->rr_next;
+
+    if (e == prev)
+        d->ring = NULL;
+    else
+        prev->rr_next = e->rr_next;
+    e->in_ring = false;
+    e->rr_next = NULL;
+    d->ring_len--;
+}
+
+/* Starts queued deliveries round-robin across endpoints while slots are free. Endpoints with no
+ * work, or at their own cap, leave the ring (they come back when a transfer of theirs ends or
+ * work arrives); endpoints held back only by the global caps stay in it. */
 static void start_queued(struct kz_dispatch *d)
 {
     int cap = d->cfg->per_endpoint_concurrency;
+    bool progress = true;
 
-    while (d->ring && d->inflight < MAX_INFLIGHT) {
-        struct ep *prev = d->ring, *e = prev->rr_next;
-        struct queued *q;
+    while (progress && d->ring) {
+        size_t i, n = d->ring_len;
 
-        if (!e->nqueued || e->inflight >= cap) {
-            /* Nothing startable here: leave the ring until a slot frees or work arrives. */
-            if (e == prev) {
-                d->ring = NULL;
-            } else {
-                prev->rr_next = e->rr_next;
+        progress = false;
+        for (i = 0; i < n && d->ring; i++) {
+            struct ep *prev = d->ring, *e = prev->rr_next;
+            struct queued *q;
+
+            if (!e->nqueued || e->inflight >= cap) {
+                ring_remove_next(d, prev);
+                ep_release(d, e);
+                continue;
             }
-            e->in_ring = false;
-            e->rr_next = NULL;
-            ep_release(d, e);
-            if (!d->ring)
-                break;
-            continue;
+            d->ring = e;
+            if (d->inflight >= HARD_INFLIGHT || (d->inflight >= SOFT_INFLIGHT && e->inflight))
+                continue;
+            q = e->head;
+            e->head = q->next;
+            if (!e->head)
+                e->tail = NULL;
+            e->nqueued--;
+            d->queued_total--;
+            start(d, e, &q->row);
+            kz_webhook_cleanup(&q->row.wh);
+            kz_event_cleanup(&q->row.ev);
+            kz_free(q);
+            progress = true;
         }
-        q = e->head;
-        e->head = q->next;
-        if (!e->head)
-            e->tail = NULL;
-        e->nqueued--;
-        d->queued_total--;
-        start(d, e, &q->row);
-        kz_webhook_cleanup(&q->row.wh);
-        kz_event_cleanup(&q->row.ev);
-        kz_free(q);
-        d->ring = e;
     }
 }
 
@@ -615,9 +636,11 @@ static const char **exclude_list(struct kz_dispatch *d, size_t *n)
 static void claim_start(struct kz_dispatch *d)
 {
     int64_t now = kz_now_ms();
-    size_t room = MAX_INFLIGHT - (size_t)d->inflight;
+    size_t room = d->inflight < SOFT_INFLIGHT ? (size_t)(SOFT_INFLIGHT - d->inflight) : 0;
     enum kz_err e;
 
+    if (room < CLAIM_HEADROOM && d->inflight < HARD_INFLIGHT)
+        room = CLAIM_HEADROOM;
     if (room > CLAIM_MAX)
         room = CLAIM_MAX;
     if (d->queued_total >= room)
@@ -651,6 +674,9 @@ static void claim_finish(struct kz_dispatch *d)
     kz_free((void *)op->u.claim.exclude);
     op->u.claim.exclude = NULL;
     d->claim_busy = false;
+    if (getenv("KZ_DISPATCH_DEBUG"))
+        kz_log("debug", "claimed", "\"rows\":%zu,\"limit\":%zu,\"inflight\":%d,\"queued\":%zu",
+               n, op->u.claim.limit, d->inflight, d->queued_total);
     if (op->result) {
         kz_log("error", "claim failed", "\"error\":\"%s\"", kz_err_str(op->result));
         d->next_poll = now + 500;
@@ -746,15 +772,18 @@ static void *run(void *arg)
             start_queued(d);
             if (atomic_exchange(&d->wake, false))
                 d->next_poll = 0;
-            if (!d->claim_busy && now >= d->next_poll && d->inflight < MAX_INFLIGHT)
+            if (!d->claim_busy && now >= d->next_poll && d->inflight < HARD_INFLIGHT)
                 claim_start(d);
         }
         curl_multi_perform(d->multi, &running);
         reap(d);
+        if (!stopping && d->ring) {
+            /* Slots freed by finished transfers go to queued work before we sleep. */
+            start_queued(d);
+            curl_multi_perform(d->multi, &running);
+        }
         flush_completions(d);
-        if (d->ring && d->inflight < MAX_INFLIGHT)
-            timeout = 0;
-        else if (stopping)
+        if (stopping)
             timeout = 50;
         else if (d->claim_busy)
             timeout = 1000;
@@ -792,7 +821,7 @@ enum kz_err kz_dispatch_start(struct kz_dispatch **out, const struct kz_config *
         kz_free(d);
         return KZ_ERR_NOMEM;
     }
-    curl_multi_setopt(d->multi, CURLMOPT_MAXCONNECTS, (long)MAX_INFLIGHT);
+    curl_multi_setopt(d->multi, CURLMOPT_MAXCONNECTS, (long)SOFT_INFLIGHT);
     curl_multi_setopt(d->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
     pthread_mutex_init(&d->lock, NULL);
     pthread_cond_init(&d->cond, NULL);

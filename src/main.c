@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #define STORE_QUEUE_MAX 20000
@@ -129,9 +130,49 @@ static int admin_token(struct kz_ctx *ctx)
     return 0;
 }
 
+/* Connections (--max-connections) and delivery sockets (up to 2048) need more descriptors than
+ * the usual soft limit of 1024: take what the hard limit allows, up to 65536. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl))
+        return;
+    if (rl.rlim_cur < 65536 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max < 65536 ? rl.rlim_max : 65536;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 static void wake(void *arg)
 {
     kz_dispatch_wake(arg);
+}
+
+/* Store LISTEN thread (PostgreSQL): another node changed webhooks or made deliveries due. */
+static void on_notify(void *arg, int what)
+{
+    struct kz_ctx *ctx = arg;
+
+    if (what == KZ_NOTIFY_WEBHOOKS)
+        kz_subidx_sync(ctx->idx, ctx->st, false);
+    else if (what == KZ_NOTIFY_DUE)
+        kz_dispatch_wake(ctx->dispatch);
+}
+
+/* The database URL for logs: a password in postgresql://user:password@host is masked. */
+static const char *redact_db(const char *db, char *out, size_t n)
+{
+    const char *scheme = strstr(db, "://"), *at, *colon;
+
+    snprintf(out, n, "%s", db);
+    if (!scheme)
+        return out;
+    at = strchr(scheme + 3, '@');
+    colon = strchr(scheme + 3, ':');
+    if (at && colon && colon < at)
+        snprintf(out, n, "%.*s:***%s", (int)(colon - db), db, at);
+    return out;
 }
 
 static int serve(struct kz_ctx *ctx)
@@ -147,7 +188,7 @@ static int serve(struct kz_ctx *ctx)
     int64_t prune_every = ctx->cfg.retention_ms / 4 < 1000    ? 1000
                           : ctx->cfg.retention_ms / 4 > 10000 ? 10000
                                                               : ctx->cfg.retention_ms / 4;
-    char esc[300];
+    char esc[300], dbname[300];
 
     /* Every thread inherits this mask; the main thread alone takes the signals. */
     sigemptyset(&sigs);
@@ -156,6 +197,7 @@ static int serve(struct kz_ctx *ctx)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    raise_fd_limit();
     if (ctx_open(ctx) || admin_token(ctx))
         goto out;
     /* Single node on SQLite: whatever was in flight when the last process died goes back. */
@@ -172,6 +214,7 @@ static int serve(struct kz_ctx *ctx)
         fatal("cannot start the delivery engine", "out of resources");
         goto out;
     }
+    kz_store_on_notify(ctx->st, on_notify, ctx);
     hooks.wake_dispatch = wake;
     hooks.arg = ctx->dispatch;
     ctx->api = kz_api_new(&ctx->cfg, ctx->st, ctx->idx, &ctx->metrics, ctx->admin_hash, &hooks);
@@ -180,7 +223,8 @@ static int serve(struct kz_ctx *ctx)
         goto out;
     }
     kz_log("info", "listening", "\"listen\":\"%s:%d\",\"db\":\"%s\",\"tls\":%s",
-           ctx->cfg.listen_host, ctx->cfg.listen_port, kz_log_esc(ctx->cfg.db, esc, sizeof(esc)),
+           ctx->cfg.listen_host, ctx->cfg.listen_port,
+           kz_log_esc(redact_db(ctx->cfg.db, dbname, sizeof(dbname)), esc, sizeof(esc)),
            ctx->cfg.tls_cert ? "true" : "false");
     for (;;) {
         int64_t now;
@@ -219,13 +263,17 @@ static int serve(struct kz_ctx *ctx)
         nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
     kz_http_stop(ctx->http);
     ctx->http = NULL;
+    kz_store_on_notify(ctx->st, NULL, NULL);
     kz_dispatch_stop(ctx->dispatch, 5000);
     ctx->dispatch = NULL;
     rc = 0;
 out:
     kz_http_stop(ctx->http);
     ctx->http = NULL;
+    if (ctx->st)
+        kz_store_on_notify(ctx->st, NULL, NULL);
     kz_dispatch_stop(ctx->dispatch, 0);
+    ctx->dispatch = NULL;
     ctx_close(ctx);
     return rc;
 }
