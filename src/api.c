@@ -310,7 +310,7 @@ static bool app_grants(const struct kz_app *app, const char *object_id)
 /* ==== helpers for request bodies ==== */
 
 /* Parses the body as a JSON object (or array when `allow_array`); writes the 400 on failure. */
-static json_t *parse_body(struct kz_req *req, bool allow_array)
+static json_t *parse_body(struct kz_req *req, bool allow_array, bool any_numbers)
 {
     char err[200];
     json_t *doc;
@@ -319,7 +319,8 @@ static json_t *parse_body(struct kz_req *req, bool allow_array)
         bad(req, "request body required");
         return NULL;
     }
-    doc = kz_json_parse(req->body, req->body_len, err, sizeof(err));
+    doc = any_numbers ? kz_json_parse_lenient_numbers(req->body, req->body_len, err, sizeof(err))
+                      : kz_json_parse(req->body, req->body_len, err, sizeof(err));
     if (!doc) {
         fail(req, 400, "InvalidParameters", "malformed JSON: %s", err);
         return NULL;
@@ -387,7 +388,7 @@ static json_t *app_json(const struct kz_app *a, bool with_created)
 
 static enum kz_err app_create(struct kz_api *api, struct kz_req *req)
 {
-    json_t *doc = parse_body(req, false), *ids, *v, *o = NULL;
+    json_t *doc = parse_body(req, false, false), *ids, *v, *o = NULL;
     char *name = NULL;
     char secret[SECRET_CHARS + 1], refresh[SECRET_CHARS + 1];
     struct kz_op op;
@@ -701,7 +702,7 @@ static enum kz_err check_callback(struct kz_api *api, struct kz_req *req, const 
 
 static enum kz_err webhook_create(struct kz_api *api, struct kz_req *req, const struct kz_app *app)
 {
-    json_t *doc = parse_body(req, false);
+    json_t *doc = parse_body(req, false, false);
     struct kz_webhook w;
     struct kz_op op;
     bool url_changed, active_given;
@@ -823,7 +824,7 @@ static enum kz_err webhook_update(struct kz_api *api, struct kz_req *req, const 
 
     if (own_webhook(api, req, app, id, &w))
         return KZ_OK;
-    doc = parse_body(req, false);
+    doc = parse_body(req, false, false);
     if (!doc)
         goto out;
     was_active = w.active;
@@ -1032,7 +1033,7 @@ static enum kz_err replay(struct kz_api *api, struct kz_req *req, const struct k
     if (own_webhook(api, req, app, id, &w))
         return KZ_OK;
     kz_webhook_cleanup(&w);
-    doc = parse_body(req, false);
+    doc = parse_body(req, false, false);
     if (!doc)
         return KZ_OK;
     v = kz_json_get(doc, "since");
@@ -1091,7 +1092,7 @@ static void pending_free(void *p)
 
 /* Fills one event from a JSON object; writes the 400 (prefixed by `where`) on failure. */
 static enum kz_err event_from_json(struct kz_req *req, const json_t *o, const char *where,
-                                   struct kz_event *ev, struct kz_buf *scratch)
+                                   struct kz_event *ev, struct kz_buf *scratch, long index)
 {
     json_t *v;
     int t;
@@ -1139,10 +1140,21 @@ static enum kz_err event_from_json(struct kz_req *req, const json_t *o, const ch
                     "%sone of groupId, actionId, actionPackageId is required", where), KZ_ERR_INVALID;
     v = kz_json_get(o, "data");
     kz_buf_reset(scratch);
-    if (!v || json_is_null(v))
+    if (!v || json_is_null(v)) {
         kz_buf_puts(scratch, "{}");
-    else if (kz_json_dump(v, scratch))
-        return fail(req, 400, "InvalidParameters", "%sdata too large", where), KZ_ERR_INVALID;
+    } else {
+        struct kz_str raw;
+
+        /* `data` is delivered as published: numbers keep their spelling (no double rounding,
+         * no 64-bit limit), strings their escapes, objects their key order; only whitespace
+         * between tokens is dropped. */
+        if (!kz_json_raw_member(req->body, req->body_len, index, "data", &raw)) {
+            if (kz_json_minify(raw, scratch))
+                return fail(req, 400, "InvalidParameters", "%sdata too large", where), KZ_ERR_INVALID;
+        } else if (kz_json_dump(v, scratch)) {
+            return fail(req, 400, "InvalidParameters", "%sdata too large", where), KZ_ERR_INVALID;
+        }
+    }
     ev->data_json = kz_strndup(kz_buf_cstr(scratch), scratch->len);
     if (!ev->event_id) {
         char id[37];
@@ -1209,7 +1221,7 @@ static void publish_done(struct kz_op *op, void *arg)
 /* Validates and matches; on success returns a ready-to-submit publish (ownership to caller). */
 static struct publish *publish_prepare(struct kz_api *api, struct kz_req *req)
 {
-    json_t *doc = parse_body(req, true);
+    json_t *doc = parse_body(req, true, true);
     struct publish *pb = NULL;
     struct kz_buf scratch;
     size_t i, k, n;
@@ -1234,7 +1246,7 @@ static struct publish *publish_prepare(struct kz_api *api, struct kz_req *req)
 
         if (pb->array)
             snprintf(where, sizeof(where), "events[%zu]: ", i);
-        if (event_from_json(req, o, where, &pb->items[i].ev, &scratch))
+        if (event_from_json(req, o, where, &pb->items[i].ev, &scratch, pb->array ? (long)i : -1))
             goto fail;
     }
     for (i = 0; i < n; i++) {

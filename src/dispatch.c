@@ -770,7 +770,9 @@ static void *run(void *arg)
                 break;
         } else {
             start_queued(d);
-            if (atomic_exchange(&d->wake, false))
+            /* A wake during a claim stays pending: that claim may have read the store before
+             * the rows that caused the wake were committed. */
+            if (!d->claim_busy && atomic_exchange(&d->wake, false))
                 d->next_poll = 0;
             if (!d->claim_busy && now >= d->next_poll && d->inflight < HARD_INFLIGHT)
                 claim_start(d);

@@ -2,6 +2,7 @@
 #include "json.h"
 
 #include <stdio.h>
+#include <ctype.h>
 #include <string.h>
 
 /* ASCII-only case folding: locale-independent, so "I" never folds to a dotless i. */
@@ -147,7 +148,19 @@ enum kz_err kz_json_str(const json_t *v, size_t maxlen, const char **out, size_t
     return KZ_OK;
 }
 
+static json_t *parse(const char *body, size_t len, size_t flags, char *err, size_t errlen);
+
 json_t *kz_json_parse(const char *body, size_t len, char *err, size_t errlen)
+{
+    return parse(body, len, 0, err, errlen);
+}
+
+json_t *kz_json_parse_lenient_numbers(const char *body, size_t len, char *err, size_t errlen)
+{
+    return parse(body, len, JSON_DECODE_INT_AS_REAL, err, errlen);
+}
+
+static json_t *parse(const char *body, size_t len, size_t flags, char *err, size_t errlen)
 {
     json_error_t jerr;
     json_t *doc;
@@ -159,7 +172,7 @@ json_t *kz_json_parse(const char *body, size_t len, char *err, size_t errlen)
     /* JSON_DISABLE_EOF_CHECK is deliberately absent: trailing garbage is an error. Without
      * JSON_DECODE_ANY jansson already refuses scalar top levels; we check again below so the
      * contract does not depend on that default. */
-    doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    doc = json_loadb(body, len, JSON_REJECT_DUPLICATES | flags, &jerr);
     if (doc && !json_is_object(doc) && !json_is_array(doc)) {
         json_decref(doc);
         doc = NULL;
@@ -202,4 +215,149 @@ enum kz_err kz_json_dump(const json_t *v, struct kz_buf *out)
     if (out->data)
         out->data[before] = '\0';
     return ctx.toobig ? KZ_ERR_TOOBIG : KZ_ERR_INVALID;
+}
+
+/* ==== raw member lookup: a small scanner over text jansson has already validated ==== */
+
+static size_t skip_ws(const char *p, size_t i, size_t n)
+{
+    while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+        i++;
+    return i;
+}
+
+/* `p[i]` is the opening quote; returns the index just past the closing quote. */
+static size_t skip_string(const char *p, size_t i, size_t n)
+{
+    for (i++; i < n; i++) {
+        if (p[i] == '\\')
+            i++;
+        else if (p[i] == '"')
+            return i + 1;
+    }
+    return n;
+}
+
+/* Returns the index just past the value starting at `p[i]`. Iterative: depth is only counted. */
+static size_t skip_value(const char *p, size_t i, size_t n)
+{
+    size_t depth = 0;
+
+    if (i >= n)
+        return n;
+    if (p[i] == '"')
+        return skip_string(p, i, n);
+    if (p[i] != '{' && p[i] != '[') {
+        while (i < n && p[i] != ',' && p[i] != '}' && p[i] != ']' && p[i] != ' ' && p[i] != '\t' &&
+               p[i] != '\n' && p[i] != '\r')
+            i++;
+        return i;
+    }
+    while (i < n) {
+        char c = p[i];
+
+        if (c == '"') {
+            i = skip_string(p, i, n);
+            continue;
+        }
+        if (c == '{' || c == '[')
+            depth++;
+        else if ((c == '}' || c == ']') && --depth == 0)
+            return i + 1;
+        i++;
+    }
+    return n;
+}
+
+static bool key_is(const char *k, size_t klen, const char *key, bool exact)
+{
+    size_t i;
+
+    if (klen != strlen(key) || memchr(k, '\\', klen))
+        return false;
+    for (i = 0; i < klen; i++) {
+        unsigned char a = (unsigned char)k[i], b = (unsigned char)key[i];
+
+        if (exact ? a != b : tolower(a) != tolower(b))
+            return false;
+    }
+    return true;
+}
+
+enum kz_err kz_json_raw_member(const char *doc, size_t len, long index, const char *key,
+                               struct kz_str *out)
+{
+    size_t i = skip_ws(doc, 0, len);
+    struct kz_str ci = {NULL, 0};
+
+    if (index >= 0) {
+        long k;
+
+        if (i >= len || doc[i] != '[')
+            return KZ_ERR_NOTFOUND;
+        i = skip_ws(doc, i + 1, len);
+        for (k = 0; k < index && i < len; k++) {
+            i = skip_ws(doc, skip_value(doc, i, len), len);
+            if (i >= len || doc[i] != ',')
+                return KZ_ERR_NOTFOUND;
+            i = skip_ws(doc, i + 1, len);
+        }
+    }
+    if (i >= len || doc[i] != '{')
+        return KZ_ERR_NOTFOUND;
+    i = skip_ws(doc, i + 1, len);
+    while (i < len && doc[i] == '"') {
+        size_t ks = i + 1, ke = skip_string(doc, i, len) - 1, vs, ve;
+
+        i = skip_ws(doc, ke + 1, len);
+        if (i >= len || doc[i] != ':')
+            return KZ_ERR_NOTFOUND;
+        vs = skip_ws(doc, i + 1, len);
+        ve = skip_value(doc, vs, len);
+        if (key_is(doc + ks, ke - ks, key, true)) {
+            out->p = doc + vs;
+            out->len = ve - vs;
+            return KZ_OK;
+        }
+        if (!ci.p && key_is(doc + ks, ke - ks, key, false)) {
+            ci.p = doc + vs;
+            ci.len = ve - vs;
+        }
+        i = skip_ws(doc, ve, len);
+        if (i >= len || doc[i] != ',')
+            break;
+        i = skip_ws(doc, i + 1, len);
+    }
+    if (!ci.p)
+        return KZ_ERR_NOTFOUND;
+    *out = ci;
+    return KZ_OK;
+}
+
+enum kz_err kz_json_minify(struct kz_str v, struct kz_buf *out)
+{
+    size_t i = 0, run = 0;
+    bool in_str = false;
+    enum kz_err r = KZ_OK;
+
+    for (i = 0; i < v.len && !r; i++) {
+        char c = v.p[i];
+
+        if (in_str) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_str = false;
+            continue;
+        }
+        if (c == '"') {
+            in_str = true;
+        } else if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+            r = kz_buf_append(out, v.p + run, i - run);
+            run = i + 1;
+        }
+    }
+    if (!r)
+        r = kz_buf_append(out, v.p + run, (i > v.len ? v.len : i) - run);
+    return r;
 }

@@ -61,6 +61,30 @@ enum kz_err kz_json_str(const json_t *v, size_t maxlen, const char **out, size_t
 json_t *kz_json_parse(const char *body, size_t len, char *err, size_t errlen);
 
 /**
+ * As kz_json_parse, but integers of any size are read as reals, so a document whose numbers
+ * do not fit 64 bits is still accepted (the caller then takes such values verbatim with
+ * kz_json_raw_member rather than from the parsed tree).
+ */
+json_t *kz_json_parse_lenient_numbers(const char *body, size_t len, char *err, size_t errlen);
+
+/**
+ * Finds, in the JSON text `doc` (already validated by kz_json_parse*), the bytes of the value of
+ * member `key` of the top-level object (`index` < 0) or of element `index` of the top-level
+ * array. The key matches as kz_json_get does: exact case first, else the first ASCII
+ * case-insensitive match (keys containing escapes never match). On success `*out` points into
+ * `doc` at the value exactly as written (no surrounding whitespace) and KZ_OK is returned;
+ * KZ_ERR_NOTFOUND otherwise. Pure; any thread.
+ */
+enum kz_err kz_json_raw_member(const char *doc, size_t len, long index, const char *key,
+                               struct kz_str *out);
+
+/**
+ * Appends the valid JSON text `v` to `out` without the whitespace between tokens; everything
+ * else (numbers, escapes, key order) is copied verbatim. KZ_ERR_TOOBIG if over out->max.
+ */
+enum kz_err kz_json_minify(struct kz_str v, struct kz_buf *out);
+
+/**
  * Appends the compact serialization of `v` (any JSON value, keys in insertion order, no
  * whitespace) to `out`. Returns KZ_OK; KZ_ERR_TOOBIG when the result would take `out` past the
  * limit given to kz_buf_init(); KZ_ERR_INVALID when jansson cannot encode `v` (NULL, or a string

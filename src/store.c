@@ -36,8 +36,8 @@ static const struct {
     const struct kz_backend_ops *ops;
     const char *why;
 } backends[] = {
-    {"postgresql://", NULL, "PostgreSQL backend not built yet"},
-    {"postgres://", NULL, "PostgreSQL backend not built yet"},
+    {"postgresql://", &kz_store_pg_ops, NULL},
+    {"postgres://", &kz_store_pg_ops, NULL},
 };
 
 static enum kz_err pick_backend(const char *url, const struct kz_backend_ops **out, char *err,
@@ -254,6 +254,12 @@ void kz_claim_cleanup(struct kz_op *op)
     kz_free(op->u.claim.out);
     op->u.claim.out = NULL;
     op->u.claim.n_out = 0;
+}
+
+void kz_store_on_notify(struct kz_store *st, void (*fn)(void *arg, int what), void *arg)
+{
+    if (st->ops->on_notify)
+        st->ops->on_notify(st->be, fn, arg);
 }
 
 void kz_store_stats(struct kz_store *st, uint64_t *batches, uint64_t *ops)

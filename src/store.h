@@ -124,6 +124,21 @@ enum kz_err kz_store_exec(struct kz_store *st, struct kz_op *op);
 /** Frees the rows a KZ_OP_CLAIM returned. */
 void kz_claim_cleanup(struct kz_op *op);
 
+/* ==== cross-node notifications ==== */
+
+#define KZ_NOTIFY_WEBHOOKS 1 /* webhooks changed elsewhere: resync the subscription index */
+#define KZ_NOTIFY_DUE 2      /* deliveries became due elsewhere: wake the dispatcher */
+
+/** Registers `fn`, called as fn(arg, KZ_NOTIFY_*) from a store-internal thread when another node
+ * (or process) committed a change of that kind; notifications of this store's own writes are
+ * not reported (best effort). After a lost notification connection comes back, both kinds are
+ * reported once, since some may have been missed. A new call replaces the callback; fn NULL
+ * removes it, and once that call returns fn is neither running nor called again. fn must not
+ * block for long and must not call kz_store_on_notify. Call before kz_store_close. PostgreSQL:
+ * LISTEN on a dedicated connection, started by the first registration. SQLite: accepted, never
+ * called (poll instead). */
+void kz_store_on_notify(struct kz_store *st, void (*fn)(void *arg, int what), void *arg);
+
 /* ==== reads: any thread ==== */
 
 /** KZ_OK when the store answers a trivial query. */

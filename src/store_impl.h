@@ -1,5 +1,5 @@
 /* store_impl.h — what a storage backend implements so that store.c can drive it. Internal to
- * the store modules (store.c, store_sqlite.c, later store_pg.c) and their unit tests; nothing
+ * the store modules (store.c, store_sqlite.c, store_pg.c) and their unit tests; nothing
  * else includes it.
  *
  * store.c owns the op queue and the single writer thread; a backend owns connections and SQL.
@@ -38,6 +38,8 @@ struct kz_backend_ops {
      * freed (n_out = 0). Always sets every op's webhooks_version (the committed value, or the last
      * known one on failure). Never calls done(). Returns KZ_OK when the batch committed. */
     enum kz_err (*write_batch)(struct kz_backend *be, struct kz_op **ops, size_t n);
+    /** kz_store_on_notify for this backend; NULL when it has no notifications (SQLite). */
+    void (*on_notify)(struct kz_backend *be, void (*fn)(void *arg, int what), void *arg);
 
     enum kz_err (*ping)(struct kz_backend *be);
     enum kz_err (*meta_get)(struct kz_backend *be, const char *key, struct kz_buf *out);
@@ -60,6 +62,8 @@ struct kz_backend_ops {
 
 /** The SQLite backend (store_sqlite.c). */
 extern const struct kz_backend_ops kz_store_sqlite_ops;
+/** The PostgreSQL backend (store_pg.c). */
+extern const struct kz_backend_ops kz_store_pg_ops;
 
 /** Test and metrics hook: how many batches the writer has committed or failed so far, and how
  * many ops they held. Any thread. */

@@ -98,6 +98,12 @@ static const char *const migrations[] = {
     "CREATE INDEX deliveries_due ON deliveries(state, next_attempt_at);"
     "CREATE INDEX deliveries_webhook ON deliveries(webhook_id, id);"
     "CREATE INDEX deliveries_event ON deliveries(event_seq);",
+    /* 2: what a delivery's body took from its webhook, frozen when a PUT changes it, so that
+     * every attempt of a delivery sends the same bytes (CONTRACT §6). snap = 0: use the webhook. */
+    "ALTER TABLE deliveries ADD COLUMN snap INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE deliveries ADD COLUMN snap_object_type INTEGER;"
+    "ALTER TABLE deliveries ADD COLUMN snap_object_id TEXT;"
+    "ALTER TABLE deliveries ADD COLUMN snap_context TEXT;",
 };
 
 /* ==== statements ==== */
@@ -134,6 +140,7 @@ enum stmt_id {
     S_TOKEN_INSERT,
     S_WH_INSERT,
     S_WH_UPDATE,
+    S_DLV_SNAP,
     S_WH_DELETE,
     S_WH_DEL_DELIVERIES,
     S_WH_ACTIVE,
@@ -198,6 +205,14 @@ static const char *const stmt_sql[S__COUNT] = {
                     " signing_secret = COALESCE(?7, signing_secret), validity_ms = ?8,"
                     " active = ?9"
                     " WHERE id = ?10 AND (?11 = '' OR application_id = ?11)",
+    /* Before a webhook's objectType/objectId/callBackContext change, its unfinished deliveries
+     * keep the values their body was (or will first be) built from. */
+    [S_DLV_SNAP] = "UPDATE deliveries SET snap = 1, snap_object_type = w.object_type,"
+                   " snap_object_id = w.object_id, snap_context = w.callback_context"
+                   " FROM webhooks AS w WHERE w.id = ?1 AND deliveries.webhook_id = ?1"
+                   " AND deliveries.snap = 0 AND deliveries.state <> 2"
+                   " AND (w.object_type <> ?2 OR w.object_id IS NOT ?3"
+                   " OR w.callback_context IS NOT ?4)",
     [S_WH_DELETE] = "DELETE FROM webhooks WHERE id = ?1 AND (?2 = '' OR application_id = ?2)",
     [S_WH_DEL_DELIVERIES] = "DELETE FROM deliveries WHERE webhook_id = ?1",
     [S_WH_ACTIVE] = "UPDATE webhooks SET active = ?2 WHERE id = ?1",
@@ -215,7 +230,8 @@ static const char *const stmt_sql[S__COUNT] = {
     /* CROSS JOIN pins deliveries as the outer loop, so the scan walks deliveries_due in
      * (next_attempt_at, id) order and stops after LIMIT rows: no sort, no full scan. */
     [S_CLAIM_SELECT] =
-        "SELECT d.id, d.attempts, d.created_at, " WH_COLS ", " EV_COLS " FROM deliveries AS d"
+        "SELECT d.id, d.attempts, d.created_at, d.snap, d.snap_object_type, d.snap_object_id,"
+        " d.snap_context, " WH_COLS ", " EV_COLS " FROM deliveries AS d"
         " CROSS JOIN webhooks AS w ON w.id = d.webhook_id"
         " CROSS JOIN events AS e ON e.seq = d.event_seq"
         " WHERE d.state = 0 AND d.next_attempt_at <= ?1"
@@ -984,6 +1000,14 @@ static enum kz_err op_webhook_update(struct conn *c, struct kz_op *op, bool *bum
     struct bind b;
     int rc;
 
+    prep(c, S_DLV_SNAP, &b);
+    b_fixed(&b, w->id, sizeof(w->id));
+    b_int(&b, w->object_type);
+    b_text(&b, w->object_id);
+    b_text(&b, w->callback_context);
+    rc = run(&b);
+    if (rc)
+        return fail(c, "webhook update snapshot", rc);
     prep(c, S_WH_UPDATE, &b);
     b_int(&b, w->object_type);
     b_text(&b, w->object_id);
@@ -1169,9 +1193,16 @@ static enum kz_err op_claim(struct conn *c, struct kz_op *op)
         r->delivery_id = sqlite3_column_int64(b.q, 0);
         r->attempts = sqlite3_column_int(b.q, 1);
         r->created_at = sqlite3_column_int64(b.q, 2);
-        if (!row_webhook(b.q, 3, &r->wh))
+        if (!row_webhook(b.q, 7, &r->wh))
             result = KZ_ERR_DB;
-        row_event(b.q, 3 + WH_NCOLS, &r->ev);
+        row_event(b.q, 7 + WH_NCOLS, &r->ev);
+        if (sqlite3_column_int(b.q, 3)) {
+            r->wh.object_type = (enum kz_objtype)sqlite3_column_int(b.q, 4);
+            kz_free(r->wh.object_id);
+            r->wh.object_id = col_dup(b.q, 5);
+            kz_free(r->wh.callback_context);
+            r->wh.callback_context = col_dup(b.q, 6);
+        }
     }
     finish(&b);
     /* Hand the rows to the op first so that kz_claim_cleanup frees them on any failure. */

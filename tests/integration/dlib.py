@@ -12,11 +12,16 @@ Python 3 standard library only; builds on kzlib (which this module does not chan
   metrics(srv)                   GET /metrics parsed into {"name{labels}": float}
   DReceiver                      kzlib.Receiver that also remembers which answer each request got
   uid(prefix)                    a short unique id (groups, actions, eventIds per test)
+  machine_baseline(rc, n)        how long a Python client needs for n requests to a receiver
+                                 (yardstick for latency bounds on a loaded machine)
+
+DReceiver overrides kzlib.Receiver._record/_next_response (called from its handler threads).
 """
 
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import re
 import secrets
@@ -24,7 +29,7 @@ import threading
 import time
 import urllib.parse
 
-from kzlib import Receiver, timeout_scale, webhook_body
+from kzlib import Receiver, pki, timeout_scale, webhook_body
 
 UA_RE = re.compile(r"^kzhook/\d+\.\d+\.\d+\S*$")
 
@@ -52,7 +57,10 @@ def expected_body(wid, hook, ev, data_text=None):
     if ev.get("groupId"):
         items.append(("groupId", ev["groupId"]))
     parts = ["%s:%s" % (compact(k), compact(v)) for k, v in items]
-    parts.append('"data":' + (data_text if data_text is not None else compact(ev.get("data", {}))))
+    # data is delivered as published, minified: kzlib publishes with json.dumps' defaults
+    # (non-ASCII as \u escapes), and kzhook keeps the publisher's spelling of every token.
+    parts.append('"data":' + (data_text if data_text is not None
+                              else json.dumps(ev.get("data", {}), separators=(",", ":"))))
     if hook.get("callBackContext") is not None:
         parts.append('"context":' + compact(hook["callBackContext"]))
     for k in ("fromUser", "fromUserId", "fromUserName", "fromUserProfilePic"):
@@ -215,3 +223,33 @@ class DReceiver(Receiver):
 
     def failed_count(self, path=None):
         return len(self.outcomes(path)) - len(self.ok_requests(path))
+
+
+def machine_baseline(rc, n=50, threads=8, path="/__calibrate"):
+    """Seconds a Python client needs for n POSTs to receiver `rc` over `threads` keep-alive
+    connections: a yardstick of how loaded the test machine is, independent of kzhook."""
+    per = [n // threads + (1 if i < n % threads else 0) for i in range(threads)]
+    errors = []
+
+    def worker(k):
+        try:
+            if rc.tls:
+                c = http.client.HTTPSConnection(rc.host, rc.port, timeout=10,
+                                                context=pki().client_context())
+            else:
+                c = http.client.HTTPConnection(rc.host, rc.port, timeout=10)
+            for _ in range(k):
+                c.request("POST", path, body=b"{}", headers={"Content-Type": "application/json"})
+                c.getresponse().read()
+            c.close()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+    ts = [threading.Thread(target=worker, args=(k,)) for k in per]
+    t0 = time.monotonic()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    if errors:
+        raise AssertionError("calibration against the receiver failed: %r" % errors[:3])
+    return time.monotonic() - t0

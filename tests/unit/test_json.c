@@ -467,6 +467,63 @@ static void test_roundtrip(void **state)
     json_decref(doc);
 }
 
+static void raw_is(const char *doc, long index, const char *key, const char *want)
+{
+    struct kz_str v;
+
+    if (!want) {
+        assert_int_equal(kz_json_raw_member(doc, strlen(doc), index, key, &v), KZ_ERR_NOTFOUND);
+        return;
+    }
+    assert_int_equal(kz_json_raw_member(doc, strlen(doc), index, key, &v), KZ_OK);
+    assert_int_equal(v.len, strlen(want));
+    assert_memory_equal(v.p, want, v.len);
+}
+
+static void test_raw_member(void **state)
+{
+    (void)state;
+    raw_is("{\"data\": {\"n\": 19.99, \"big\": 18446744073709551615} }", -1, "data",
+           "{\"n\": 19.99, \"big\": 18446744073709551615}");
+    raw_is("{\"a\":\"da,ta}\",\"data\":[1, \"]\", {\"x\":\"\\\"\"}]}", -1, "data",
+           "[1, \"]\", {\"x\":\"\\\"\"}]");
+    raw_is("{\"Data\":1,\"data\":2}", -1, "data", "2");   /* exact case wins */
+    raw_is("{\"DATA\":1e-7,\"x\":2}", -1, "data", "1e-7"); /* else case-insensitive */
+    raw_is("{\"d\\u0061ta\":1}", -1, "data", NULL);       /* escaped keys never match */
+    raw_is("{\"x\":1}", -1, "data", NULL);
+    raw_is("[{\"data\":1},{\"data\" : null},{\"data\":\"three\"}]", 2, "data", "\"three\"");
+    raw_is("[{\"data\":1},{\"data\" : null}]", 1, "data", "null");
+    raw_is("[{\"data\":1}]", 1, "data", NULL);
+    raw_is("[{\"data\":1}]", -1, "data", NULL);
+    raw_is("{\"data\":1}", 0, "data", NULL);
+}
+
+static void minify_is(const char *in, const char *want)
+{
+    struct kz_buf b;
+    struct kz_str v = {in, strlen(in)};
+
+    kz_buf_init(&b, 1024);
+    assert_int_equal(kz_json_minify(v, &b), KZ_OK);
+    assert_string_equal(kz_buf_cstr(&b), want);
+    kz_buf_cleanup(&b);
+}
+
+static void test_minify(void **state)
+{
+    struct kz_buf b;
+    struct kz_str v = {"[1, 2, 3]", 9};
+
+    (void)state;
+    minify_is("{ \"a\" : [ 1 , 2.50 ] ,\n\t\"b\": \"x y\\\" z\" }",
+              "{\"a\":[1,2.50],\"b\":\"x y\\\" z\"}");
+    minify_is("\"\\u00fc \"", "\"\\u00fc \"");
+    minify_is("-1.0E+2", "-1.0E+2");
+    kz_buf_init(&b, 4);
+    assert_int_equal(kz_json_minify(v, &b), KZ_ERR_TOOBIG);
+    kz_buf_cleanup(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -490,6 +547,8 @@ int main(void)
         cmocka_unit_test_teardown(test_dump_limit_exact_and_rollback, check_no_leak),
         cmocka_unit_test_teardown(test_dump_invalid, check_no_leak),
         cmocka_unit_test_teardown(test_roundtrip, check_no_leak),
+        cmocka_unit_test_teardown(test_raw_member, check_no_leak),
+        cmocka_unit_test_teardown(test_minify, check_no_leak),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
