@@ -556,13 +556,13 @@ static void ring_remove_next(struct kz_dispatch *d, struct ep *prev)
     d->ring_len--;
 }
 
-/* Starts queued deliveries round-robin across endpoints while slots are free. Endpoints with no
- * work, or at their own cap, leave the ring (they come back when a transfer of theirs ends or
- * work arrives); endpoints held back only by the global caps stay in it. */
-static void start_queued(struct kz_dispatch *d)
+/* Starts queued deliveries round-robin across endpoints while slots are free; true when it
+ * started any. Endpoints with no work, or at their own cap, leave the ring (they come back when
+ * a transfer of theirs ends or work arrives); endpoints held back only by the global caps stay. */
+static bool start_queued(struct kz_dispatch *d)
 {
     int cap = d->cfg->per_endpoint_concurrency;
-    bool progress = true;
+    bool progress = true, started = false;
 
     while (progress && d->ring) {
         size_t i, n = d->ring_len;
@@ -591,8 +591,10 @@ static void start_queued(struct kz_dispatch *d)
             kz_event_cleanup(&q->row.ev);
             kz_free(q);
             progress = true;
+            started = true;
         }
     }
+    return started;
 }
 
 /* ==== claiming ==== */
@@ -779,10 +781,11 @@ static void *run(void *arg)
         }
         curl_multi_perform(d->multi, &running);
         reap(d);
-        if (!stopping && d->ring) {
-            /* Slots freed by finished transfers go to queued work before we sleep. */
-            start_queued(d);
+        /* Slots freed by finished transfers go to queued work before we sleep; transfers that
+         * finish meanwhile are reaped too, so nothing waits for the next poll. */
+        while (!stopping && d->ring && start_queued(d)) {
             curl_multi_perform(d->multi, &running);
+            reap(d);
         }
         flush_completions(d);
         if (stopping)
