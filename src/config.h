@@ -7,6 +7,8 @@
 
 #define KZ_RETRY_MAX 32
 
+struct kz_trust;
+
 struct kz_config {
     char listen_host[256];
     int listen_port;
@@ -27,6 +29,7 @@ struct kz_config {
     int threads;               /* MHD worker threads */
     int max_connections;
     int per_endpoint_concurrency; /* in-flight deliveries per webhook */
+    struct kz_trust *trust;    /* outbound TLS trust store, set by main at start (outbound.h) */
 };
 
 /** Fills defaults, then the environment, then argv[first..argc) flags (flags win). On error

@@ -543,6 +543,15 @@ static void reap(struct kz_dispatch *d)
     }
 }
 
+/* Rows an endpoint may hold claimed but unsent: enough to keep its slots busy between claims,
+ * few enough that a slow endpoint holds little in memory. */
+static size_t queue_target(const struct kz_dispatch *d)
+{
+    size_t t = 4 * (size_t)d->cfg->per_endpoint_concurrency;
+
+    return t < 32 ? 32 : t;
+}
+
 static void ring_remove_next(struct kz_dispatch *d, struct ep *prev)
 {
     struct ep *e = prev->rr_next;
@@ -586,6 +595,8 @@ static bool start_queued(struct kz_dispatch *d)
                 e->tail = NULL;
             e->nqueued--;
             d->queued_total--;
+            if (e->nqueued == queue_target(d) / 2)
+                d->next_poll = 0; /* it was excluded from claims: refill it now */
             start(d, e, &q->row);
             kz_webhook_cleanup(&q->row.wh);
             kz_event_cleanup(&q->row.ev);
@@ -611,25 +622,32 @@ static void claim_done(struct kz_op *op, void *arg)
     curl_multi_wakeup(d->multi);
 }
 
-/* Endpoints with no free slot, or with rows already waiting: claiming more for them would only
- * hold their rows in memory while faster endpoints wait. */
+/* Endpoints whose queue is full: claiming more for them would only hold their rows in memory
+ * while other endpoints wait. The ids are copied (one block: pointers, then the strings): the
+ * claim runs on the writer thread while this thread may free endpoints. */
 static const char **exclude_list(struct kz_dispatch *d, size_t *n)
 {
-    const char **ids = NULL;
-    size_t cap = 0, i;
+    size_t i, k = 0, count = 0, target = queue_target(d);
+    const char **ids;
+    char *text;
+    struct ep *e;
 
-    *n = 0;
     for (i = 0; i < EP_BUCKETS; i++) {
-        struct ep *e;
-
+        for (e = d->eps[i]; e; e = e->next)
+            count += e->nqueued >= target;
+    }
+    *n = count;
+    if (!count)
+        return NULL;
+    ids = kz_malloc(count * (sizeof(*ids) + sizeof(e->id)));
+    text = (char *)(ids + count);
+    for (i = 0; i < EP_BUCKETS; i++) {
         for (e = d->eps[i]; e; e = e->next) {
-            if (e->inflight < d->cfg->per_endpoint_concurrency && !e->nqueued)
+            if (e->nqueued < target)
                 continue;
-            if (*n == cap) {
-                cap = cap ? cap * 2 : 16;
-                ids = kz_realloc(ids, cap * sizeof(*ids));
-            }
-            ids[(*n)++] = e->id;
+            memcpy(text + k * sizeof(e->id), e->id, sizeof(e->id));
+            ids[k] = text + k * sizeof(e->id);
+            k++;
         }
     }
     return ids;
@@ -709,6 +727,10 @@ static void claim_finish(struct kz_dispatch *d)
     }
     if (n == op->u.claim.limit) {
         d->next_poll = 0; /* a full batch: there is probably more */
+    } else if (op->u.claim.n_exclude) {
+        /* Rows due now may all belong to excluded endpoints: next_due would say "now" forever.
+         * Their queues ask for a claim when they drain; other work arrives with a wake. */
+        d->next_poll = now + 200;
     } else {
         int64_t due = -1;
 

@@ -6,6 +6,7 @@
 #include "http.h"
 #include "id.h"
 #include "log.h"
+#include "outbound.h"
 #include "sign.h"
 #include "store.h"
 #include "subidx.h"
@@ -13,6 +14,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <jansson.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,6 +65,8 @@ struct kz_ctx {
 
 static void ctx_close(struct kz_ctx *ctx)
 {
+    kz_trust_free(ctx->cfg.trust);
+    ctx->cfg.trust = NULL;
     kz_api_free(ctx->api);
     kz_subidx_free(ctx->idx);
     kz_store_close(ctx->st);
@@ -198,6 +202,11 @@ static int serve(struct kz_ctx *ctx)
     signal(SIGPIPE, SIG_IGN);
 
     raise_fd_limit();
+    ctx->cfg.trust = kz_trust_new(ctx->cfg.ca_file, err, sizeof(err));
+    if (!ctx->cfg.trust) {
+        fatal("cannot set up outbound TLS", err);
+        goto out;
+    }
     if (ctx_open(ctx) || admin_token(ctx))
         goto out;
     /* Single node on SQLite: whatever was in flight when the last process died goes back. */
@@ -489,6 +498,9 @@ int main(int argc, char **argv)
     int rc;
 
     memset(&ctx, 0, sizeof(ctx));
+    /* glibc gives every thread that allocates its own arena (64 MiB of address space, several
+     * MiB resident each); our threads allocate little, so two arenas keep RSS small. */
+    mallopt(M_ARENA_MAX, 2);
     json_set_alloc_funcs(kz_malloc, kz_free);
     if (curl_global_init(CURL_GLOBAL_DEFAULT)) {
         fprintf(stderr, "kzhook: curl_global_init failed\n");

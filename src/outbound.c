@@ -1,5 +1,6 @@
 /* outbound.c — common libcurl setup for requests to callback URLs. */
 #include "outbound.h"
+#include "alloc.h"
 
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -27,15 +28,46 @@ enum kz_err kz_target_check(const struct kz_config *cfg, const char *url, struct
     return result;
 }
 
-/* Adds --ca-file to the certificates OpenSSL already trusts (the system store that curl loaded),
- * rather than replacing them as CURLOPT_CAINFO would. */
-static CURLcode add_ca(CURL *h, void *sslctx, void *arg)
+struct kz_trust {
+    X509_STORE *store;
+};
+
+struct kz_trust *kz_trust_new(const char *ca_file, char *err, size_t errlen)
 {
-    X509_STORE *store = SSL_CTX_get_cert_store(sslctx);
+    struct kz_trust *t = kz_calloc(1, sizeof(*t));
+
+    t->store = X509_STORE_new();
+    if (!t->store || X509_STORE_set_default_paths(t->store) != 1) {
+        snprintf(err, errlen, "cannot load the system certificate store");
+        kz_trust_free(t);
+        return NULL;
+    }
+    if (ca_file && X509_STORE_load_file(t->store, ca_file) != 1) {
+        snprintf(err, errlen, "cannot load --ca-file %.200s", ca_file);
+        kz_trust_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void kz_trust_free(struct kz_trust *t)
+{
+    if (!t)
+        return;
+    X509_STORE_free(t->store);
+    kz_free(t);
+}
+
+/* Every new TLS connection gets the store parsed once at start (the system bundle plus
+ * --ca-file), instead of libcurl parsing the whole bundle again (~19 ms each). */
+static CURLcode use_trust(CURL *h, void *sslctx, void *arg)
+{
+    struct kz_trust *t = arg;
 
     (void)h;
-    if (!store || X509_STORE_load_file(store, arg) != 1)
-        return CURLE_SSL_CACERT_BADFILE;
+    if (X509_STORE_up_ref(t->store) != 1)
+        return CURLE_OUT_OF_MEMORY;
+    SSL_CTX_set_cert_store(sslctx, t->store);
     return CURLE_OK;
 }
 
@@ -73,9 +105,10 @@ enum kz_err kz_outbound_setup(const struct kz_config *cfg, CURL *h, const char *
     rc |= curl_easy_setopt(h, CURLOPT_PROXY, "");
     if (!cfg->allow_private_targets)
         rc |= curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, open_public_only);
-    if (cfg->ca_file) {
-        rc |= curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, add_ca);
-        rc |= curl_easy_setopt(h, CURLOPT_SSL_CTX_DATA, cfg->ca_file);
-    }
+    KZ_ASSERT(cfg->trust);
+    rc |= curl_easy_setopt(h, CURLOPT_CAINFO, NULL); /* no per-connection bundle parsing */
+    rc |= curl_easy_setopt(h, CURLOPT_CAPATH, NULL);
+    rc |= curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, use_trust);
+    rc |= curl_easy_setopt(h, CURLOPT_SSL_CTX_DATA, cfg->trust);
     return rc ? KZ_ERR_INVALID : KZ_OK;
 }

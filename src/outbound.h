@@ -18,6 +18,11 @@ struct kz_target {
     char resolve_entry[400];   /* "host:port:ip" for CURLOPT_RESOLVE, "" when host is an IP */
 };
 
+/** The certificates outbound TLS trusts: the system store plus --ca-file, parsed once. Built
+ * by main before any thread starts and read-only afterwards (shared by reference count). */
+struct kz_trust *kz_trust_new(const char *ca_file, char *err, size_t errlen);
+void kz_trust_free(struct kz_trust *t);
+
 /** Parses and resolves `url`, refusing unsafe targets per the configuration. On failure `*why`
  * holds a static message and the result is KZ_ERR_INVALID or KZ_ERR_UNSAFE. Blocks in DNS. */
 enum kz_err kz_target_check(const struct kz_config *cfg, const char *url, struct kz_target *t,
