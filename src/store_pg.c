@@ -2154,11 +2154,16 @@ out:
  * transaction id (needed to resolve a COMMIT whose connection dies), in one round trip. The id
  * is assigned up front; a batch that writes nothing then costs a commit record, which only
  * happens to claims that found nothing. */
-static enum kz_err batch_begin(struct kz_backend *be, int64_t *xid)
+static enum kz_err batch_begin(struct kz_backend *be, int64_t *xid, bool lazy)
 {
     PGresult *rows = NULL;
-    enum kz_err result =
-        simple(be->wr, "BEGIN; SAVEPOINT op; SELECT txid_current()", "begin", &rows);
+    /* lazy: a batch of claims/completions/releases/prunes only, committed without waiting for
+     * the WAL flush (losing it in a crash means an attempt is made again: at-least-once). */
+    enum kz_err result = simple(be->wr,
+                                lazy ? "BEGIN; SET LOCAL synchronous_commit TO off; SAVEPOINT op;"
+                                       " SELECT txid_current()"
+                                     : "BEGIN; SAVEPOINT op; SELECT txid_current()",
+                                "begin", &rows);
 
     if (!result && (!rows || PQntuples(rows) != 1))
         result = KZ_ERR_DB;
@@ -2253,11 +2258,18 @@ static enum kz_err pg_write_batch(struct kz_backend *be, struct kz_op **ops, siz
     size_t i;
     int attempt;
 
+    bool lazy = true;
+
+    for (i = 0; i < n && lazy; i++) {
+        enum kz_op_type t = ops[i]->type;
+
+        lazy = t == KZ_OP_CLAIM || t == KZ_OP_COMPLETE || t == KZ_OP_RELEASE || t == KZ_OP_PRUNE;
+    }
     for (attempt = 0;; attempt++) {
         result = writer_conn(be);
         if (result)
             goto fail;
-        result = batch_begin(be, &xid);
+        result = batch_begin(be, &xid, lazy);
         if (!result)
             break;
         if (attempt || !conn_lost(be->wr))

@@ -301,6 +301,7 @@ struct kz_backend {
     struct conn *wr;      /* writer thread only (and open/close) */
     int64_t wh_version;   /* last committed meta webhooks_version: writer only */
     int64_t prune_cursor; /* events.seq where the orphan-event sweep resumes: writer only */
+    bool sync_normal;     /* the write connection runs synchronous=NORMAL now: writer only */
 
     pthread_mutex_t pool_mu; /* guards the read pool */
     pthread_cond_t pool_cv;  /* a read connection was returned */
@@ -1456,10 +1457,30 @@ static enum kz_err sq_write_batch(struct kz_backend *be, struct kz_op **ops, siz
     struct conn *c = be->wr;
     enum kz_err result;
     int64_t version = be->wh_version;
-    bool bump = false;
+    bool bump = false, lazy;
     size_t i;
     int rc;
 
+    /* Batches that only claim, complete, release or prune commit without an fsync
+     * (synchronous=NORMAL): losing one in a crash only means an attempt is made again, which
+     * at-least-once allows, and the next FULL commit's fsync makes it durable anyway because
+     * the WAL is written in order. Everything a client was told is committed (202s, webhooks,
+     * applications, tokens, replays) still waits for its own fsync. */
+    lazy = true;
+    for (i = 0; i < n && lazy; i++) {
+        enum kz_op_type t = ops[i]->type;
+
+        lazy = t == KZ_OP_CLAIM || t == KZ_OP_COMPLETE || t == KZ_OP_RELEASE || t == KZ_OP_PRUNE;
+    }
+    if (lazy != be->sync_normal) {
+        rc = sqlite3_exec(c->db, lazy ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL",
+                          NULL, NULL, NULL);
+        if (rc) {
+            result = fail(c, "synchronous", rc);
+            goto rollback;
+        }
+        be->sync_normal = lazy;
+    }
     rc = run_plain(c, S_BEGIN);
     if (rc) {
         result = fail(c, "begin", rc);
