@@ -28,7 +28,7 @@
 
 #define READ_MAX 8 /* read connections at most */
 #define BUSY_TIMEOUT_MS 5000
-#define WRITER_CACHE_KIB "32768" /* page cache of the write connection: indexes of big backlogs */
+#define WRITER_CACHE_KIB "16384" /* page cache of the write connection: indexes of big backlogs */
 #define PRUNE_LIMIT_MAX 100000   /* rows one PRUNE op may touch; bounds its scratch memory */
 #define ERROR_KEEP 1024          /* bytes of an attempt's error text kept */
 
