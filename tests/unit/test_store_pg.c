@@ -1,0 +1,2255 @@
+/* test_store_pg.c — the store against a real PostgreSQL server: every op and read with the
+ * SQLite backend's semantics, publish sets (duplicates inside one batch, an invalid op failing
+ * alone), SKIP LOCKED claims from two stores at once, migrations under concurrent opens,
+ * NOTIFY between two stores, reconnects after the server restarts, and throughput figures.
+ *
+ * Needs KZ_TEST_PG_URL (a database this test may wipe: it drops the store's tables before every
+ * test). Without it the test FAILS, unless KZ_TEST_PG_SKIP=1. With KZ_TEST_PG_DIR (the directory
+ * given to scripts/pg-test-server.sh) the server is also stopped and restarted mid-test.
+ *
+ *   D=$(mktemp -d); scripts/pg-test-server.sh start $D
+ *   KZ_TEST_PG_URL=$(scripts/pg-test-server.sh createdb $D kzunit) KZ_TEST_PG_DIR=$D \
+ *       build/unit/test_store_pg
+ *   scripts/pg-test-server.sh stop $D
+ */
+#include "../../src/store_pg.c"
+
+#include <stdarg.h>
+#include <setjmp.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <spawn.h>
+#include <sys/wait.h>
+
+extern char **environ;
+
+#define T0 1700000000000LL /* a fixed "now" for deterministic schedules */
+
+static const char *pg_url;
+static const char *pg_dir;
+
+struct fx {
+    struct kz_store *st;
+};
+
+/* ==== direct SQL (another "process") ==== */
+
+static PGconn *sql_conn(void)
+{
+    PGconn *c = PQconnectdb(pg_url);
+
+    if (PQstatus(c) != CONNECTION_OK)
+        fail_msg("cannot connect to %s: %s", pg_url, PQerrorMessage(c));
+    return c;
+}
+
+static void sql_exec(const char *sql)
+{
+    PGconn *c = sql_conn();
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", sql, PQerrorMessage(c));
+    PQclear(r);
+    PQfinish(c);
+}
+
+static int64_t sql_int(const char *sql)
+{
+    PGconn *c = sql_conn();
+    PGresult *r = PQexec(c, sql);
+    int64_t v = -1;
+
+    if (PQresultStatus(r) != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", sql, PQerrorMessage(c));
+    if (PQntuples(r) && !PQgetisnull(r, 0, 0))
+        v = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    PQfinish(c);
+    return v;
+}
+
+static void reset_db(void)
+{
+    sql_exec("SET client_min_messages = warning;"
+             "DROP TABLE IF EXISTS schema_version, meta, applications, access_tokens, webhooks,"
+             " events, deliveries CASCADE");
+}
+
+/* Runs scripts/pg-test-server.sh `cmd` on KZ_TEST_PG_DIR (from the repository root, where
+ * make runs the tests), its output discarded. */
+static void server(const char *cmd)
+{
+    char *argv[] = {(char *)"scripts/pg-test-server.sh", (char *)cmd, (char *)pg_dir, NULL};
+    posix_spawn_file_actions_t fa;
+    pid_t pid;
+    int status = -1;
+    int rc;
+
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+    rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc)
+        fail_msg("%s: %s", argv[0], strerror(rc));
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status))
+        fail_msg("%s %s %s: status %d", argv[0], cmd, pg_dir, status);
+}
+
+/* ==== fixture ==== */
+
+static void open_store(struct kz_store **st, size_t queue_max)
+{
+    char err[256];
+
+    if (kz_store_open(st, pg_url, queue_max, err, sizeof(err)))
+        fail_msg("kz_store_open: %s", err);
+}
+
+static int setup(void **state)
+{
+    struct fx *f = kz_calloc(1, sizeof(*f));
+
+    reset_db();
+    open_store(&f->st, 10000);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+
+    kz_store_close(f->st);
+    kz_free(f);
+    assert_int_equal(kz_alloc_live(), 0);
+    return 0;
+}
+
+/* ==== helpers (as in test_store.c) ==== */
+
+static enum kz_err exec(struct kz_store *st, struct kz_op *op)
+{
+    return kz_store_exec(st, op);
+}
+
+static void add_app(struct kz_store *st, const char *id, int64_t created_at)
+{
+    struct kz_op op = {.type = KZ_OP_APP_CREATE};
+
+    snprintf(op.u.app.id, sizeof(op.u.app.id), "%s", id);
+    op.u.app.name = (char *)"app name";
+    op.u.app.object_ids_json = (char *)"[\"g1\",\"*\"]";
+    memset(op.u.app.secret_hash, 'a', 64);
+    memset(op.u.app.refresh_hash, 'b', 64);
+    op.u.app.created_at = created_at;
+    assert_int_equal(exec(st, &op), KZ_OK);
+}
+
+static void fill_webhook(struct kz_webhook *w, const char *id, const char *app, const char *obj)
+{
+    memset(w, 0, sizeof(*w));
+    snprintf(w->id, sizeof(w->id), "%s", id);
+    snprintf(w->app_id, sizeof(w->app_id), "%s", app);
+    w->object_type = KZ_OBJ_GROUP;
+    w->object_id = (char *)obj;
+    w->event_mask = 0x1ffff;
+    w->callback_url = (char *)"https://example.com/hook";
+    w->callback_token = NULL;
+    w->callback_context = (char *)"ctx";
+    w->signing_secret = (char *)"whsec_c2VjcmV0";
+    w->ts_ms = T0;
+    w->validity_ms = T0 + 1000000;
+    w->active = true;
+}
+
+static int64_t add_webhook(struct kz_store *st, const char *id, const char *app, const char *obj)
+{
+    struct kz_op op = {.type = KZ_OP_WEBHOOK_INSERT};
+
+    fill_webhook(&op.u.webhook, id, app, obj);
+    assert_int_equal(exec(st, &op), KZ_OK);
+    return op.webhooks_version;
+}
+
+static void fill_item(struct kz_publish_item *it, const char *event_id, int64_t created_at,
+                      const char *const *ids, const bool *active, size_t n)
+{
+    memset(it, 0, sizeof(*it));
+    it->ev.event_id = (char *)event_id;
+    it->ev.event_type = KZ_EV_SURVEYRESPONSE;
+    it->ev.group_id = (char *)"g1";
+    it->ev.action_id = (char *)"a1";
+    it->ev.from_user = (char *)"+15550100";
+    it->ev.data_json = (char *)"{\"k\":1,\"s\":\"q\\\"uo{te},\\\\\"}";
+    it->ev.created_at = created_at;
+    it->webhook_ids = ids;
+    it->target_active = active;
+    it->n_targets = n;
+}
+
+/* Publishes one event to `n` webhooks, all active unless `skip` has a bit set for target i. */
+static struct kz_publish_item publish(struct kz_store *st, const char *event_id, int64_t created_at,
+                                      const char *const *ids, size_t n, unsigned skip)
+{
+    bool active[16];
+    struct kz_op op = {.type = KZ_OP_PUBLISH};
+    struct kz_publish_item it;
+    size_t i;
+
+    assert_true(n <= 16);
+    for (i = 0; i < n; i++)
+        active[i] = !(skip & (1u << i));
+    fill_item(&it, event_id, created_at, ids, active, n);
+    op.u.publish.items = &it;
+    op.u.publish.n = 1;
+    assert_int_equal(exec(st, &op), KZ_OK);
+    it.target_active = NULL;
+    return it;
+}
+
+static void claim(struct kz_store *st, struct kz_op *op, int64_t now, size_t limit,
+                  const char *const *exclude, size_t n_exclude)
+{
+    memset(op, 0, sizeof(*op));
+    op->type = KZ_OP_CLAIM;
+    op->u.claim.now = now;
+    op->u.claim.lease_until = now + 30000;
+    op->u.claim.limit = limit;
+    op->u.claim.exclude = exclude;
+    op->u.claim.n_exclude = n_exclude;
+    assert_int_equal(exec(st, op), KZ_OK);
+}
+
+static struct kz_op complete(struct kz_store *st, int64_t delivery_id, const char *wh,
+                             enum kz_dstate state, int attempts, int64_t next_at, int status)
+{
+    struct kz_attempt a;
+    struct kz_op op = {.type = KZ_OP_COMPLETE};
+
+    memset(&a, 0, sizeof(a));
+    a.delivery_id = delivery_id;
+    snprintf(a.webhook_id, sizeof(a.webhook_id), "%s", wh);
+    a.state = state;
+    a.attempts = attempts;
+    a.next_attempt_at = next_at;
+    a.status = status;
+    a.error = status ? NULL : "connection refused";
+    a.response = status ? "nope" : NULL;
+    a.response_len = status ? 4 : 0;
+    op.u.complete.items = &a;
+    op.u.complete.n = 1;
+    assert_int_equal(exec(st, &op), KZ_OK);
+    return op;
+}
+
+struct dlist {
+    size_t n;
+    int64_t id[64];
+    int state[64];
+    int attempts[64];
+    int64_t next_at[64];
+    int status[64];
+    char err0[64];
+    char resp0[64];
+    char event_id0[KZ_ID_MAX + 1];
+};
+
+static void dlist_add(void *arg, const struct kz_delivery *d)
+{
+    struct dlist *l = arg;
+
+    if (l->n == 0) {
+        snprintf(l->err0, sizeof(l->err0), "%s", d->last_error ? d->last_error : "");
+        snprintf(l->resp0, sizeof(l->resp0), "%s", d->last_response ? d->last_response : "");
+        snprintf(l->event_id0, sizeof(l->event_id0), "%s", d->event_id);
+    }
+    if (l->n < 64) {
+        l->id[l->n] = d->id;
+        l->state[l->n] = d->state;
+        l->attempts[l->n] = d->attempts;
+        l->next_at[l->n] = d->next_attempt_at;
+        l->status[l->n] = d->last_status;
+    }
+    l->n++;
+}
+
+static struct dlist list_deliveries(struct kz_store *st, const char *wh, int state, int64_t cursor,
+                                    size_t limit)
+{
+    struct dlist l;
+
+    memset(&l, 0, sizeof(l));
+    assert_int_equal(kz_store_delivery_list(st, wh, state, cursor, limit, dlist_add, &l), KZ_OK);
+    return l;
+}
+
+static int64_t meta_version(struct kz_store *st)
+{
+    struct kz_buf b;
+    int64_t v;
+
+    kz_buf_init(&b, 64);
+    assert_int_equal(kz_store_meta_get(st, "webhooks_version", &b), KZ_OK);
+    v = strtoll(kz_buf_cstr(&b), NULL, 10);
+    kz_buf_cleanup(&b);
+    return v;
+}
+
+struct counter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+    int failed;
+};
+
+static void count_done(struct kz_op *op, void *arg)
+{
+    struct counter *c = arg;
+
+    pthread_mutex_lock(&c->mu);
+    c->done++;
+    if (op->result)
+        c->failed++;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static void counter_wait(struct counter *c, int n)
+{
+    pthread_mutex_lock(&c->mu);
+    while (c->done < n)
+        pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* A done() that parks the writer until the test lets it go, so that the ops submitted meanwhile
+ * land in one batch. */
+struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool entered, open;
+};
+
+static void gate_done(struct kz_op *op, void *arg)
+{
+    struct gate *g = arg;
+
+    (void)op;
+    pthread_mutex_lock(&g->mu);
+    g->entered = true;
+    pthread_cond_broadcast(&g->cv);
+    while (!g->open)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Parks the writer of `st` inside the done() of a META_SET. */
+static void gate_close(struct kz_store *st, struct gate *g, struct kz_op *first)
+{
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    g->entered = false;
+    g->open = false;
+    memset(first, 0, sizeof(*first));
+    first->type = KZ_OP_META_SET;
+    first->u.meta.key = "gate";
+    first->u.meta.value = "v";
+    first->done = gate_done;
+    first->arg = g;
+    assert_int_equal(kz_store_submit(st, first), KZ_OK);
+    pthread_mutex_lock(&g->mu);
+    while (!g->entered)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void gate_open(struct gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->open = true;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void gate_destroy(struct gate *g)
+{
+    pthread_cond_destroy(&g->cv);
+    pthread_mutex_destroy(&g->mu);
+}
+
+static void counter_init(struct counter *c)
+{
+    memset(c, 0, sizeof(*c));
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+}
+
+static void counter_destroy(struct counter *c)
+{
+    pthread_cond_destroy(&c->cv);
+    pthread_mutex_destroy(&c->mu);
+}
+
+/* ==== open, migrations, durability ==== */
+
+static void test_reopen_idempotent_and_durable(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1"};
+    struct kz_app app;
+    struct kz_buf b;
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    publish(f->st, "ev-1", T0, ids, 1, 0);
+    kz_store_close(f->st);
+    f->st = NULL;
+    open_store(&f->st, 100);
+    kz_store_close(f->st);
+    f->st = NULL;
+    open_store(&f->st, 100);
+
+    assert_int_equal(sql_int("SELECT count(*) FROM schema_version"),
+                     (int64_t)KZ_ARRAY_LEN(migrations));
+    assert_int_equal(sql_int("SELECT MAX(version) FROM schema_version"),
+                     (int64_t)KZ_ARRAY_LEN(migrations));
+    assert_int_equal(kz_store_app_get(f->st, "app-1", &app), KZ_OK);
+    assert_string_equal(app.name, "app name");
+    assert_int_equal(app.created_at, T0);
+    kz_app_cleanup(&app);
+    assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 10).n, 1);
+    assert_int_equal(meta_version(f->st), 1);
+
+    kz_buf_init(&b, 64);
+    assert_int_equal(kz_store_meta_get(f->st, "no-such-key", &b), KZ_ERR_NOTFOUND);
+    kz_buf_cleanup(&b);
+    assert_int_equal(kz_store_ping(f->st), KZ_OK);
+}
+
+static void test_open_errors(void **state)
+{
+    struct kz_store *st = NULL;
+    char err[256];
+    int64_t t0 = kz_mono_ms();
+
+    (void)state;
+    /* nothing listens on port 1: refused at once */
+    assert_int_equal(kz_store_open(&st, "postgresql://u@127.0.0.1:1/db", 10, err, sizeof(err)),
+                     KZ_ERR_DB);
+    assert_non_null(strstr(err, "PostgreSQL"));
+    assert_int_equal(kz_store_open(&st, "postgres://u@127.0.0.1:1/db", 10, err, sizeof(err)),
+                     KZ_ERR_DB);
+    assert_null(st);
+    assert_true(kz_mono_ms() - t0 < 3000);
+}
+
+struct open_arg {
+    struct kz_store *st;
+    enum kz_err e;
+    char err[256];
+};
+
+static void *open_thread(void *p)
+{
+    struct open_arg *a = p;
+
+    a->e = kz_store_open(&a->st, pg_url, 100, a->err, sizeof(a->err));
+    return NULL;
+}
+
+/* Nodes starting together on an empty database migrate it exactly once (advisory lock). */
+static void test_concurrent_open_migrates_once(void **state)
+{
+    struct fx *f = *state;
+    struct open_arg args[3];
+    pthread_t th[3];
+    int i;
+
+    kz_store_close(f->st);
+    f->st = NULL;
+    reset_db();
+    memset(args, 0, sizeof(args));
+    for (i = 0; i < 3; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, open_thread, &args[i]), 0);
+    for (i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+        if (args[i].e)
+            fail_msg("open %d: %s", i, args[i].err);
+    }
+    assert_int_equal(sql_int("SELECT count(*) FROM schema_version"),
+                     (int64_t)KZ_ARRAY_LEN(migrations));
+    assert_int_equal(sql_int("SELECT count(*) FROM meta WHERE key = 'webhooks_version'"), 1);
+    add_app(args[0].st, "app-1", T0);
+    add_webhook(args[1].st, "wh-1", "app-1", "g1");
+    assert_int_equal(meta_version(args[2].st), 1);
+    for (i = 0; i < 3; i++)
+        kz_store_close(args[i].st);
+    open_store(&f->st, 100);
+}
+
+static void test_schema_newer_than_binary(void **state)
+{
+    struct fx *f = *state;
+    struct kz_store *st = NULL;
+    char err[256];
+
+    sql_exec("INSERT INTO schema_version VALUES (999)");
+    assert_int_equal(kz_store_open(&st, pg_url, 10, err, sizeof(err)), KZ_ERR_DB);
+    assert_non_null(strstr(err, "newer"));
+    assert_null(st);
+    sql_exec("DELETE FROM schema_version WHERE version = 999");
+    /* the advisory lock was given back: another open works */
+    assert_int_equal(kz_store_open(&st, pg_url, 10, err, sizeof(err)), KZ_OK);
+    kz_store_close(st);
+    assert_int_equal(kz_store_ping(f->st), KZ_OK);
+}
+
+/* ==== meta, apps, tokens ==== */
+
+static void test_meta(void **state)
+{
+    struct fx *f = *state;
+    struct kz_op op = {.type = KZ_OP_META_SET};
+    struct kz_buf b;
+
+    op.u.meta.key = "admin_token_hash";
+    op.u.meta.value = "abc";
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    op.u.meta.value = "def";
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    kz_buf_init(&b, 2);
+    assert_int_equal(kz_store_meta_get(f->st, "admin_token_hash", &b), KZ_ERR_TOOBIG);
+    kz_buf_cleanup(&b);
+    kz_buf_init(&b, 64);
+    assert_int_equal(kz_store_meta_get(f->st, "admin_token_hash", &b), KZ_OK);
+    assert_string_equal(kz_buf_cstr(&b), "def");
+    kz_buf_cleanup(&b);
+    op.u.meta.value = NULL;
+    assert_int_equal(exec(f->st, &op), KZ_ERR_INVALID);
+}
+
+struct applist {
+    size_t n;
+    char ids[8][40];
+};
+
+static void applist_add(void *arg, const struct kz_app *a)
+{
+    struct applist *l = arg;
+
+    if (l->n < 8)
+        snprintf(l->ids[l->n], 40, "%s", a->id);
+    l->n++;
+}
+
+static void test_apps(void **state)
+{
+    struct fx *f = *state;
+    struct kz_op op = {.type = KZ_OP_APP_CREATE};
+    struct applist l;
+    struct kz_app a;
+
+    add_app(f->st, "zzz", T0 + 5);
+    add_app(f->st, "aaa", T0 + 1);
+    add_app(f->st, "mmm", T0 + 9);
+    snprintf(op.u.app.id, sizeof(op.u.app.id), "aaa");
+    assert_int_equal(exec(f->st, &op), KZ_ERR_CONFLICT);
+
+    memset(&l, 0, sizeof(l));
+    assert_int_equal(kz_store_app_list(f->st, applist_add, &l), KZ_OK);
+    assert_int_equal(l.n, 3);
+    assert_string_equal(l.ids[0], "zzz"); /* creation order */
+    assert_string_equal(l.ids[1], "aaa");
+    assert_string_equal(l.ids[2], "mmm");
+
+    assert_int_equal(kz_store_app_get(f->st, "aaa", &a), KZ_OK);
+    assert_string_equal(a.object_ids_json, "[\"g1\",\"*\"]");
+    assert_int_equal(strlen(a.secret_hash), 64);
+    assert_int_equal(a.secret_hash[0], 'a');
+    assert_int_equal(a.refresh_hash[63], 'b');
+    kz_app_cleanup(&a);
+    assert_int_equal(kz_store_app_get(f->st, "nope", &a), KZ_ERR_NOTFOUND);
+}
+
+static void test_tokens(void **state)
+{
+    struct fx *f = *state;
+    struct kz_op op = {.type = KZ_OP_TOKEN_ADD};
+    int64_t now = kz_now_ms();
+    char app_id[40];
+    int64_t exp;
+
+    add_app(f->st, "app-1", T0);
+    op.u.token.hash = "h-old";
+    op.u.token.app_id = "app-1";
+    op.u.token.expires_at = now - 1000; /* already expired */
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(kz_store_token_get(f->st, "h-old", app_id, &exp), KZ_OK);
+    assert_string_equal(app_id, "app-1");
+    assert_int_equal(exp, now - 1000);
+
+    op.u.token.hash = "h-new";
+    op.u.token.expires_at = now + 3600000;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(kz_store_token_get(f->st, "h-new", app_id, &exp), KZ_OK);
+    assert_int_equal(exp, now + 3600000);
+    assert_int_equal(kz_store_token_get(f->st, "h-old", app_id, &exp), KZ_ERR_NOTFOUND);
+    assert_int_equal(exec(f->st, &op), KZ_ERR_CONFLICT);
+}
+
+/* ==== webhooks ==== */
+
+struct whlist {
+    size_t n;
+    char ids[8][40];
+    bool active[8];
+};
+
+static void whlist_add(void *arg, const struct kz_webhook *w)
+{
+    struct whlist *l = arg;
+
+    if (l->n < 8) {
+        snprintf(l->ids[l->n], 40, "%s", w->id);
+        l->active[l->n] = w->active;
+    }
+    l->n++;
+}
+
+static struct whlist list_webhooks(struct kz_store *st, const char *app, int type, const char *obj)
+{
+    struct whlist l;
+
+    memset(&l, 0, sizeof(l));
+    assert_int_equal(kz_store_webhook_list(st, app, type, obj, whlist_add, &l), KZ_OK);
+    return l;
+}
+
+static void test_webhooks_crud(void **state)
+{
+    struct fx *f = *state;
+    struct kz_op op;
+    struct kz_webhook w;
+    struct whlist l;
+    int64_t v0 = meta_version(f->st);
+    int64_t v;
+
+    add_app(f->st, "app-1", T0);
+    add_app(f->st, "app-2", T0);
+    v = add_webhook(f->st, "wh-c", "app-1", "g1");
+    assert_int_equal(v, v0 + 1);
+    assert_int_equal(meta_version(f->st), v0 + 1);
+    add_webhook(f->st, "wh-a", "app-1", "g2");
+    add_webhook(f->st, "wh-b", "app-2", "g1");
+
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_WEBHOOK_INSERT;
+    fill_webhook(&op.u.webhook, "wh-a", "app-1", "g1");
+    assert_int_equal(exec(f->st, &op), KZ_ERR_CONFLICT);
+    assert_int_equal(op.webhooks_version, v0 + 3); /* a failed op changes nothing */
+
+    assert_int_equal(kz_store_webhook_get(f->st, "wh-c", &w), KZ_OK);
+    assert_string_equal(w.app_id, "app-1");
+    assert_string_equal(w.object_id, "g1");
+    assert_int_equal(w.object_type, KZ_OBJ_GROUP);
+    assert_int_equal(w.event_mask, 0x1ffff);
+    assert_null(w.callback_token);
+    assert_string_equal(w.callback_context, "ctx");
+    assert_string_equal(w.signing_secret, "whsec_c2VjcmV0");
+    assert_int_equal(w.validity_ms, T0 + 1000000);
+    assert_true(w.active);
+    kz_webhook_cleanup(&w);
+    assert_int_equal(kz_store_webhook_get(f->st, "nope", &w), KZ_ERR_NOTFOUND);
+
+    l = list_webhooks(f->st, "app-1", -1, NULL);
+    assert_int_equal(l.n, 2);
+    assert_string_equal(l.ids[0], "wh-c"); /* creation order, not id order */
+    assert_string_equal(l.ids[1], "wh-a");
+    assert_int_equal(list_webhooks(f->st, "app-1", KZ_OBJ_GROUP, "g2").n, 1);
+    assert_int_equal(list_webhooks(f->st, "app-1", KZ_OBJ_ACTION, NULL).n, 0);
+    assert_int_equal(list_webhooks(f->st, NULL, -1, "g1").n, 2);
+    assert_int_equal(list_webhooks(f->st, NULL, -1, NULL).n, 3);
+
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_WEBHOOK_UPDATE;
+    fill_webhook(&op.u.webhook, "wh-c", "app-2", "g9");
+    assert_int_equal(exec(f->st, &op), KZ_ERR_NOTFOUND);
+    fill_webhook(&op.u.webhook, "wh-c", "app-1", "g9");
+    op.u.webhook.callback_url = (char *)"https://example.org/new";
+    op.u.webhook.callback_token = (char *)"tok";
+    op.u.webhook.callback_context = NULL;
+    op.u.webhook.signing_secret = NULL;
+    op.u.webhook.event_mask = 3;
+    op.u.webhook.active = false;
+    op.u.webhook.ts_ms = 1; /* immutable */
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.webhooks_version, v0 + 4);
+    assert_int_equal(kz_store_webhook_get(f->st, "wh-c", &w), KZ_OK);
+    assert_string_equal(w.object_id, "g9");
+    assert_string_equal(w.callback_url, "https://example.org/new");
+    assert_string_equal(w.callback_token, "tok");
+    assert_null(w.callback_context);
+    assert_string_equal(w.signing_secret, "whsec_c2VjcmV0");
+    assert_int_equal(w.event_mask, 3);
+    assert_int_equal(w.ts_ms, T0);
+    assert_false(w.active);
+    kz_webhook_cleanup(&w);
+
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_WEBHOOK_ACTIVE;
+    op.u.active.id = "wh-c";
+    op.u.active.flag = true;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.webhooks_version, v0 + 5);
+    assert_true(list_webhooks(f->st, "app-1", -1, "g9").active[0]);
+    op.u.active.id = "nope";
+    assert_int_equal(exec(f->st, &op), KZ_ERR_NOTFOUND);
+
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_WEBHOOK_DELETE;
+    op.u.del.id = "wh-b";
+    op.u.del.app_id = "app-1";
+    assert_int_equal(exec(f->st, &op), KZ_ERR_NOTFOUND);
+    op.u.del.app_id = "";
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(kz_store_webhook_get(f->st, "wh-b", &w), KZ_ERR_NOTFOUND);
+    assert_int_equal(exec(f->st, &op), KZ_ERR_NOTFOUND);
+    assert_int_equal(meta_version(f->st), v0 + 6);
+}
+
+static void test_webhook_delete_cascades(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1", "wh-2"};
+    struct kz_op op = {.type = KZ_OP_WEBHOOK_DELETE};
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    add_webhook(f->st, "wh-2", "app-1", "g1");
+    publish(f->st, "ev-1", T0, ids, 2, 0);
+    publish(f->st, "ev-2", T0, ids, 2, 0);
+    op.u.del.id = "wh-1";
+    op.u.del.app_id = "app-1";
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 10).n, 0);
+    assert_int_equal(list_deliveries(f->st, "wh-2", -1, 0, 10).n, 2);
+}
+
+static void test_app_delete_cascades(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1", "wh-2", "wh-3"};
+    struct kz_op op = {.type = KZ_OP_APP_DELETE};
+    struct kz_op tok = {.type = KZ_OP_TOKEN_ADD};
+    struct kz_app a;
+    char app_id[40];
+    int64_t exp;
+    int64_t v;
+
+    add_app(f->st, "app-1", T0);
+    add_app(f->st, "app-2", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    add_webhook(f->st, "wh-2", "app-1", "g1");
+    v = add_webhook(f->st, "wh-3", "app-2", "g1");
+    tok.u.token.hash = "h1";
+    tok.u.token.app_id = "app-1";
+    tok.u.token.expires_at = kz_now_ms() + 100000;
+    assert_int_equal(exec(f->st, &tok), KZ_OK);
+    publish(f->st, "ev-1", T0, ids, 3, 0);
+
+    op.u.id = "app-1";
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.webhooks_version, v + 1);
+    assert_int_equal(kz_store_app_get(f->st, "app-1", &a), KZ_ERR_NOTFOUND);
+    assert_int_equal(kz_store_token_get(f->st, "h1", app_id, &exp), KZ_ERR_NOTFOUND);
+    assert_int_equal(list_webhooks(f->st, "app-1", -1, NULL).n, 0);
+    assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 10).n, 0);
+    assert_int_equal(list_deliveries(f->st, "wh-2", -1, 0, 10).n, 0);
+    assert_int_equal(list_deliveries(f->st, "wh-3", -1, 0, 10).n, 1);
+    assert_int_equal(list_webhooks(f->st, "app-2", -1, NULL).n, 1);
+    assert_int_equal(exec(f->st, &op), KZ_ERR_NOTFOUND);
+}
+
+/* ==== publish ==== */
+
+static void test_publish_and_idempotency(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1", "wh-2", "wh-3"};
+    struct kz_publish_item it, again;
+    struct kz_publish_item items[3];
+    bool act[3] = {true, true, true};
+    struct kz_op op = {.type = KZ_OP_PUBLISH};
+    struct kz_op cl;
+    struct dlist l;
+    size_t i;
+
+    add_app(f->st, "app-1", T0);
+    for (i = 0; i < 3; i++)
+        add_webhook(f->st, ids[i], "app-1", "g1");
+    it = publish(f->st, "ev-1", T0, ids, 3, 1u << 1); /* wh-2 inactive: skipped */
+    assert_false(it.duplicate);
+    assert_int_equal(it.deliveries, 3);
+    assert_true(it.seq > 0);
+    l = list_deliveries(f->st, "wh-2", -1, 0, 10);
+    assert_int_equal(l.n, 1);
+    assert_int_equal(l.state[0], KZ_D_SKIPPED);
+    assert_string_equal(l.event_id0, "ev-1");
+    l = list_deliveries(f->st, "wh-1", -1, 0, 10);
+    assert_int_equal(l.state[0], KZ_D_PENDING);
+    assert_int_equal(l.next_at[0], T0);
+    assert_int_equal(l.attempts[0], 0);
+    /* every stored field survives the array literals (quotes, braces, backslashes) */
+    claim(f->st, &cl, T0, 1, NULL, 0);
+    assert_int_equal(cl.u.claim.n_out, 1);
+    assert_string_equal(cl.u.claim.out[0].ev.data_json, "{\"k\":1,\"s\":\"q\\\"uo{te},\\\\\"}");
+    assert_string_equal(cl.u.claim.out[0].ev.from_user, "+15550100");
+    assert_null(cl.u.claim.out[0].ev.from_user_pic);
+    assert_int_equal(cl.u.claim.out[0].ev.seq, it.seq);
+    kz_claim_cleanup(&cl);
+
+    again = publish(f->st, "ev-1", T0 + 5, ids, 1, 0);
+    assert_true(again.duplicate);
+    assert_int_equal(again.seq, it.seq);
+    assert_int_equal(again.deliveries, 3);
+    assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 10).n, 1);
+
+    /* a duplicate inside one op */
+    memset(items, 0, sizeof(items));
+    for (i = 0; i < 3; i++)
+        fill_item(&items[i], i == 1 ? "ev-x" : "ev-y", T0, ids, act, i + 1);
+    op.u.publish.items = items;
+    op.u.publish.n = 3;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_false(items[0].duplicate);
+    assert_false(items[1].duplicate);
+    assert_true(items[2].duplicate);
+    assert_int_equal(items[2].seq, items[0].seq);
+    assert_int_equal(items[2].deliveries, 1);
+    assert_int_equal(items[1].deliveries, 2);
+    assert_int_not_equal(items[1].seq, items[0].seq);
+    assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 10).n, 3);
+    assert_int_equal(list_deliveries(f->st, "wh-3", -1, 0, 10).n, 1);
+
+    it = publish(f->st, "ev-none", T0, NULL, 0, 0);
+    assert_false(it.duplicate);
+    assert_int_equal(it.deliveries, 0);
+    it = publish(f->st, "ev-none", T0, NULL, 0, 0);
+    assert_true(it.duplicate);
+
+    memset(items, 0, sizeof(items));
+    op.u.publish.items = items;
+    op.u.publish.n = 1;
+    assert_int_equal(exec(f->st, &op), KZ_ERR_INVALID);
+    op.u.publish.items = NULL; /* n items promised, none given */
+    assert_int_equal(exec(f->st, &op), KZ_ERR_INVALID);
+}
+
+/* Many PUBLISH ops in one batch become one set: duplicates across ops and against stored events
+ * are reported per item; an invalid op (no event_id) and an op the server rejects (invalid
+ * UTF-8) fail alone; a webhook delete in the same batch still removes deliveries published
+ * before it; the batch is one transaction. */
+static void test_publish_batch_set(void **state)
+{
+    struct fx *f = *state;
+    static const char *const ids[] = {"wh-1", "wh-2"};
+    static const char *const wh3[] = {"wh-3"};
+    static const char *const wh13[] = {"wh-1", "wh-3"};
+    static const bool act[] = {true, false};
+    struct gate g;
+    struct kz_op first;
+    struct counter cnt;
+    struct kz_op ops[8];
+    struct kz_publish_item items[8][2];
+    char bad_utf8[] = {'e', 'v', '-', (char)0xff, '\0'};
+    uint64_t b0, o0, b1, o1;
+    struct dlist l;
+    int i;
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    add_webhook(f->st, "wh-2", "app-1", "g1");
+    add_webhook(f->st, "wh-3", "app-1", "g1");
+    publish(f->st, "ev-old", T0, ids, 1, 0);
+
+    counter_init(&cnt);
+    gate_close(f->st, &g, &first);
+    memset(ops, 0, sizeof(ops));
+    memset(items, 0, sizeof(items));
+    /* 0: ev-a, ev-b | 1: ev-b (dup of op 0), ev-old (stored) | 2: no event_id (invalid)
+     * 3: ev-c | 4: invalid UTF-8 (server rejects) | 5: ev-a again, ev-d | 6: delete wh-3
+     * 7: ev-e to wh-3 (after the delete: kept) */
+    fill_item(&items[0][0], "ev-a", T0 + 1, ids, act, 2);
+    fill_item(&items[0][1], "ev-b", T0 + 2, ids, act, 1);
+    fill_item(&items[1][0], "ev-b", T0 + 3, ids, act, 2);
+    fill_item(&items[1][1], "ev-old", T0 + 3, ids, act, 2);
+    fill_item(&items[2][0], NULL, T0, ids, act, 1);
+    fill_item(&items[3][0], "ev-c", T0 + 4, ids, act, 2);
+    fill_item(&items[4][0], bad_utf8, T0 + 5, ids, act, 1);
+    fill_item(&items[5][0], "ev-a", T0 + 6, ids, act, 1);
+    fill_item(&items[5][1], "ev-d", T0 + 7, ids + 1, act, 1);
+    for (i = 0; i < 8; i++) {
+        ops[i].type = KZ_OP_PUBLISH;
+        ops[i].u.publish.items = items[i];
+        ops[i].u.publish.n = (i == 0 || i == 1 || i == 5) ? 2 : 1;
+        ops[i].done = count_done;
+        ops[i].arg = &cnt;
+    }
+    fill_item(&items[7][0], "ev-e", T0 + 8, wh3, act, 1);
+    /* and a delivery to wh-3 from op 3, published before the delete: deleted with it */
+    items[3][0].webhook_ids = wh13;
+    ops[6].type = KZ_OP_WEBHOOK_DELETE;
+    ops[6].u.del.id = "wh-3";
+    ops[6].u.del.app_id = "";
+    for (i = 0; i < 8; i++)
+        assert_int_equal(kz_store_submit(f->st, &ops[i]), KZ_OK);
+    kz_store_stats(f->st, &b0, &o0);
+    gate_open(&g);
+    counter_wait(&cnt, 8);
+    kz_store_stats(f->st, &b1, &o1);
+    assert_int_equal(b1 - b0, 1); /* the gate op's batch, then one batch of 8 */
+
+    assert_int_equal(ops[0].result, KZ_OK);
+    assert_false(items[0][0].duplicate);
+    assert_false(items[0][1].duplicate);
+    assert_true(items[0][0].seq < items[0][1].seq);
+    assert_int_equal(items[0][0].deliveries, 2);
+    assert_int_equal(ops[1].result, KZ_OK);
+    assert_true(items[1][0].duplicate);
+    assert_int_equal(items[1][0].seq, items[0][1].seq);
+    assert_int_equal(items[1][0].deliveries, 1);
+    assert_true(items[1][1].duplicate);
+    assert_int_equal(items[1][1].deliveries, 1);
+    assert_int_equal(ops[2].result, KZ_ERR_INVALID);
+    assert_int_equal(ops[3].result, KZ_OK);
+    assert_int_equal(ops[4].result, KZ_ERR_INVALID);
+    assert_int_equal(items[4][0].seq, 0);
+    assert_int_equal(ops[5].result, KZ_OK);
+    assert_true(items[5][0].duplicate);
+    assert_int_equal(items[5][0].seq, items[0][0].seq);
+    assert_false(items[5][1].duplicate);
+    assert_int_equal(ops[6].result, KZ_OK);
+    assert_int_equal(ops[7].result, KZ_OK);
+    assert_false(items[7][0].duplicate);
+
+    /* wh-1: ev-old, ev-a, ev-b, ev-c; wh-2: ev-a (skipped), ev-d (pending) */
+    l = list_deliveries(f->st, "wh-1", -1, 0, 10);
+    assert_int_equal(l.n, 4);
+    l = list_deliveries(f->st, "wh-2", -1, 0, 10);
+    assert_int_equal(l.n, 2);
+    assert_int_equal(l.state[0], KZ_D_PENDING); /* newest first: ev-d */
+    assert_int_equal(l.state[1], KZ_D_SKIPPED);
+    assert_int_equal(list_deliveries(f->st, "wh-3", -1, 0, 10).n, 1); /* ev-e only */
+    assert_int_equal(sql_int("SELECT count(*) FROM events"), 6);
+    assert_int_equal(sql_int("SELECT n_deliveries FROM events WHERE event_id = 'ev-c'"), 2);
+    gate_destroy(&g);
+    counter_destroy(&cnt);
+}
+
+static void test_failed_op_rolls_back_alone(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1"};
+    const char *bad_ids[] = {"wh-1", NULL};
+    bool act[2] = {true, true};
+    struct kz_publish_item bad;
+    struct kz_op op = {.type = KZ_OP_PUBLISH};
+    struct kz_publish_item it;
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    memset(&bad, 0, sizeof(bad));
+    bad.ev.event_id = (char *)"ev-bad";
+    bad.webhook_ids = bad_ids;
+    bad.target_active = act;
+    bad.n_targets = 2;
+    op.u.publish.items = &bad;
+    op.u.publish.n = 1;
+    assert_int_equal(exec(f->st, &op), KZ_ERR_INVALID);
+    assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 10).n, 0);
+    it = publish(f->st, "ev-bad", T0, ids, 1, 0);
+    assert_false(it.duplicate);
+}
+
+/* ==== claim, complete, replay, release ==== */
+
+static void setup_backlog(struct kz_store *st)
+{
+    const char *ids[] = {"wh-1", "wh-2"};
+
+    add_app(st, "app-1", T0);
+    add_webhook(st, "wh-1", "app-1", "g1");
+    add_webhook(st, "wh-2", "app-1", "g1");
+    publish(st, "ev-3", T0 + 30, ids, 2, 0);
+    publish(st, "ev-1", T0 + 10, ids, 2, 0);
+    publish(st, "ev-2", T0 + 20, ids, 1, 0);
+    publish(st, "ev-late", T0 + 100000, ids, 2, 0);
+}
+
+static void test_claim_order_limit_exclude_lease(void **state)
+{
+    struct fx *f = *state;
+    const char *excl[] = {"wh-2"};
+    struct kz_op op;
+    struct kz_claimed *r;
+    struct dlist l;
+
+    setup_backlog(f->st);
+    claim(f->st, &op, T0 + 1000, 3, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 3);
+    r = op.u.claim.out;
+    assert_string_equal(r[0].ev.event_id, "ev-1");
+    assert_string_equal(r[0].wh.id, "wh-1");
+    assert_string_equal(r[1].ev.event_id, "ev-1");
+    assert_string_equal(r[1].wh.id, "wh-2");
+    assert_true(r[0].delivery_id < r[1].delivery_id);
+    assert_string_equal(r[2].ev.event_id, "ev-2");
+    assert_string_equal(r[0].wh.callback_url, "https://example.com/hook");
+    assert_string_equal(r[0].wh.signing_secret, "whsec_c2VjcmV0");
+    assert_string_equal(r[0].ev.group_id, "g1");
+    assert_null(r[0].ev.action_package_id);
+    assert_int_equal(r[0].ev.event_type, KZ_EV_SURVEYRESPONSE);
+    assert_int_equal(r[0].ev.created_at, T0 + 10);
+    assert_int_equal(r[0].created_at, T0 + 10);
+    assert_int_equal(r[0].attempts, 0);
+    assert_true(r[0].wh.active);
+    assert_int_equal(r[0].wh.event_mask, 0x1ffff);
+
+    l = list_deliveries(f->st, "wh-1", KZ_D_PENDING, 0, 10);
+    assert_int_equal(l.n, 4);
+    kz_claim_cleanup(&op);
+    assert_null(op.u.claim.out);
+    assert_int_equal(sql_int("SELECT count(*) FROM deliveries WHERE state = 1 AND lease_until = "
+                             "1700000031000"),
+                     3);
+
+    claim(f->st, &op, T0 + 1000, 10, excl, 1);
+    assert_int_equal(op.u.claim.n_out, 1);
+    assert_string_equal(op.u.claim.out[0].ev.event_id, "ev-3");
+    assert_string_equal(op.u.claim.out[0].wh.id, "wh-1");
+    kz_claim_cleanup(&op);
+    claim(f->st, &op, T0 + 1000, 10, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 1);
+    assert_string_equal(op.u.claim.out[0].wh.id, "wh-2");
+    kz_claim_cleanup(&op);
+    claim(f->st, &op, T0 + 1000, 10, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 0);
+    kz_claim_cleanup(&op);
+    claim(f->st, &op, T0 + 1000, 0, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 0);
+
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_RELEASE;
+    op.u.release.now = T0 + 1000 + 29999;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.u.release.released, 0);
+    op.u.release.now = T0 + 1000 + 30001;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.u.release.released, 5);
+    claim(f->st, &op, T0 + 1000 + 30001, 100, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 5);
+    kz_claim_cleanup(&op);
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_RELEASE;
+    op.u.release.now = T0;
+    op.u.release.all = true;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.u.release.released, 5);
+}
+
+/* Two stores (two nodes) claim a backlog concurrently: SKIP LOCKED hands each row to exactly
+ * one of them. */
+#define SL_EVENTS 600
+#define SL_TARGETS 4
+
+struct sl_arg {
+    struct kz_store *st;
+    int64_t *ids;
+    size_t n;
+    size_t claims;
+};
+
+static void *sl_thread(void *p)
+{
+    struct sl_arg *a = p;
+    struct kz_op op;
+    size_t i;
+
+    for (;;) {
+        memset(&op, 0, sizeof(op));
+        op.type = KZ_OP_CLAIM;
+        op.u.claim.now = T0 + 1000;
+        op.u.claim.lease_until = T0 + 60000;
+        op.u.claim.limit = 7;
+        if (kz_store_exec(a->st, &op))
+            return (void *)1;
+        a->claims++;
+        if (!op.u.claim.n_out)
+            break;
+        for (i = 0; i < op.u.claim.n_out; i++)
+            a->ids[a->n++] = op.u.claim.out[i].delivery_id;
+        kz_claim_cleanup(&op);
+    }
+    return NULL;
+}
+
+static int cmp_i64(const void *x, const void *y)
+{
+    int64_t a = *(const int64_t *)x;
+    int64_t b = *(const int64_t *)y;
+
+    return (a > b) - (a < b);
+}
+
+static void test_claim_skip_locked_two_nodes(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[SL_TARGETS] = {"wh-1", "wh-2", "wh-3", "wh-4"};
+    bool act[SL_TARGETS] = {true, true, true, true};
+    struct kz_publish_item *items = kz_calloc(SL_EVENTS, sizeof(*items));
+    char(*evid)[16] = kz_calloc(SL_EVENTS, sizeof(*evid));
+    struct kz_op op = {.type = KZ_OP_PUBLISH};
+    struct sl_arg a[4];
+    pthread_t th[4];
+    struct kz_store *other = NULL;
+    int64_t *all;
+    size_t total = 0;
+    void *ret;
+    int i;
+
+    add_app(f->st, "app-1", T0);
+    for (i = 0; i < SL_TARGETS; i++)
+        add_webhook(f->st, ids[i], "app-1", "g1");
+    for (i = 0; i < SL_EVENTS; i++) {
+        snprintf(evid[i], sizeof(evid[i]), "sl-%d", i);
+        fill_item(&items[i], evid[i], T0 + (i % 50), ids, act, SL_TARGETS);
+    }
+    op.u.publish.items = items;
+    op.u.publish.n = SL_EVENTS;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    open_store(&other, 1000);
+
+    memset(a, 0, sizeof(a));
+    for (i = 0; i < 4; i++) { /* two claimers per node: a node's claims queue on its writer */
+        a[i].st = i % 2 ? other : f->st;
+        a[i].ids = kz_calloc(SL_EVENTS * SL_TARGETS, sizeof(int64_t));
+        assert_int_equal(pthread_create(&th[i], NULL, sl_thread, &a[i]), 0);
+    }
+    for (i = 0; i < 4; i++) {
+        pthread_join(th[i], &ret);
+        assert_null(ret);
+    }
+    all = kz_calloc(SL_EVENTS * SL_TARGETS, sizeof(int64_t));
+    for (i = 0; i < 4; i++) {
+        assert_true(total + a[i].n <= SL_EVENTS * SL_TARGETS);
+        memcpy(all + total, a[i].ids, a[i].n * sizeof(int64_t));
+        total += a[i].n;
+    }
+    print_message("skip locked: node A %zu + %zu rows, node B %zu + %zu rows\n", a[0].n, a[2].n,
+                  a[1].n, a[3].n);
+    assert_int_equal(total, SL_EVENTS * SL_TARGETS);
+    qsort(all, total, sizeof(int64_t), cmp_i64);
+    for (i = 1; i < (int)total; i++)
+        assert_true(all[i] != all[i - 1]);
+    assert_true(a[1].n + a[3].n > 0 && a[0].n + a[2].n > 0);
+    assert_int_equal(sql_int("SELECT count(*) FROM deliveries WHERE state = 1"),
+                     SL_EVENTS * SL_TARGETS);
+    kz_store_close(other);
+    for (i = 0; i < 4; i++)
+        kz_free(a[i].ids);
+    kz_free(all);
+    kz_free(items);
+    kz_free(evid);
+}
+
+static void test_complete_retry_success_dead(void **state)
+{
+    struct fx *f = *state;
+    struct kz_op op, res;
+    struct dlist l;
+    struct kz_webhook w;
+    int64_t d1, d2, d3, v;
+    int64_t now = T0 + 1000;
+
+    setup_backlog(f->st);
+    claim(f->st, &op, now, 3, NULL, 0);
+    d1 = op.u.claim.out[0].delivery_id;
+    d2 = op.u.claim.out[1].delivery_id;
+    d3 = op.u.claim.out[2].delivery_id;
+    kz_claim_cleanup(&op);
+    v = meta_version(f->st);
+
+    res = complete(f->st, d1, "wh-1", KZ_D_PENDING, 1, now + 60000, 500);
+    assert_int_equal(res.webhooks_version, v);
+    complete(f->st, d3, "wh-1", KZ_D_SUCCEEDED, 1, 0, 200);
+    l = list_deliveries(f->st, "wh-1", -1, 0, 10);
+    assert_int_equal(l.n, 4);
+    assert_int_equal(l.id[2], d1);
+    assert_int_equal(l.state[2], KZ_D_PENDING);
+    assert_int_equal(l.attempts[2], 1);
+    assert_int_equal(l.next_at[2], now + 60000);
+    assert_int_equal(l.status[2], 500);
+    assert_int_equal(l.id[1], d3);
+    assert_int_equal(l.state[1], KZ_D_SUCCEEDED);
+
+    claim(f->st, &op, now + 59999, 10, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 2);
+    kz_claim_cleanup(&op);
+    claim(f->st, &op, now + 60000, 10, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 1);
+    assert_int_equal(op.u.claim.out[0].delivery_id, d1);
+    assert_int_equal(op.u.claim.out[0].attempts, 1);
+    kz_claim_cleanup(&op);
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_RELEASE;
+    op.u.release.all = true;
+    op.u.release.now = now;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.u.release.released, 4);
+
+    complete(f->st, d2, "wh-2", KZ_D_DEAD, 7, 0, 0);
+    assert_int_equal(meta_version(f->st), v); /* d2 had been released: ignored */
+    claim(f->st, &op, now, 100, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 4);
+    kz_claim_cleanup(&op);
+    res = complete(f->st, d2, "wh-2", KZ_D_DEAD, 7, 0, 0);
+    assert_int_equal(res.webhooks_version, v + 1);
+    assert_int_equal(meta_version(f->st), v + 1);
+    assert_int_equal(kz_store_webhook_get(f->st, "wh-2", &w), KZ_OK);
+    assert_false(w.active);
+    kz_webhook_cleanup(&w);
+    l = list_deliveries(f->st, "wh-2", KZ_D_DEAD, 0, 10);
+    assert_int_equal(l.n, 1);
+    assert_int_equal(l.attempts[0], 7);
+    assert_string_equal(l.err0, "connection refused");
+}
+
+/* Several attempts in one op (one statement): a repeated id applies once, a row no longer
+ * inflight is ignored, two dead webhooks are disabled with one version bump. */
+static void test_complete_many(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1", "wh-2", "wh-3"};
+    struct kz_attempt a[5];
+    struct kz_op op, cl;
+    struct kz_webhook w;
+    struct dlist l;
+    int64_t v;
+    int i;
+
+    add_app(f->st, "app-1", T0);
+    for (i = 0; i < 3; i++)
+        add_webhook(f->st, ids[i], "app-1", "g1");
+    publish(f->st, "ev-1", T0, ids, 3, 0);
+    publish(f->st, "ev-2", T0 + 1, ids, 1, 0);
+    claim(f->st, &cl, T0 + 10, 3, NULL, 0); /* ev-1 x3; ev-2 stays pending */
+    assert_int_equal(cl.u.claim.n_out, 3);
+    v = meta_version(f->st);
+    memset(a, 0, sizeof(a));
+    for (i = 0; i < 3; i++) {
+        a[i].delivery_id = cl.u.claim.out[i].delivery_id;
+        snprintf(a[i].webhook_id, sizeof(a[i].webhook_id), "%s", cl.u.claim.out[i].wh.id);
+        a[i].state = i == 0 ? KZ_D_SUCCEEDED : KZ_D_DEAD;
+        a[i].attempts = 3;
+        a[i].status = i == 0 ? 200 : 0;
+        a[i].error = i == 0 ? NULL : "boom";
+    }
+    a[3] = a[0]; /* repeated: the first wins */
+    a[3].state = KZ_D_DEAD;
+    a[4].delivery_id = 999999; /* unknown: ignored */
+    snprintf(a[4].webhook_id, sizeof(a[4].webhook_id), "wh-1");
+    a[4].state = KZ_D_DEAD;
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_COMPLETE;
+    op.u.complete.items = a;
+    op.u.complete.n = 5;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.webhooks_version, v + 1);
+    kz_claim_cleanup(&cl);
+    assert_int_equal(kz_store_webhook_get(f->st, "wh-1", &w), KZ_OK);
+    assert_true(w.active);
+    kz_webhook_cleanup(&w);
+    assert_int_equal(kz_store_webhook_get(f->st, "wh-3", &w), KZ_OK);
+    assert_false(w.active);
+    kz_webhook_cleanup(&w);
+    l = list_deliveries(f->st, "wh-1", -1, 0, 10);
+    assert_int_equal(l.n, 2);
+    assert_int_equal(l.state[1], KZ_D_SUCCEEDED);
+    assert_int_equal(l.state[0], KZ_D_PENDING); /* ev-2 untouched */
+    assert_int_equal(list_deliveries(f->st, "wh-2", KZ_D_DEAD, 0, 10).n, 1);
+    /* again: nothing is inflight any more, nothing changes */
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.webhooks_version, v + 1);
+    op.u.complete.n = 0;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+}
+
+static void test_complete_truncates_response(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1"};
+    char *big = kz_malloc(KZ_RESPONSE_KEEP + 100);
+    struct kz_attempt a;
+    struct kz_op op;
+    struct dlist l;
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    publish(f->st, "ev-1", T0, ids, 1, 0);
+    claim(f->st, &op, T0, 1, NULL, 0);
+    memset(&a, 0, sizeof(a));
+    a.delivery_id = op.u.claim.out[0].delivery_id;
+    kz_claim_cleanup(&op);
+    snprintf(a.webhook_id, sizeof(a.webhook_id), "wh-1");
+    memset(big, 'x', KZ_RESPONSE_KEEP + 100);
+    big[KZ_RESPONSE_KEEP - 1] = (char)0xC3; /* a 2-byte UTF-8 character across the cut */
+    big[KZ_RESPONSE_KEEP] = (char)0xA9;
+    a.state = KZ_D_SUCCEEDED;
+    a.attempts = 1;
+    a.status = 200;
+    a.response = big;
+    a.response_len = KZ_RESPONSE_KEEP + 100;
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_COMPLETE;
+    op.u.complete.items = &a;
+    op.u.complete.n = 1;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(sql_int("SELECT octet_length(last_response) FROM deliveries"),
+                     KZ_RESPONSE_KEEP - 1);
+
+    /* bytes PostgreSQL text cannot hold (invalid UTF-8, NUL) are replaced, the rest kept */
+    sql_exec("UPDATE deliveries SET state = 1");
+    memcpy(big, "ok\xff\xfe\0\"\\ \xc3\xa9", 10);
+    a.response_len = 10;
+    a.error = "bad \x80 byte";
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    l = list_deliveries(f->st, "wh-1", -1, 0, 10);
+    assert_string_equal(l.resp0, "ok???\"\\ \xc3\xa9");
+    assert_string_equal(l.err0, "bad ? byte");
+    kz_free(big);
+
+    a.state = KZ_D_INFLIGHT;
+    assert_int_equal(exec(f->st, &op), KZ_ERR_INVALID);
+}
+
+static void test_replay(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1"};
+    struct kz_op op;
+    struct dlist l;
+    int64_t d[4];
+    int i;
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    publish(f->st, "ev-0", T0, ids, 1, 0);
+    publish(f->st, "ev-1", T0 + 10, ids, 1, 0);
+    publish(f->st, "ev-2", T0 + 20, ids, 1, 0);
+    publish(f->st, "ev-3", T0 + 30, ids, 1, 1);
+    publish(f->st, "ev-4", T0 + 40, ids, 1, 0);
+    publish(f->st, "ev-5", T0 + 50, ids, 1, 0);
+    claim(f->st, &op, T0 + 100, 10, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 5);
+    for (i = 0; i < 4; i++)
+        d[i] = op.u.claim.out[i + 1].delivery_id;
+    kz_claim_cleanup(&op);
+    complete(f->st, d[0], "wh-1", KZ_D_SUCCEEDED, 1, 0, 200);
+    complete(f->st, d[1], "wh-1", KZ_D_DEAD, 3, 0, 500);
+    complete(f->st, d[2], "wh-1", KZ_D_PENDING, 2, T0 + 999999, 500);
+
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_REPLAY;
+    op.u.replay.webhook_id = "wh-1";
+    op.u.replay.since = T0 + 10;
+    op.u.replay.now = T0 + 200;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.u.replay.requeued, 3);
+    l = list_deliveries(f->st, "wh-1", KZ_D_PENDING, 0, 10);
+    assert_int_equal(l.n, 5);
+    for (i = 0; i < 3; i++) {
+        assert_int_equal(l.next_at[i + 1], T0 + 200);
+        assert_int_equal(l.attempts[i + 1], 0);
+    }
+    assert_int_equal(list_deliveries(f->st, "wh-1", KZ_D_SUCCEEDED, 0, 10).n, 1);
+    op.u.replay.webhook_id = "wh-none";
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.u.replay.requeued, 0);
+}
+
+static void test_delivery_list_filter_and_cursor(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1"};
+    struct kz_op op;
+    struct dlist l;
+    char evid[32];
+    int64_t cursor;
+    size_t total = 0;
+    int i;
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    for (i = 0; i < 25; i++) {
+        snprintf(evid, sizeof(evid), "ev-%02d", i);
+        publish(f->st, evid, T0 + i, ids, 1, i % 5 == 4 ? 1 : 0);
+    }
+    claim(f->st, &op, T0 + 100, 2, NULL, 0);
+    complete(f->st, op.u.claim.out[0].delivery_id, "wh-1", KZ_D_SUCCEEDED, 1, 0, 200);
+    kz_claim_cleanup(&op);
+
+    l = list_deliveries(f->st, "wh-1", -1, 0, 100);
+    assert_int_equal(l.n, 25);
+    for (i = 1; i < 25; i++)
+        assert_true(l.id[i] < l.id[i - 1]);
+    assert_int_equal(list_deliveries(f->st, "wh-1", KZ_D_SKIPPED, 0, 100).n, 5);
+    assert_int_equal(list_deliveries(f->st, "wh-1", KZ_D_SUCCEEDED, 0, 100).n, 1);
+    assert_int_equal(list_deliveries(f->st, "wh-1", KZ_D_PENDING, 0, 100).n, 19);
+    assert_int_equal(list_deliveries(f->st, "wh-1", KZ_D_DEAD, 0, 100).n, 0);
+    assert_int_equal(list_deliveries(f->st, "wh-2", -1, 0, 100).n, 0);
+    assert_int_equal(kz_store_delivery_list(f->st, "wh-1", 9, 0, 10, dlist_add, &l),
+                     KZ_ERR_INVALID);
+
+    cursor = 0;
+    for (;;) {
+        l = list_deliveries(f->st, "wh-1", KZ_D_PENDING, cursor, 7);
+        if (!l.n)
+            break;
+        assert_true(l.n <= 7);
+        if (cursor)
+            assert_true(l.id[0] < cursor);
+        total += l.n;
+        cursor = l.id[l.n - 1];
+    }
+    assert_int_equal(total, 19);
+}
+
+static void test_prune(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1", "wh-2"};
+    struct kz_op op;
+    int i;
+    char evid[32];
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    add_webhook(f->st, "wh-2", "app-1", "g1");
+    for (i = 0; i < 5; i++) {
+        snprintf(evid, sizeof(evid), "old-%d", i);
+        publish(f->st, evid, T0 + i, ids, 2, 0);
+    }
+    publish(f->st, "old-none", T0 + 5, NULL, 0, 0);
+    claim(f->st, &op, T0 + 100, 100, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 10);
+    for (i = 0; i < 10; i++)
+        complete(f->st, op.u.claim.out[i].delivery_id, op.u.claim.out[i].wh.id,
+                 i == 9 ? KZ_D_DEAD : KZ_D_SUCCEEDED, 1, 0, 200);
+    kz_claim_cleanup(&op);
+    publish(f->st, "new-1", kz_now_ms() + 100000, ids, 2, 0);
+    assert_int_equal(sql_int("SELECT count(*) FROM events"), 7);
+
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_PRUNE;
+    op.u.prune.before = kz_now_ms() + 50000;
+    op.u.prune.limit = 4;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.u.prune.pruned, 4);
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.u.prune.pruned, 4);
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.u.prune.pruned, 1);
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.u.prune.pruned, 0);
+    assert_int_equal(sql_int("SELECT count(*) FROM deliveries"), 3);
+    assert_int_equal(sql_int("SELECT count(*) FROM events"), 2);
+    assert_int_equal(sql_int("SELECT count(*) FROM events WHERE event_id IN ('old-4', 'new-1')"),
+                     2);
+    op.u.prune.limit = 0;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.u.prune.pruned, 0);
+}
+
+/* The orphan sweep is bounded by `limit` events per call and reaches every orphan. */
+static void test_prune_sweep_bounded(void **state)
+{
+    struct fx *f = *state;
+    struct kz_op op;
+    char evid[32];
+    int calls = 0;
+    int i;
+
+    for (i = 0; i < 25; i++) {
+        snprintf(evid, sizeof(evid), "orphan-%d", i);
+        publish(f->st, evid, T0 + i, NULL, 0, 0);
+    }
+    publish(f->st, "recent", kz_now_ms(), NULL, 0, 0);
+    for (;;) {
+        int64_t before = sql_int("SELECT count(*) FROM events");
+
+        memset(&op, 0, sizeof(op));
+        op.type = KZ_OP_PRUNE;
+        op.u.prune.before = T0 + 1000;
+        op.u.prune.limit = 10;
+        assert_int_equal(exec(f->st, &op), KZ_OK);
+        assert_true(before - sql_int("SELECT count(*) FROM events") <= 10);
+        calls++;
+        if (sql_int("SELECT count(*) FROM events") == 1)
+            break;
+        assert_true(calls < 10);
+    }
+    assert_int_equal(calls, 3);
+}
+
+static void test_backlog_next_due(void **state)
+{
+    struct fx *f = *state;
+    struct kz_op op;
+    int64_t due, sched, infl, at;
+
+    assert_int_equal(kz_store_next_due(f->st, &at), KZ_OK);
+    assert_int_equal(at, -1);
+    setup_backlog(f->st);
+    assert_int_equal(kz_store_next_due(f->st, &at), KZ_OK);
+    assert_int_equal(at, T0 + 10);
+    claim(f->st, &op, T0 + 1000, 2, NULL, 0);
+    kz_claim_cleanup(&op);
+    assert_int_equal(kz_store_backlog(f->st, T0 + 1000, &due, &sched, &infl), KZ_OK);
+    assert_int_equal(due, 3);
+    assert_int_equal(sched, 2);
+    assert_int_equal(infl, 2);
+    assert_int_equal(kz_store_next_due(f->st, &at), KZ_OK);
+    assert_int_equal(at, T0 + 20);
+}
+
+/* ==== writer ==== */
+
+#define GC_THREADS 8
+#define GC_PER_THREAD 25
+
+struct gc_arg {
+    struct kz_store *st;
+    struct counter *cnt;
+    int t;
+    struct kz_op ops[GC_PER_THREAD];
+    struct kz_publish_item items[GC_PER_THREAD];
+    char evid[GC_PER_THREAD][32];
+};
+
+static const char *const gc_ids[] = {"wh-1"};
+static const bool gc_active[] = {true};
+
+static void *gc_thread(void *p)
+{
+    struct gc_arg *a = p;
+    int i;
+
+    for (i = 0; i < GC_PER_THREAD; i++) {
+        struct kz_op *op = &a->ops[i];
+
+        snprintf(a->evid[i], sizeof(a->evid[i]), "gc-%d-%d", a->t, i);
+        fill_item(&a->items[i], a->evid[i], T0, gc_ids, gc_active, 1);
+        memset(op, 0, sizeof(*op));
+        op->type = KZ_OP_PUBLISH;
+        op->u.publish.items = &a->items[i];
+        op->u.publish.n = 1;
+        op->done = count_done;
+        op->arg = a->cnt;
+        if (kz_store_submit(a->st, op))
+            return (void *)1;
+    }
+    return NULL;
+}
+
+static void test_group_commit_batches(void **state)
+{
+    struct fx *f = *state;
+    struct counter cnt;
+    struct gc_arg *args = kz_calloc(GC_THREADS, sizeof(*args));
+    pthread_t th[GC_THREADS];
+    uint64_t b0, o0, b1, o1;
+    void *ret;
+    int i;
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    counter_init(&cnt);
+    kz_store_stats(f->st, &b0, &o0);
+    for (i = 0; i < GC_THREADS; i++) {
+        args[i].st = f->st;
+        args[i].cnt = &cnt;
+        args[i].t = i;
+        assert_int_equal(pthread_create(&th[i], NULL, gc_thread, &args[i]), 0);
+    }
+    for (i = 0; i < GC_THREADS; i++) {
+        pthread_join(th[i], &ret);
+        assert_null(ret);
+    }
+    counter_wait(&cnt, GC_THREADS * GC_PER_THREAD);
+    assert_int_equal(cnt.failed, 0);
+    kz_store_stats(f->st, &b1, &o1);
+    assert_int_equal(o1 - o0, GC_THREADS * GC_PER_THREAD);
+    print_message("group commit: %d ops in %llu batches\n", GC_THREADS * GC_PER_THREAD,
+                  (unsigned long long)(b1 - b0));
+    assert_true(b1 - b0 < o1 - o0);
+    assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 1000).n, GC_THREADS * GC_PER_THREAD);
+    counter_destroy(&cnt);
+    kz_free(args);
+}
+
+static void test_close_drains(void **state)
+{
+    struct fx *f = *state;
+    struct counter cnt;
+    struct kz_op ops[50];
+    struct kz_buf b;
+    int i;
+
+    counter_init(&cnt);
+    for (i = 0; i < 50; i++) {
+        memset(&ops[i], 0, sizeof(ops[i]));
+        ops[i].type = KZ_OP_META_SET;
+        ops[i].u.meta.key = "last";
+        ops[i].u.meta.value = i == 49 ? "49" : "x";
+        ops[i].done = count_done;
+        ops[i].arg = &cnt;
+        assert_int_equal(kz_store_submit(f->st, &ops[i]), KZ_OK);
+    }
+    kz_store_close(f->st);
+    f->st = NULL;
+    assert_int_equal(cnt.done, 50);
+    assert_int_equal(cnt.failed, 0);
+    open_store(&f->st, 100);
+    kz_buf_init(&b, 16);
+    assert_int_equal(kz_store_meta_get(f->st, "last", &b), KZ_OK);
+    assert_string_equal(kz_buf_cstr(&b), "49");
+    kz_buf_cleanup(&b);
+    counter_destroy(&cnt);
+}
+
+static void test_version_seen_across_processes(void **state)
+{
+    struct fx *f = *state;
+    struct kz_op op = {.type = KZ_OP_META_SET};
+    int64_t v = meta_version(f->st);
+
+    sql_exec("UPDATE meta SET value = (value::bigint + 10)::text WHERE key = 'webhooks_version'");
+    assert_int_equal(meta_version(f->st), v + 10);
+    op.u.meta.key = "k";
+    op.u.meta.value = "v";
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.webhooks_version, v + 10);
+    add_app(f->st, "app-1", T0);
+    assert_int_equal(add_webhook(f->st, "wh-1", "app-1", "g1"), v + 11);
+}
+
+/* A row another session holds locked makes the op that needs it wait; a lock timeout fails that
+ * op alone (KZ_ERR_BUSY), and the rest of the batch commits. */
+static void test_lock_timeout_busy_alone(void **state)
+{
+    struct fx *f = *state;
+    PGconn *c = sql_conn();
+    PGresult *r;
+    struct kz_op op = {.type = KZ_OP_META_SET};
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    sql_exec("DO $$BEGIN EXECUTE format('ALTER DATABASE %I SET lock_timeout = 300',"
+             " current_database()); END$$");
+    kz_store_close(f->st);
+    open_store(&f->st, 100); /* new sessions pick the setting up */
+    r = PQexec(c, "BEGIN; SELECT 1 FROM webhooks WHERE id = 'wh-1' FOR UPDATE");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_WEBHOOK_ACTIVE;
+    op.u.active.id = "wh-1";
+    op.u.active.flag = false;
+    assert_int_equal(exec(f->st, &op), KZ_ERR_BUSY);
+    r = PQexec(c, "ROLLBACK");
+    PQclear(r);
+    PQfinish(c);
+    sql_exec("DO $$BEGIN EXECUTE format('ALTER DATABASE %I RESET lock_timeout',"
+             " current_database()); END$$");
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+}
+
+#define RD_THREADS 12
+
+struct rd_arg {
+    struct kz_store *st;
+    int failures;
+};
+
+static void *rd_thread(void *p)
+{
+    struct rd_arg *a = p;
+    struct kz_webhook w;
+    int64_t due, sched, infl;
+    int i;
+
+    for (i = 0; i < 50; i++) {
+        struct dlist l;
+
+        memset(&l, 0, sizeof(l));
+        if (kz_store_webhook_get(a->st, "wh-1", &w))
+            a->failures++;
+        else
+            kz_webhook_cleanup(&w);
+        if (kz_store_delivery_list(a->st, "wh-1", -1, 0, 10, dlist_add, &l))
+            a->failures++;
+        if (kz_store_backlog(a->st, T0, &due, &sched, &infl))
+            a->failures++;
+    }
+    return NULL;
+}
+
+static void test_concurrent_reads(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1"};
+    struct rd_arg args[RD_THREADS];
+    pthread_t th[RD_THREADS];
+    char evid[32];
+    int i;
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    for (i = 0; i < RD_THREADS; i++) {
+        args[i].st = f->st;
+        args[i].failures = 0;
+        assert_int_equal(pthread_create(&th[i], NULL, rd_thread, &args[i]), 0);
+    }
+    for (i = 0; i < 100; i++) {
+        snprintf(evid, sizeof(evid), "ev-%d", i);
+        publish(f->st, evid, T0, ids, 1, 0);
+    }
+    for (i = 0; i < RD_THREADS; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].failures, 0);
+    }
+    assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 1000).n, 100);
+    assert_true(sql_int("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'kzhook'"
+                        " AND datname = current_database()") <= 1 + READ_MAX);
+}
+
+/* ==== notifications ==== */
+
+struct notes {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int webhooks, due;
+};
+
+static void on_note(void *arg, int what)
+{
+    struct notes *n = arg;
+
+    pthread_mutex_lock(&n->mu);
+    if (what == KZ_NOTIFY_WEBHOOKS)
+        n->webhooks++;
+    else if (what == KZ_NOTIFY_DUE)
+        n->due++;
+    pthread_cond_broadcast(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+}
+
+/* Waits up to `ms` for the counts to reach at least (w, d); returns whether they did. */
+static bool notes_wait(struct notes *n, int w, int d, int ms)
+{
+    int64_t end = kz_mono_ms() + ms;
+    bool ok;
+
+    pthread_mutex_lock(&n->mu);
+    while (!(n->webhooks >= w && n->due >= d) && kz_mono_ms() < end) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 20 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&n->cv, &n->mu, &ts);
+    }
+    ok = n->webhooks >= w && n->due >= d;
+    pthread_mutex_unlock(&n->mu);
+    return ok;
+}
+
+static void notes_init(struct notes *n)
+{
+    memset(n, 0, sizeof(*n));
+    pthread_mutex_init(&n->mu, NULL);
+    pthread_cond_init(&n->cv, NULL);
+}
+
+static void test_notify_other_node(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1"};
+    struct kz_store *other = NULL;
+    struct notes mine, theirs;
+    struct kz_op op;
+
+    notes_init(&mine);
+    notes_init(&theirs);
+    open_store(&other, 100);
+    kz_store_on_notify(f->st, on_note, &mine);
+    kz_store_on_notify(other, on_note, &theirs);
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    assert_true(notes_wait(&theirs, 1, 0, 5000));
+    publish(f->st, "ev-1", T0, ids, 1, 0);
+    assert_true(notes_wait(&theirs, 1, 1, 5000));
+    publish(f->st, "ev-2", T0, ids, 1, 1); /* skipped only: nothing became due */
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_META_SET;
+    op.u.meta.key = "k";
+    op.u.meta.value = "v";
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    /* the other direction: a release on `other` that freed rows */
+    claim(f->st, &op, T0, 10, NULL, 0);
+    kz_claim_cleanup(&op);
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_RELEASE;
+    op.u.release.all = true;
+    op.u.release.now = T0;
+    assert_int_equal(exec(other, &op), KZ_OK);
+    assert_int_equal(op.u.release.released, 1);
+    assert_true(notes_wait(&mine, 0, 1, 5000));
+    usleep(200 * 1000);
+    pthread_mutex_lock(&theirs.mu);
+    assert_int_equal(theirs.webhooks, 1);
+    assert_int_equal(theirs.due, 1);
+    pthread_mutex_unlock(&theirs.mu);
+    pthread_mutex_lock(&mine.mu);
+    assert_int_equal(mine.webhooks, 0); /* its own changes are not reported */
+    assert_int_equal(mine.due, 1);
+    pthread_mutex_unlock(&mine.mu);
+
+    kz_store_on_notify(other, NULL, NULL);
+    add_webhook(f->st, "wh-2", "app-1", "g1");
+    usleep(200 * 1000);
+    pthread_mutex_lock(&theirs.mu);
+    assert_int_equal(theirs.webhooks, 1); /* removed: not called */
+    pthread_mutex_unlock(&theirs.mu);
+    kz_store_close(other);
+    kz_store_on_notify(f->st, NULL, NULL);
+}
+
+/* ==== connection loss ==== */
+
+/* Every server session of the store is killed (as a server restart does): the next read and the
+ * next write notice, reconnect at once and succeed; the notify thread reconnects too. */
+static void test_reconnect_after_terminate(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1"};
+    struct notes n;
+    struct kz_app a;
+    int64_t killed;
+
+    notes_init(&n);
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    kz_store_on_notify(f->st, on_note, &n);
+    assert_int_equal(kz_store_app_get(f->st, "app-1", &a), KZ_OK); /* a pooled read conn */
+    kz_app_cleanup(&a);
+    killed = sql_int("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                     " WHERE application_name = 'kzhook' AND datname = current_database()");
+    assert_true(killed >= 3); /* writer, reader, listener */
+    usleep(100 * 1000);
+    assert_int_equal(kz_store_app_get(f->st, "app-1", &a), KZ_OK);
+    kz_app_cleanup(&a);
+    publish(f->st, "ev-1", T0, ids, 1, 0);
+    assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 10).n, 1);
+    /* the listener reports both kinds after it reconnects */
+    assert_true(notes_wait(&n, 1, 1, 5000));
+    kz_store_on_notify(f->st, NULL, NULL);
+}
+
+/* The server stops: reads and writes fail fast with KZ_ERR_DB and nothing is half-done; the
+ * server comes back (same port): everything works again without reopening the store. Needs
+ * KZ_TEST_PG_DIR. */
+static void test_server_down_and_back(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1"};
+    struct kz_publish_item it;
+    bool act[] = {true};
+    struct kz_op op;
+    struct notes n;
+    struct kz_app a;
+    int64_t t0, t1;
+    int i;
+    enum kz_err e = KZ_ERR_DB;
+
+    if (!pg_dir) {
+        print_message("KZ_TEST_PG_DIR unset: server stop/start not exercised\n");
+        skip();
+    }
+    notes_init(&n);
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    kz_store_on_notify(f->st, on_note, &n);
+    server("stop");
+
+    t0 = kz_mono_ms();
+    for (i = 0; i < 5; i++) {
+        assert_int_equal(kz_store_app_get(f->st, "app-1", &a), KZ_ERR_DB);
+        assert_int_equal(kz_store_ping(f->st), KZ_ERR_DB);
+        fill_item(&it, "ev-down", T0, ids, act, 1);
+        memset(&op, 0, sizeof(op));
+        op.type = KZ_OP_PUBLISH;
+        op.u.publish.items = &it;
+        op.u.publish.n = 1;
+        assert_int_equal(exec(f->st, &op), KZ_ERR_DB);
+        assert_int_equal(it.seq, 0);
+    }
+    t1 = kz_mono_ms();
+    print_message("server down: 5 x (2 reads + 1 publish) failed in %lld ms\n",
+                  (long long)(t1 - t0));
+    assert_true(t1 - t0 < 2000);
+
+    server("start");
+    t0 = kz_mono_ms();
+    /* within one backoff period (<= 5 s) both sides are back */
+    while (kz_mono_ms() - t0 < 12000) {
+        fill_item(&it, "ev-up", T0, ids, act, 1);
+        memset(&op, 0, sizeof(op));
+        op.type = KZ_OP_PUBLISH;
+        op.u.publish.items = &it;
+        op.u.publish.n = 1;
+        e = exec(f->st, &op);
+        if (!e)
+            break;
+        usleep(100 * 1000);
+    }
+    assert_int_equal(e, KZ_OK);
+    print_message("server back: first write ok after %lld ms\n", (long long)(kz_mono_ms() - t0));
+    assert_false(it.duplicate); /* the publishes made while down were not committed */
+    while ((e = kz_store_app_get(f->st, "app-1", &a)) && kz_mono_ms() - t0 < 12000)
+        usleep(100 * 1000);
+    assert_int_equal(e, KZ_OK);
+    kz_app_cleanup(&a);
+    assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 10).n, 1);
+    assert_true(notes_wait(&n, 1, 1, 12000));
+
+    /* and a plain restart (pg_ctl restart) */
+    server("restart");
+    publish(f->st, "ev-after-restart", T0, ids, 1, 0);
+    assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 10).n, 2);
+    kz_store_on_notify(f->st, NULL, NULL);
+}
+
+/* ==== throughput (figures printed, loose floor asserted) ==== */
+
+#define PERF_TARGETS 3
+static const char *const perf_ids[PERF_TARGETS] = {"wh-1", "wh-2", "wh-3"};
+static const bool perf_active[PERF_TARGETS] = {true, true, true};
+
+static void perf_setup(struct kz_store *st)
+{
+    int i;
+
+    add_app(st, "app-1", T0);
+    for (i = 0; i < PERF_TARGETS; i++)
+        add_webhook(st, perf_ids[i], "app-1", "g1");
+}
+
+static void test_perf_batches_of_1000(void **state)
+{
+    struct fx *f = *state;
+    struct kz_publish_item *items = kz_calloc(1000, sizeof(*items));
+    char(*evid)[24] = kz_calloc(1000, sizeof(*evid));
+    struct kz_op op;
+    int64_t t0;
+    double secs;
+    int b;
+    int i;
+
+    perf_setup(f->st);
+    t0 = kz_mono_ms();
+    for (b = 0; b < 10; b++) {
+        for (i = 0; i < 1000; i++) {
+            snprintf(evid[i], sizeof(evid[i]), "pb-%d-%d", b, i);
+            fill_item(&items[i], evid[i], T0 + i, perf_ids, perf_active, PERF_TARGETS);
+        }
+        memset(&op, 0, sizeof(op));
+        op.type = KZ_OP_PUBLISH;
+        op.u.publish.items = items;
+        op.u.publish.n = 1000;
+        assert_int_equal(exec(f->st, &op), KZ_OK);
+    }
+    secs = (double)(kz_mono_ms() - t0) / 1000.0;
+    print_message(
+        "perf: 10 x PUBLISH(1000 events x %d targets): %.0f events/s (%.0f deliveries/s)\n",
+        PERF_TARGETS, 10000 / secs, 10000 * PERF_TARGETS / secs);
+    assert_int_equal(sql_int("SELECT count(*) FROM deliveries"), 10000 * PERF_TARGETS);
+    kz_free(items);
+    kz_free(evid);
+}
+
+#define PT_THREADS 32
+#define PT_PER_THREAD 300
+
+struct pt_arg {
+    struct kz_store *st;
+    int node, t;
+    int failures;
+};
+
+static void *pt_thread(void *p)
+{
+    struct pt_arg *a = p;
+    struct kz_publish_item it;
+    char evid[48];
+    struct kz_op op;
+    int i;
+
+    for (i = 0; i < PT_PER_THREAD; i++) {
+        snprintf(evid, sizeof(evid), "pt-%d-%d-%d", a->node, a->t, i);
+        fill_item(&it, evid, T0 + i, perf_ids, perf_active, PERF_TARGETS);
+        memset(&op, 0, sizeof(op));
+        op.type = KZ_OP_PUBLISH;
+        op.u.publish.items = &it;
+        op.u.publish.n = 1;
+        if (kz_store_exec(a->st, &op) || it.duplicate)
+            a->failures++;
+    }
+    return NULL;
+}
+
+/* 32 threads each publishing single events (kz_store_exec), on one node and then split over
+ * two nodes (two stores, 16 threads each) sharing the server. */
+static double perf_threads(struct kz_store **st, int nodes, int run)
+{
+    struct pt_arg a[PT_THREADS];
+    pthread_t th[PT_THREADS];
+    uint64_t b0[2] = {0, 0}, o0[2] = {0, 0}, b1[2] = {0, 0}, o1[2] = {0, 0};
+    int64_t t0;
+    double secs;
+    int i;
+
+    for (i = 0; i < nodes; i++)
+        kz_store_stats(st[i], &b0[i], &o0[i]);
+    t0 = kz_mono_ms();
+    for (i = 0; i < PT_THREADS; i++) {
+        a[i].st = st[i % nodes];
+        a[i].node = run * 10 + i % nodes;
+        a[i].t = i;
+        a[i].failures = 0;
+        assert_int_equal(pthread_create(&th[i], NULL, pt_thread, &a[i]), 0);
+    }
+    for (i = 0; i < PT_THREADS; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(a[i].failures, 0);
+    }
+    secs = (double)(kz_mono_ms() - t0) / 1000.0;
+    for (i = 0; i < nodes; i++)
+        kz_store_stats(st[i], &b1[i], &o1[i]);
+    print_message("perf: %d threads x %d single-event PUBLISH on %d node(s): %.0f events/s, "
+                  "average batch %.1f ops\n",
+                  PT_THREADS, PT_PER_THREAD, nodes, PT_THREADS * PT_PER_THREAD / secs,
+                  (double)(o1[0] - o0[0] + o1[1] - o0[1]) /
+                      (double)(b1[0] - b0[0] + b1[1] - b0[1]));
+    return PT_THREADS * PT_PER_THREAD / secs;
+}
+
+static void test_perf_threads(void **state)
+{
+    struct fx *f = *state;
+    struct kz_store *st[2] = {f->st, NULL};
+    double one, two;
+
+    perf_setup(f->st);
+    one = perf_threads(st, 1, 1);
+    open_store(&st[1], 10000);
+    two = perf_threads(st, 2, 2);
+    kz_store_close(st[1]);
+    assert_int_equal(sql_int("SELECT count(*) FROM events"), 2 * PT_THREADS * PT_PER_THREAD);
+    assert_true(one > 500 && two > 500); /* a floor that only catches a broken group commit */
+}
+
+/* Open loop, as the HTTP API drives the store: publishes are submitted without waiting (done()
+ * answers the client), so the in-flight count is the number of concurrent clients, not threads.
+ * Two nodes, each keeping OL_WINDOW single-event publishes in flight. */
+#define OL_WINDOW 256
+#define OL_PER_NODE 15000
+
+struct ol_node {
+    struct kz_store *st;
+    int node;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int inflight;
+    int failures;
+    struct kz_op *ops;
+    struct kz_publish_item *items;
+    char (*evid)[32];
+};
+
+static void ol_done(struct kz_op *op, void *arg)
+{
+    struct ol_node *n = arg;
+
+    pthread_mutex_lock(&n->mu);
+    if (op->result || op->u.publish.items[0].duplicate)
+        n->failures++;
+    n->inflight--;
+    pthread_cond_signal(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+}
+
+static void *ol_thread(void *p)
+{
+    struct ol_node *n = p;
+    int i;
+
+    for (i = 0; i < OL_PER_NODE; i++) {
+        struct kz_op *op = &n->ops[i];
+
+        snprintf(n->evid[i], sizeof(n->evid[i]), "ol-%d-%d", n->node, i);
+        fill_item(&n->items[i], n->evid[i], T0 + i, perf_ids, perf_active, PERF_TARGETS);
+        memset(op, 0, sizeof(*op));
+        op->type = KZ_OP_PUBLISH;
+        op->u.publish.items = &n->items[i];
+        op->u.publish.n = 1;
+        op->done = ol_done;
+        op->arg = n;
+        pthread_mutex_lock(&n->mu);
+        while (n->inflight >= OL_WINDOW)
+            pthread_cond_wait(&n->cv, &n->mu);
+        n->inflight++;
+        pthread_mutex_unlock(&n->mu);
+        if (kz_store_submit(n->st, op)) {
+            pthread_mutex_lock(&n->mu);
+            n->inflight--;
+            n->failures++;
+            pthread_mutex_unlock(&n->mu);
+        }
+    }
+    pthread_mutex_lock(&n->mu);
+    while (n->inflight > 0)
+        pthread_cond_wait(&n->cv, &n->mu);
+    pthread_mutex_unlock(&n->mu);
+    return NULL;
+}
+
+static void test_perf_open_loop_two_nodes(void **state)
+{
+    struct fx *f = *state;
+    struct ol_node nodes[2];
+    pthread_t th[2];
+    uint64_t b0[2], o0[2], b1[2], o1[2];
+    int64_t t0;
+    double secs;
+    int i;
+
+    perf_setup(f->st);
+    memset(nodes, 0, sizeof(nodes));
+    for (i = 0; i < 2; i++) {
+        if (i)
+            open_store(&nodes[i].st, 10000);
+        else
+            nodes[i].st = f->st;
+        nodes[i].node = i;
+        pthread_mutex_init(&nodes[i].mu, NULL);
+        pthread_cond_init(&nodes[i].cv, NULL);
+        nodes[i].ops = kz_calloc(OL_PER_NODE, sizeof(*nodes[i].ops));
+        nodes[i].items = kz_calloc(OL_PER_NODE, sizeof(*nodes[i].items));
+        nodes[i].evid = kz_calloc(OL_PER_NODE, sizeof(*nodes[i].evid));
+        kz_store_stats(nodes[i].st, &b0[i], &o0[i]);
+    }
+    t0 = kz_mono_ms();
+    for (i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, ol_thread, &nodes[i]), 0);
+    for (i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    secs = (double)(kz_mono_ms() - t0) / 1000.0;
+    for (i = 0; i < 2; i++)
+        kz_store_stats(nodes[i].st, &b1[i], &o1[i]);
+    print_message("perf: 2 nodes x %d in flight, single-event PUBLISH (%d targets): %.0f durable "
+                  "events/s, average batch %.1f ops\n",
+                  OL_WINDOW, PERF_TARGETS, 2 * OL_PER_NODE / secs,
+                  (double)(o1[0] - o0[0] + o1[1] - o0[1]) /
+                      (double)(b1[0] - b0[0] + b1[1] - b0[1]));
+    for (i = 0; i < 2; i++) {
+        assert_int_equal(nodes[i].failures, 0);
+        if (i)
+            kz_store_close(nodes[i].st);
+        pthread_cond_destroy(&nodes[i].cv);
+        pthread_mutex_destroy(&nodes[i].mu);
+        kz_free(nodes[i].ops);
+        kz_free(nodes[i].items);
+        kz_free(nodes[i].evid);
+    }
+    assert_int_equal(sql_int("SELECT count(*) FROM events"), 2 * OL_PER_NODE);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_reopen_idempotent_and_durable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_open_migrates_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_schema_newer_than_binary, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_apps, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_webhooks_crud, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_webhook_delete_cascades, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_app_delete_cascades, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_publish_and_idempotency, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_publish_batch_set, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_op_rolls_back_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_order_limit_exclude_lease, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_skip_locked_two_nodes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_complete_retry_success_dead, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_complete_many, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_complete_truncates_response, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_replay, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_delivery_list_filter_and_cursor, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_prune, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_prune_sweep_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backlog_next_due, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_group_commit_batches, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_drains, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_version_seen_across_processes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lock_timeout_busy_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_reads, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_notify_other_node, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reconnect_after_terminate, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_server_down_and_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_perf_batches_of_1000, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_perf_threads, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_perf_open_loop_two_nodes, setup, teardown),
+    };
+    const char *skip_env = getenv("KZ_TEST_PG_SKIP");
+
+    pg_url = getenv("KZ_TEST_PG_URL");
+    pg_dir = getenv("KZ_TEST_PG_DIR");
+    if (pg_dir && !*pg_dir)
+        pg_dir = NULL;
+    if (!pg_url || !*pg_url) {
+        if (skip_env && !strcmp(skip_env, "1")) {
+            printf("test_store_pg: SKIPPED (KZ_TEST_PG_SKIP=1, no KZ_TEST_PG_URL)\n");
+            return 0;
+        }
+        fprintf(stderr, "test_store_pg: FAILED: KZ_TEST_PG_URL is not set.\n"
+                        "  Start a private server and point the test at it:\n"
+                        "    D=$(mktemp -d); scripts/pg-test-server.sh start $D\n"
+                        "    export KZ_TEST_PG_URL=$(scripts/pg-test-server.sh createdb $D kzunit)"
+                        " KZ_TEST_PG_DIR=$D\n"
+                        "  or set KZ_TEST_PG_SKIP=1 to skip on purpose.\n");
+        return 1;
+    }
+    if (getenv("KZ_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("KZ_TEST_FILTER"));
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
