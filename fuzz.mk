@@ -8,9 +8,14 @@
 #   make fuzz-regress    run every target once over its corpus and tests/fuzz/regressions/<t>/,
 #                        without fuzzing (seconds; suitable for `make test`)
 #   make fuzz-run-<t>    fuzz one target, e.g. `make fuzz-run-url FUZZ_SECONDS=600`
+#   make fuzz-merge      add the inputs found in $(FUZZ_BUILD)/corpus/<t> that reach new code
+#                        to the checked-in corpus tests/fuzz/corpus/<t> (libFuzzer -merge=1)
 #
 # Everything is built with clang under ASan+UBSan into $(FUZZ_BUILD); new corpus entries and
 # crash artifacts stay there too (build-fuzz/corpus/<t>, build-fuzz/artifacts/<t>).
+
+# Whatever includes this file keeps its own default goal (see the end of the file).
+FUZZ_SAVED_GOAL := $(.DEFAULT_GOAL)
 
 FUZZ_BUILD   ?= build-fuzz
 FUZZ_CC      ?= clang
@@ -35,8 +40,11 @@ FUZZ_CFLAGS  := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -O1 -g \
 FUZZ_LDLIBS  := $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null) -pthread -lm -ldl \
                 -Wl,--export-dynamic-symbol=connect -Wl,--export-dynamic-symbol=getaddrinfo
 
-FUZZ_LIBSRCS := $(filter-out src/main.c,$(wildcard src/*.c))
-FUZZ_LIBOBJS := $(FUZZ_LIBSRCS:src/%.c=$(FUZZ_BUILD)/obj/%.o)
+# FUZZ_SRCDIR lets a proposed fix be fuzzed from a patched copy of src/ without touching src/:
+#   make fuzz FUZZ_SRCDIR=/tmp/src-fixed FUZZ_BUILD=build-fuzz-fixed
+FUZZ_SRCDIR  ?= src
+FUZZ_LIBSRCS := $(filter-out $(FUZZ_SRCDIR)/main.c,$(wildcard $(FUZZ_SRCDIR)/*.c))
+FUZZ_LIBOBJS := $(FUZZ_LIBSRCS:$(FUZZ_SRCDIR)/%.c=$(FUZZ_BUILD)/obj/%.o)
 FUZZ_BINS    := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 
 # Dictionary per target (libFuzzer takes one); api gets the union of json, url and its own.
@@ -48,7 +56,7 @@ FUZZ_DICT_dur         := tests/fuzz/config.dict
 FUZZ_DICT_retry_after := tests/fuzz/retry_after.dict
 FUZZ_DICT_api         := $(FUZZ_BUILD)/api.dict
 
-.PHONY: fuzz fuzz-long fuzz-regress fuzz-build fuzz-deps $(FUZZ_TARGETS:%=fuzz-run-%)
+.PHONY: fuzz fuzz-long fuzz-regress fuzz-merge fuzz-build fuzz-deps $(FUZZ_TARGETS:%=fuzz-run-%)
 
 fuzz-deps:
 	@scripts/bootstrap.sh fuzz
@@ -56,25 +64,31 @@ fuzz-deps:
 fuzz-build: fuzz-deps
 	+@$(FUZZ_MAKE) $(FUZZ_BINS) $(FUZZ_BUILD)/api.dict
 
-$(FUZZ_BUILD)/obj/%.o: src/%.c
+$(FUZZ_BUILD)/obj/%.o: $(FUZZ_SRCDIR)/%.c
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(FUZZ_SAN) -c $< -o $@
+	@echo "CC (fuzz) $<"
+	@$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(FUZZ_SAN) -c $< -o $@
 
 $(FUZZ_BUILD)/libkz-fuzz.a: $(FUZZ_LIBOBJS)
-	rm -f $@
-	ar rcs $@ $^
+	@rm -f $@
+	@ar rcs $@ $^
 
 $(FUZZ_BUILD)/harness/%.o: tests/fuzz/%.c
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -Isrc -fsanitize=fuzzer-no-link $(FUZZ_SAN) -c $< -o $@
+	@echo "CC (fuzz) $<"
+	@$(FUZZ_CC) $(FUZZ_CFLAGS) -I$(FUZZ_SRCDIR) -fsanitize=fuzzer-no-link $(FUZZ_SAN) -c $< -o $@
 
 $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/harness/fuzz_%.o $(FUZZ_BUILD)/harness/netguard.o \
                       $(FUZZ_BUILD)/libkz-fuzz.a
-	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(FUZZ_LDLIBS)
+	@echo "LD $@"
+	@$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(FUZZ_LDLIBS)
+
+# Keep the harness objects: make would delete them as intermediates of the chain above.
+.SECONDARY: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/harness/fuzz_%.o) $(FUZZ_BUILD)/harness/netguard.o
 
 $(FUZZ_BUILD)/api.dict: tests/fuzz/json.dict tests/fuzz/url.dict tests/fuzz/api.dict
 	@mkdir -p $(dir $@)
-	cat $^ > $@
+	@cat $^ > $@
 
 # One target for FUZZ_SECONDS. New inputs go to $(FUZZ_BUILD)/corpus/<t>; the checked-in seeds
 # and regressions are read, never written. The summary (execs, execs/s, corpus) is printed from
@@ -92,10 +106,10 @@ $(FUZZ_TARGETS:%=fuzz-run-%): fuzz-run-%: $(FUZZ_BUILD)/fuzz_% $(FUZZ_BUILD)/api
 	    tail -n 80 $(FUZZ_BUILD)/logs/$*.log; \
 	    echo "fuzz: $* FAILED (exit $$rc); artifacts in $(FUZZ_BUILD)/artifacts/$*/"; exit 1; \
 	fi; \
-	awk -F': *' '/^stat::number_of_executed_units/ {x=$$2} /^stat::average_exec_per_sec/ {s=$$2} \
-	    /^stat::new_units_added/ {n=$$2} END {printf "fuzz: %s ok: %s execs, %s execs/s, %s new units, ", \
-	    "$*", x, s, n}' $(FUZZ_BUILD)/logs/$*.log; \
-	echo "corpus $$(ls $(FUZZ_BUILD)/corpus/$* tests/fuzz/corpus/$* | grep -vc ':$$\|^$$') files"
+	st() { sed -n "s/^stat::$$1: *//p" $(FUZZ_BUILD)/logs/$*.log; }; \
+	echo "fuzz: $* ok: $$(st number_of_executed_units) execs," \
+	    "$$(st average_exec_per_sec) execs/s, $$(st new_units_added) new units," \
+	    "corpus $$(ls $(FUZZ_BUILD)/corpus/$* | wc -l) found + $$(ls tests/fuzz/corpus/$* | wc -l) checked in"
 
 fuzz: fuzz-build
 	+@$(FUZZ_MAKE) -k $(FUZZ_TARGETS:%=fuzz-run-%) || \
@@ -105,11 +119,16 @@ fuzz-long: fuzz-build
 	+@$(FUZZ_MAKE) -k -j$(FUZZ_JOBS) FUZZ_SECONDS=3600 \
 	    $(FUZZ_TARGETS:%=fuzz-run-%) || { echo "fuzz-long: FAILED (see above)"; exit 1; }
 
-# Replays every checked-in input once (-runs=0 executes the corpus directories and stops).
+# Replays every checked-in input once (-runs=0 executes the corpus directories and stops). The
+# first directory, where libFuzzer would save anything new, is a scratch one: checked-in
+# directories are never written.
 fuzz-regress: fuzz-build
 	@pass=0; fail=0; mkdir -p $(FUZZ_BUILD)/logs; for t in $(FUZZ_TARGETS); do \
 	    mkdir -p tests/fuzz/corpus/$$t tests/fuzz/regressions/$$t; \
+	    rm -rf $(FUZZ_BUILD)/regress/$$t; \
+	    mkdir -p $(FUZZ_BUILD)/regress/$$t $(FUZZ_BUILD)/artifacts/$$t; \
 	    if $(FUZZ_BUILD)/fuzz_$$t -runs=0 -timeout=$(FUZZ_TIMEOUT) \
+	        -artifact_prefix=$(FUZZ_BUILD)/artifacts/$$t/ $(FUZZ_BUILD)/regress/$$t \
 	        tests/fuzz/corpus/$$t tests/fuzz/regressions/$$t \
 	        > $(FUZZ_BUILD)/logs/regress-$$t.log 2>&1; then \
 	        pass=$$((pass + 1)); \
@@ -120,4 +139,17 @@ fuzz-regress: fuzz-build
 	done; \
 	echo "fuzz-regress: $$pass passed, $$fail failed"; [ $$fail -eq 0 ]
 
+# A merged input that crashes the current code belongs in tests/fuzz/regressions/<t>/ instead
+# (with a report), so that fuzz-regress names each known bug once.
+fuzz-merge: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	    mkdir -p tests/fuzz/corpus/$$t $(FUZZ_BUILD)/corpus/$$t $(FUZZ_BUILD)/logs; \
+	    n=$$(ls tests/fuzz/corpus/$$t | wc -l); \
+	    $(FUZZ_BUILD)/fuzz_$$t -merge=1 tests/fuzz/corpus/$$t $(FUZZ_BUILD)/corpus/$$t \
+	        > $(FUZZ_BUILD)/logs/merge-$$t.log 2>&1 || { echo "fuzz-merge: $$t FAILED"; exit 1; }; \
+	    echo "fuzz-merge: $$t $$n -> $$(ls tests/fuzz/corpus/$$t | wc -l) inputs"; \
+	done
+
 -include $(wildcard $(FUZZ_BUILD)/obj/*.d $(FUZZ_BUILD)/harness/*.d)
+
+.DEFAULT_GOAL := $(FUZZ_SAVED_GOAL)

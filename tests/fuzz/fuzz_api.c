@@ -22,28 +22,33 @@
  * Checked for every request: a status is set and is not 500 (the store is healthy, so a 500 is
  * a bug) or 503; every JSON answer parses; an error answer has message, errorCode and
  * errorCategoryKey, with the errorCode CONTRACT §2 gives for the status (405 has Allow, 429 has
- * Retry-After); no answer contains a secret (admin token, application secrets, refresh tokens,
- * access tokens); a 2xx without credentials is only /healthz or /metrics; a 2xx for /admin/...
- * or /v1/events needs the admin token; a 2xx for one application never shows the other's
- * webhooks; kz_alloc_live() is back to its value before the request once it has been answered
- * (not asserted after a successful change, whose subscription index entries legitimately live
- * on, nor when calibration found the count unstable). */
+ * Retry-After); no answer contains a secret (application secrets, refresh tokens, access
+ * tokens, signing secrets: all random per run) unless the request itself carried it; a 2xx
+ * without credentials is only /healthz or /metrics; a 2xx for /admin/... or /v1/events needs
+ * the admin token; a 2xx for one application never shows the other's webhooks;
+ * kz_alloc_live() is back to its value before the request once it has been answered (not
+ * asserted after a successful change, whose subscription index entries legitimately live on,
+ * nor when calibration found the count unstable). */
 #include "fuzz_common.h"
 
 #include "alloc.h"
 #include "api.h"
 #include "config.h"
+#include "id.h"
 #include "json.h"
 #include "metrics.h"
+#include "outbound.h"
 #include "sign.h"
 #include "store.h"
 #include "subidx.h"
 
 #include <curl/curl.h>
 #include <dirent.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <strings.h>
 #include <unistd.h>
 
@@ -51,28 +56,27 @@ void kz_fuzz_netguard_check(void);
 long kz_fuzz_netguard_refused(void);
 
 #define ADMIN_TOKEN "fuzz-admin-token-123"
-#define TOKEN_A "fuzz-app-a-access-token-0123456789abcdefghij"
-#define TOKEN_B "fuzz-app-b-access-token-0123456789abcdefghij"
-#define TOKEN_B_EXPIRED "fuzz-app-b-expired-token-0123456789abcdefghi"
+/* Access tokens are random per run, like every other secret the leak check looks for. */
+static char tok_a[44], tok_b[44], tok_b_expired[44];
 #define YEAR_MS INT64_C(31536000000)
 
 enum {
-    FL_ADMIN = 1 << 0,        /* Authorization: Bearer <admin token> */
-    FL_TOKEN_A = 1 << 1,      /* accessToken: <A's token> */
-    FL_TOKEN_B = 1 << 2,      /* accessToken: <B's token> */
-    FL_BEARER_A = 1 << 3,     /* Authorization: Bearer <A's token> */
-    FL_APPCREDS_A = 1 << 4,   /* applicationId/applicationSecret/refreshToken of A */
+    FL_ADMIN = 1 << 0,         /* Authorization: Bearer <admin token> */
+    FL_TOKEN_A = 1 << 1,       /* accessToken: <A's token> */
+    FL_TOKEN_B = 1 << 2,       /* accessToken: <B's token> */
+    FL_BEARER_A = 1 << 3,      /* Authorization: Bearer <A's token> */
+    FL_APPCREDS_A = 1 << 4,    /* applicationId/applicationSecret/refreshToken of A */
     FL_WRONGSECRET_A = 1 << 5, /* A's applicationId with a wrong secret */
-    FL_EXPIRED_B = 1 << 6,    /* accessToken: an expired token of B */
-    FL_EMPTY_TOKEN = 1 << 7,  /* accessToken: "" */
+    FL_EXPIRED_B = 1 << 6,     /* accessToken: an expired token of B */
+    FL_EMPTY_TOKEN = 1 << 7,   /* accessToken: "" */
 };
 
-static const char *const methods[] = {"GET",     "POST",  "PUT",   "DELETE", "HEAD", "PATCH",
-                                      "OPTIONS", "get",   "TRACE", "CONNECT", "",    "POST",
-                                      "GET",     "PUT",   "DELETE", "GET"};
+static const char *const methods[] = {"GET",     "POST", "PUT",    "DELETE",  "HEAD", "PATCH",
+                                      "OPTIONS", "get",  "TRACE",  "CONNECT", "",     "POST",
+                                      "GET",     "PUT",  "DELETE", "GET"};
 
 struct fixture_app {
-    struct kz_app row;           /* as stored, for re-creation */
+    struct kz_app row; /* as stored, for re-creation */
     char secret[128], refresh[128];
     const char *token;
 };
@@ -85,7 +89,7 @@ static struct {
     struct kz_api *api;
     char dir[256], db[300];
     struct fixture_app a, b;
-    struct kz_webhook wh[3];     /* W, W2, W3 */
+    struct kz_webhook wh[3]; /* W, W2, W3 */
     bool alloc_stable;
     const char *secrets[16];
     size_t nsecrets;
@@ -228,8 +232,7 @@ static void make_app(struct fixture_app *fa, const char *body, const char *token
     snprintf(fa->refresh, sizeof(fa->refresh), "%s",
              json_string_value(json_object_get(doc, "refreshToken")));
     memset(&fa->row, 0, sizeof(fa->row));
-    e = kz_store_app_get(fx.st, json_string_value(json_object_get(doc, "applicationId")),
-                         &fa->row);
+    e = kz_store_app_get(fx.st, json_string_value(json_object_get(doc, "applicationId")), &fa->row);
     FUZZ_CHECK(!e, "fixture: created app not found: %s", kz_err_str(e));
     json_decref(doc);
     kz_buf_cleanup(&out);
@@ -268,8 +271,8 @@ static bool webhook_same(const struct kz_webhook *a, const struct kz_webhook *b)
            same_str(a->object_id, b->object_id) && a->event_mask == b->event_mask &&
            same_str(a->callback_url, b->callback_url) &&
            same_str(a->callback_token, b->callback_token) &&
-           same_str(a->callback_context, b->callback_context) &&
-           a->validity_ms == b->validity_ms && a->active == b->active;
+           same_str(a->callback_context, b->callback_context) && a->validity_ms == b->validity_ms &&
+           a->active == b->active;
 }
 
 /* Puts the fixture back as built: applications, tokens, webhooks, and their index entries. */
@@ -292,16 +295,15 @@ static void restore(void)
         if (!token_present(apps[i]->token))
             add_token(apps[i]->token, apps[i]->row.id, kz_now_ms() + 10 * YEAR_MS);
     }
-    if (!token_present(TOKEN_B_EXPIRED))
-        add_token(TOKEN_B_EXPIRED, fx.b.row.id, kz_now_ms() - 1000);
+    if (!token_present(tok_b_expired))
+        add_token(tok_b_expired, fx.b.row.id, kz_now_ms() - 1000);
     for (i = 0; i < 3; i++) {
         struct kz_webhook cur;
         enum kz_err e;
 
         memset(&cur, 0, sizeof(cur));
         e = kz_store_webhook_get(fx.st, fx.wh[i].id, &cur);
-        FUZZ_CHECK(e == KZ_OK || e == KZ_ERR_NOTFOUND, "fixture: webhook get: %s",
-                   kz_err_str(e));
+        FUZZ_CHECK(e == KZ_OK || e == KZ_ERR_NOTFOUND, "fixture: webhook get: %s", kz_err_str(e));
         if (e || !webhook_same(&cur, &fx.wh[i])) {
             memset(&op, 0, sizeof(op));
             op.type = e ? KZ_OP_WEBHOOK_INSERT : KZ_OP_WEBHOOK_UPDATE;
@@ -332,9 +334,88 @@ static void rm_tree(const char *dir)
     rmdir(dir);
 }
 
+/* Answers seen, by route and status, printed at exit when KZ_FUZZ_STATS is set: shows which
+ * handlers the corpus reaches (a harness that only ever earns 401s tests little). */
+#define STAT_ROUTES 12
+static const char *const stat_route_names[STAT_ROUTES] = {
+    "healthz", "metrics", "admin/apps",   "admin/apps/{id}",         "accessToken",
+    "events",  "webhook", "webhook/{id}", "webhook/{id}/deliveries", "webhook/{id}/replay",
+    "other",   "?"};
+static long stat_count[STAT_ROUTES][6];
+
+static int stat_route(size_t n, char seg[8][80])
+{
+    if (n == 1 && !strcmp(seg[0], "healthz"))
+        return 0;
+    if (n == 1 && !strcmp(seg[0], "metrics"))
+        return 1;
+    if (n >= 3 && !strcmp(seg[0], "admin") && !strcmp(seg[1], "v1") &&
+        !strcmp(seg[2], "applications"))
+        return n == 3 ? 2 : 3;
+    if (n < 2 || strcmp(seg[0], "v1"))
+        return 10;
+    if (n == 2 && !strcmp(seg[1], "accessToken"))
+        return 4;
+    if (n == 2 && !strcmp(seg[1], "events"))
+        return 5;
+    if (strcmp(seg[1], "webhook"))
+        return 10;
+    if (n == 2)
+        return 6;
+    if (n == 3)
+        return 7;
+    if (n == 4 && !strcmp(seg[3], "deliveries"))
+        return 8;
+    if (n == 4 && !strcmp(seg[3], "replay"))
+        return 9;
+    return 10;
+}
+
+static void print_stats(void)
+{
+    size_t r;
+
+    fprintf(stderr,
+            "fuzz_api: route                     1xx/2xx/3xx/4xx/5xx; netguard refused %ld\n",
+            kz_fuzz_netguard_refused());
+    for (r = 0; r < STAT_ROUTES; r++)
+        fprintf(stderr, "fuzz_api: %-25s %ld/%ld/%ld/%ld/%ld\n", stat_route_names[r],
+                stat_count[r][1], stat_count[r][2], stat_count[r][3], stat_count[r][4],
+                stat_count[r][5]);
+}
+
+/* Removes the store directories of earlier runs that died without reaching teardown() (a crash
+ * exits through abort()). Only names of our own pattern whose process is gone are touched. */
+static void remove_stale(const char *base)
+{
+    DIR *d = opendir(base);
+    struct dirent *de;
+    char path[600];
+    long pid;
+    char *end;
+
+    if (!d)
+        return;
+    while ((de = readdir(d))) {
+        if (strncmp(de->d_name, "kzhook-fuzz-api.", 16))
+            continue;
+        pid = strtol(de->d_name + 16, &end, 10);
+        if (end == de->d_name + 16 || *end != '.' || pid <= 0)
+            continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", base, de->d_name);
+        rm_tree(path);
+    }
+    closedir(d);
+}
+
 static void teardown(void)
 {
     size_t i;
+
+    if (getenv("KZ_FUZZ_STATS"))
+        print_stats();
 
     kz_api_free(fx.api);
     kz_subidx_free(fx.idx);
@@ -343,6 +424,8 @@ static void teardown(void)
         kz_webhook_cleanup(&fx.wh[i]);
     kz_app_cleanup(&fx.a.row);
     kz_app_cleanup(&fx.b.row);
+    kz_trust_free(fx.cfg.trust);
+    fx.cfg.trust = NULL;
     kz_config_cleanup(&fx.cfg);
     if (fx.dir[0])
         rm_tree(fx.dir);
@@ -371,7 +454,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     fx.cfg.allow_http_callbacks = false;
     fx.cfg.validation_timeout_ms = 1;
     fx.cfg.rate_limit = 0;
-    snprintf(fx.dir, sizeof(fx.dir), "%s/kzhook-fuzz-api.XXXXXX", base ? base : "/tmp");
+    fx.cfg.trust = kz_trust_new(fx.cfg.ca_file, err, sizeof(err)); /* as main() does */
+    FUZZ_CHECK(fx.cfg.trust, "fixture: trust store: %s", err);
+    if (!base)
+        base = "/tmp";
+    remove_stale(base);
+    snprintf(fx.dir, sizeof(fx.dir), "%s/kzhook-fuzz-api.%ld.XXXXXX", base, (long)getpid());
     FUZZ_CHECK(mkdtemp(fx.dir), "fixture: mkdtemp %s failed", fx.dir);
     snprintf(fx.db, sizeof(fx.db), "%s/kzhook.db", fx.dir);
     kz_free(fx.cfg.db);
@@ -384,10 +472,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     kz_sha256_hex(ADMIN_TOKEN, strlen(ADMIN_TOKEN), admin_hash);
     fx.api = kz_api_new(&fx.cfg, fx.st, fx.idx, &fx.metrics, admin_hash, NULL);
     atexit(teardown);
+    kz_id_token(tok_a, 43);
+    kz_id_token(tok_b, 43);
+    kz_id_token(tok_b_expired, 43);
 
-    make_app(&fx.a, "{\"name\":\"fuzz-a\",\"objectIds\":[\"g1\",\"a1\",\"com.x.form\"]}", TOKEN_A);
-    make_app(&fx.b, "{\"name\":\"fuzz-b\",\"objectIds\":[\"*\"]}", TOKEN_B);
-    add_token(TOKEN_B_EXPIRED, fx.b.row.id, kz_now_ms() - 1000);
+    make_app(&fx.a, "{\"name\":\"fuzz-a\",\"objectIds\":[\"g1\",\"a1\",\"com.x.form\"]}", tok_a);
+    make_app(&fx.b, "{\"name\":\"fuzz-b\",\"objectIds\":[\"*\"]}", tok_b);
+    add_token(tok_b_expired, fx.b.row.id, kz_now_ms() - 1000);
     make_webhook(&fx.wh[0], "0f0e0d0c-0000-4000-8000-00000000000a", &fx.a, KZ_OBJ_GROUP, "g1",
                  true);
     make_webhook(&fx.wh[1], "0f0e0d0c-0000-4000-8000-00000000000b", &fx.b, KZ_OBJ_GROUP, "g2",
@@ -396,10 +487,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
                  "com.x.form", false);
     restore(); /* inserts the webhooks */
 
-    fx.secrets[fx.nsecrets++] = ADMIN_TOKEN;
-    fx.secrets[fx.nsecrets++] = TOKEN_A;
-    fx.secrets[fx.nsecrets++] = TOKEN_B;
-    fx.secrets[fx.nsecrets++] = TOKEN_B_EXPIRED;
+    /* Not ADMIN_TOKEN: it is fixed, in the dictionary, and may sit in stored events that
+     * later answers echo. Every secret below is random per run. */
+    fx.secrets[fx.nsecrets++] = tok_a;
+    fx.secrets[fx.nsecrets++] = tok_b;
+    fx.secrets[fx.nsecrets++] = tok_b_expired;
     fx.secrets[fx.nsecrets++] = fx.a.secret;
     fx.secrets[fx.nsecrets++] = fx.a.refresh;
     fx.secrets[fx.nsecrets++] = fx.b.secret;
@@ -433,8 +525,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     }
     fx.alloc_stable = l1 == 0 && l2 == 0;
     if (!fx.alloc_stable)
-        fprintf(stderr, "fuzz_api: kz_alloc_live moved by %" PRId64 "/%" PRId64
-                        " over a round of read-only requests; not asserting it\n",
+        fprintf(stderr,
+                "fuzz_api: kz_alloc_live moved by %" PRId64 "/%" PRId64
+                " over a round of read-only requests; not asserting it\n",
                 l1, l2);
     return 0;
 }
@@ -446,13 +539,17 @@ struct parsed {
     unsigned flags;
     char *path, *query, *headers, *body;
     size_t body_len;
+    char *query_raw, *headers_raw; /* before splitting (the split writes NULs) */
+    size_t query_len, headers_len;
 };
 
 /* Copy of `s` (n bytes) with the fixture markers replaced; malloc'ed, NUL-terminated. */
 static char *substitute(const char *s, size_t n)
 {
-    const char *marks[5][2] = {{"{W}", fx.wh[0].id},  {"{W2}", fx.wh[1].id},
-                               {"{W3}", fx.wh[2].id}, {"{A}", fx.a.row.id},
+    const char *marks[5][2] = {{"{W}", fx.wh[0].id},
+                               {"{W2}", fx.wh[1].id},
+                               {"{W3}", fx.wh[2].id},
+                               {"{A}", fx.a.row.id},
                                {"{B}", fx.b.row.id}};
     size_t cap = n * 40 + 1, o = 0, i = 0, k;
     char *out = malloc(cap);
@@ -477,18 +574,33 @@ static char *substitute(const char *s, size_t n)
     return out;
 }
 
-/* memmem() is a GNU extension; the build is plain POSIX. */
-static bool contains(const char *hay, size_t n, const char *needle)
+/* Substring search. Not instrumented and without memcmp(): libFuzzer learns the operands of
+ * traced comparisons, and would copy the fixture's secrets into inputs (and from there into
+ * stored events, which later answers echo legitimately). */
+__attribute__((no_sanitize("coverage"))) static bool contains(const char *hay, size_t n,
+                                                              const char *needle)
 {
-    size_t m = strlen(needle), i;
+    size_t m = 0, i, j;
 
+    while (needle[m])
+        m++;
     if (!hay || !m || m > n)
         return false;
     for (i = 0; i + m <= n; i++) {
-        if (hay[i] == needle[0] && !memcmp(hay + i, needle, m))
+        for (j = 0; j < m && hay[i + j] == needle[j]; j++)
+            ;
+        if (j == m)
             return true;
     }
     return false;
+}
+
+static bool in_input(const struct parsed *in, const char *secret)
+{
+    return contains(in->path, strlen(in->path), secret) ||
+           (in->query && contains(in->query_raw, in->query_len, secret)) ||
+           (in->headers && contains(in->headers_raw, in->headers_len, secret)) ||
+           contains(in->body, in->body_len, secret);
 }
 
 static bool is_auth_header(const char *name)
@@ -534,14 +646,15 @@ static void check_response(const struct kz_req *req, const struct parsed *in, bo
     unsigned f = in->flags;
 
     FUZZ_CHECK(st >= 100 && st <= 599, "status %d", st);
+    stat_count[stat_route(n, seg)][st / 100]++;
     FUZZ_CHECK(st < 500, "status %d for a client request: %.300s", st, body);
     FUZZ_CHECK(req->content_type, "%s", "no content type");
     if (!strncmp(req->content_type, "application/json", 16)) {
         json_error_t jerr;
         json_t *doc = json_loadb(req->out.data ? req->out.data : "", req->out.len, 0, &jerr);
 
-        FUZZ_CHECK(doc, "status %d answer is not valid JSON (%s at col %d): %.300s", st,
-                   jerr.text, jerr.column, body);
+        FUZZ_CHECK(doc, "status %d answer is not valid JSON (%s at col %d): %.300s", st, jerr.text,
+                   jerr.column, body);
         if (st >= 400) {
             const char *code = json_string_value(json_object_get(doc, "errorCode"));
             const char *cat = json_string_value(json_object_get(doc, "errorCategoryKey"));
@@ -550,14 +663,31 @@ static void check_response(const struct kz_req *req, const struct parsed *in, bo
             FUZZ_CHECK(json_is_string(json_object_get(doc, "message")) && code && cat,
                        "error answer without message/errorCode/errorCategoryKey: %.300s", body);
             switch (st) {
-            case 400: want = "InvalidParameters"; alt = "CallbackValidationFailed"; break;
-            case 401: want = "Unauthenticated"; alt = "InvalidToken"; break;
-            case 403: want = "Forbidden"; break;
-            case 404: want = "NotFound"; break;
-            case 405: want = "MethodNotAllowed"; break;
-            case 413: want = "PayloadTooLarge"; break;
-            case 429: want = "Throttled"; break;
-            default: break;
+            case 400:
+                want = "InvalidParameters";
+                alt = "CallbackValidationFailed";
+                break;
+            case 401:
+                want = "Unauthenticated";
+                alt = "InvalidToken";
+                break;
+            case 403:
+                want = "Forbidden";
+                break;
+            case 404:
+                want = "NotFound";
+                break;
+            case 405:
+                want = "MethodNotAllowed";
+                break;
+            case 413:
+                want = "PayloadTooLarge";
+                break;
+            case 429:
+                want = "Throttled";
+                break;
+            default:
+                break;
             }
             FUZZ_CHECK(want && (!strcmp(code, want) || (alt && !strcmp(code, alt))),
                        "status %d with errorCode %s", st, code);
@@ -570,8 +700,10 @@ static void check_response(const struct kz_req *req, const struct parsed *in, bo
         }
         json_decref(doc);
     }
+    /* A secret the request itself carried may be echoed (e.g. as an unknown id in a 404). */
     for (i = 0; i < fx.nsecrets; i++)
-        FUZZ_CHECK(!contains(req->out.data, req->out.len, fx.secrets[i]),
+        FUZZ_CHECK(in_input(in, fx.secrets[i]) ||
+                       !contains(req->out.data, req->out.len, fx.secrets[i]),
                    "answer %d leaks secret #%zu: %.300s", st, i, body);
     if (!ok2xx)
         return;
@@ -598,19 +730,22 @@ static void check_response(const struct kz_req *req, const struct parsed *in, bo
 static void fill_conn(struct conn *cn, unsigned f)
 {
     static const char admin[] = "Bearer " ADMIN_TOKEN;
-    static const char bearer_a[] = "Bearer " TOKEN_A;
+    static char bearer_a[64];
+
+    if (!bearer_a[0])
+        snprintf(bearer_a, sizeof(bearer_a), "Bearer %s", tok_a);
 
     cn->nh = cn->nq = 0;
     if (f & FL_ADMIN)
         add_header(cn, "Authorization", admin);
     if (f & FL_TOKEN_A)
-        add_header(cn, "accessToken", TOKEN_A);
+        add_header(cn, "accessToken", tok_a);
     if (f & FL_TOKEN_B)
-        add_header(cn, "accessToken", TOKEN_B);
+        add_header(cn, "accessToken", tok_b);
     if (f & FL_BEARER_A)
         add_header(cn, "Authorization", bearer_a);
     if (f & FL_EXPIRED_B)
-        add_header(cn, "accessToken", TOKEN_B_EXPIRED);
+        add_header(cn, "accessToken", tok_b_expired);
     if (f & FL_EMPTY_TOKEN)
         add_header(cn, "accessToken", "");
     if (f & (FL_APPCREDS_A | FL_WRONGSECRET_A)) {
@@ -692,6 +827,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     in.query = substitute((const char *)piece, len);
     piece = fuzz_next_piece(&p, end, &len);
     in.headers = substitute((const char *)piece, len);
+    in.query_raw = strdup(in.query);
+    in.headers_raw = strdup(in.headers);
+    if (!in.query_raw || !in.headers_raw)
+        abort();
+    in.query_len = strlen(in.query_raw);
+    in.headers_len = strlen(in.headers_raw);
     in.body_len = (size_t)(end - p);
     in.body = malloc(in.body_len ? in.body_len : 1); /* exact size: ASan sees over-reads */
     if (!in.body)
@@ -737,6 +878,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(in.path);
     free(in.query);
     free(in.headers);
+    free(in.query_raw);
+    free(in.headers_raw);
     free(in.body);
     return 0;
 }

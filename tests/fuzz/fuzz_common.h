@@ -34,8 +34,7 @@ fuzz_fail(const char *file, int line, const char *expr, const char *fmt, ...)
 }
 
 /** Invariant check, always compiled in. The message is printf-style and says what was seen. */
-#define FUZZ_CHECK(c, ...)                                                                         \
-    ((c) ? (void)0 : fuzz_fail(__FILE__, __LINE__, #c, __VA_ARGS__))
+#define FUZZ_CHECK(c, ...) ((c) ? (void)0 : fuzz_fail(__FILE__, __LINE__, #c, __VA_ARGS__))
 
 /** NUL-terminated heap copy of `n` bytes (malloc, not kz_malloc: harness memory must not count
  * in kz_alloc_live()). The copy ends at the first NUL of the input, as a C caller would see it. */

@@ -34,8 +34,8 @@ static void check_cfg(const struct kz_config *c)
     size_t i;
 
     FUZZ_CHECK(c->listen_port >= 0 && c->listen_port <= 65535, "port %d", c->listen_port);
-    FUZZ_CHECK(memchr(c->listen_host, '\0', sizeof(c->listen_host)) && c->listen_host[0],
-               "%s", "listen host empty or unterminated");
+    FUZZ_CHECK(memchr(c->listen_host, '\0', sizeof(c->listen_host)) && c->listen_host[0], "%s",
+               "listen host empty or unterminated");
     FUZZ_CHECK(c->db && *c->db, "%s", "db empty");
     FUZZ_CHECK(c->retry_count >= 1 && c->retry_count <= KZ_RETRY_MAX, "retry_count %zu",
                c->retry_count);
@@ -95,8 +95,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!e1)
         check_cfg(&c1);
     else
-        FUZZ_CHECK(memchr(err1, '\0', sizeof(err1)) && err1[0] != 'Z', "%s",
-                   "no error message");
+        FUZZ_CHECK(memchr(err1, '\0', sizeof(err1)) && err1[0] != 'Z', "%s", "no error message");
 
     rest = malloc((size_t)argc * sizeof(*rest));
     if (!rest)
@@ -108,8 +107,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (r = 0; rest[r]; r++)
             FUZZ_CHECK(r < argc && strncmp(rest[r], "--", 2), "rest[%d] = \"%.60s\"", r, rest[r]);
     } else {
-        FUZZ_CHECK(memchr(err2, '\0', sizeof(err2)) && err2[0] != 'Z', "%s",
-                   "no error message");
+        FUZZ_CHECK(memchr(err2, '\0', sizeof(err2)) && err2[0] != 'Z', "%s", "no error message");
     }
     if (!e2 && n_pos == 0) {
         FUZZ_CHECK(!e1, "rest=NULL rejected what rest accepted: %s", err1);

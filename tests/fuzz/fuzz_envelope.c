@@ -19,8 +19,20 @@
 
 #include <inttypes.h>
 
-enum { P_CTRL, P_WHID, P_OBJID, P_EVID, P_GROUP, P_CTX, P_FU, P_FUID, P_FUNAME, P_FUPIC, P_DATA,
-       P__COUNT };
+enum {
+    P_CTRL,
+    P_WHID,
+    P_OBJID,
+    P_EVID,
+    P_GROUP,
+    P_CTX,
+    P_FU,
+    P_FUID,
+    P_FUNAME,
+    P_FUPIC,
+    P_DATA,
+    P__COUNT
+};
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -168,8 +180,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const char *at = strstr(out.data + 3, ",\"data\":");
         json_t *want = json_loads(stored, JSON_DECODE_ANY, NULL);
 
-        FUZZ_CHECK(at && !strncmp(at + 8, stored, slen) && !strncmp(at + 8 + slen, after,
-                                                                     strlen(after)),
+        FUZZ_CHECK(at && !strncmp(at + 8, stored, slen) &&
+                       !strncmp(at + 8 + slen, after, strlen(after)),
                    "data not spliced verbatim: %.300s", out.data + 3);
         dv = json_object_get(env, "data");
         FUZZ_CHECK(want && json_equal(dv, want), "%s", "data parses to a different value");

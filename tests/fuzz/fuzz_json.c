@@ -111,8 +111,8 @@ static void check_scalars(const json_t *v)
         FUZZ_CHECK(!e && i == json_integer_value(v), "%s", "i64 of a JSON integer");
     } else if (json_is_real(v)) {
         double d = json_real_value(v);
-        bool ok = d >= -9223372036854775808.0 && d < 9223372036854775808.0 &&
-                  (double)(int64_t)d == d;
+        bool ok =
+            d >= -9223372036854775808.0 && d < 9223372036854775808.0 && (double)(int64_t)d == d;
 
         FUZZ_CHECK(!e == ok, "i64 of real %.17g: e=%d", d, e);
         if (!e)
@@ -180,8 +180,8 @@ static void check_dump(const json_t *v, size_t limit_seed)
         kz_buf_init(&tight, 3 + room);
         kz_buf_append(&tight, before, 3);
         e = kz_json_dump(v, &tight);
-        FUZZ_CHECK(e == KZ_ERR_TOOBIG, "dump into %zu bytes of room for %zu: e=%d", room,
-                   full.len, e);
+        FUZZ_CHECK(e == KZ_ERR_TOOBIG, "dump into %zu bytes of room for %zu: e=%d", room, full.len,
+                   e);
         FUZZ_CHECK(tight.len == 3 && !memcmp(tight.data, "pre", 4), "%s",
                    "a failed dump left bytes behind");
         kz_buf_cleanup(&tight);
@@ -203,8 +203,7 @@ static void visit(const json_t *v, int depth)
         json_t *val;
         void *it;
 
-        for (it = json_object_iter((json_t *)v); it;
-             it = json_object_iter_next((json_t *)v, it)) {
+        for (it = json_object_iter((json_t *)v); it; it = json_object_iter_next((json_t *)v, it)) {
             char name[128];
             size_t klen = json_object_iter_key_len(it), j;
             json_t *got;
@@ -222,12 +221,12 @@ static void visit(const json_t *v, int depth)
                     void *it2;
 
                     for (c = 0; c < klen; c++)
-                        name[c] = (char)(j ? upper((unsigned char)key[c])
-                                           : lower((unsigned char)key[c]));
+                        name[c] =
+                            (char)(j ? upper((unsigned char)key[c]) : lower((unsigned char)key[c]));
                     name[klen] = '\0';
                     got = kz_json_get(v, name);
-                    FUZZ_CHECK(got, "kz_json_get(\"%.60s\") found nothing for key \"%.60s\"",
-                               name, key);
+                    FUZZ_CHECK(got, "kz_json_get(\"%.60s\") found nothing for key \"%.60s\"", name,
+                               key);
                     if (json_object_get(v, name)) {
                         FUZZ_CHECK(got == json_object_get(v, name), "%s",
                                    "an exact-case member did not win");

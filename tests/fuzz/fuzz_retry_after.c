@@ -119,8 +119,8 @@ static void check_delays(const uint8_t *p, size_t n, int64_t ra)
             int64_t h = kz_retry_honour(sched, cnt, retry, rnds[j], ra);
 
             if (retry > cnt) {
-                FUZZ_CHECK(d == -1 && h == -1, "retry %u of %zu: %" PRId64 " %" PRId64, retry,
-                           cnt, d, h);
+                FUZZ_CHECK(d == -1 && h == -1, "retry %u of %zu: %" PRId64 " %" PRId64, retry, cnt,
+                           d, h);
                 continue;
             }
             {
@@ -143,8 +143,7 @@ static void check_delays(const uint8_t *p, size_t n, int64_t ra)
             } else {
                 int64_t want = ra > sched[cnt - 1] ? sched[cnt - 1] : ra;
 
-                FUZZ_CHECK(h == (want < 1 ? 1 : want), "honour %" PRId64 " for ra %" PRId64, h,
-                           ra);
+                FUZZ_CHECK(h == (want < 1 ? 1 : want), "honour %" PRId64 " for ra %" PRId64, h, ra);
             }
         }
     }

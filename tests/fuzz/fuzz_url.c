@@ -91,8 +91,8 @@ static void check_accepted(const char *url, bool allow_http, const struct kz_url
         for (i = 0; i < len; i++) {
             char c = u->host[i];
 
-            FUZZ_CHECK((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
-                           c == '-' || c == '_',
+            FUZZ_CHECK((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-' ||
+                           c == '_',
                        "host name %s has byte 0x%02x", u->host, (unsigned char)c);
         }
         /* A name the resolver would read as a number must have been classified as one. */
@@ -142,8 +142,7 @@ static void check_v4_forms(uint32_t a)
     /* ::/128 and ::1 are the IPv6 unspecified and loopback addresses, not IPv4-compatible. */
     if (a > 1)
         FUZZ_CHECK(classify6(b) == c, "::%u.%u.%u.%u is %s but the IPv4 address is %s", v4[0],
-                   v4[1], v4[2], v4[3], kz_addr_class_name(classify6(b)),
-                   kz_addr_class_name(c));
+                   v4[1], v4[2], v4[3], kz_addr_class_name(classify6(b)), kz_addr_class_name(c));
     memset(b, 0, 16);
     b[1] = 0x64;
     b[2] = 0xff;
@@ -155,9 +154,8 @@ static void check_v4_forms(uint32_t a)
     b[0] = 0x20;
     b[1] = 0x02;
     memcpy(b + 2, v4, 4);
-    FUZZ_CHECK(classify6(b) == c, "2002:(%u.%u.%u.%u)::/48 is %s but the IPv4 address is %s",
-               v4[0], v4[1], v4[2], v4[3], kz_addr_class_name(classify6(b)),
-               kz_addr_class_name(c));
+    FUZZ_CHECK(classify6(b) == c, "2002:(%u.%u.%u.%u)::/48 is %s but the IPv4 address is %s", v4[0],
+               v4[1], v4[2], v4[3], kz_addr_class_name(classify6(b)), kz_addr_class_name(c));
 }
 
 static void check_classify(const struct kz_url *u)
@@ -196,8 +194,7 @@ static void check_entry(const struct kz_url *u, const char *ip, size_t outlen)
         FUZZ_CHECK(e == KZ_ERR_NOTFOUND, "IPv6 literal %s: e=%d", u->host, e);
         FUZZ_CHECK(!outlen || out[0] == '\0', "%s", "out not emptied for an IPv6 literal");
     } else if (!v4 && !v6) {
-        FUZZ_CHECK(e == KZ_ERR_INVALID, "non-numeric ip \"%.60s\" accepted: e=%d", ip ? ip : "",
-                   e);
+        FUZZ_CHECK(e == KZ_ERR_INVALID, "non-numeric ip \"%.60s\" accepted: e=%d", ip ? ip : "", e);
     } else {
         n = snprintf(want, sizeof(want), v6 ? "%s:%d:[%s]" : "%s:%d:%s", u->host, u->port, ip);
         if ((size_t)n < outlen) {
@@ -281,8 +278,8 @@ static void check_addrs(const uint8_t *p, const uint8_t *end, size_t iplen)
         } else if (strlen(first) >= iplen) {
             FUZZ_CHECK(e == KZ_ERR_TOOBIG && why, "ip %s in %zu bytes: e=%d", first, iplen, e);
         } else {
-            FUZZ_CHECK(e == KZ_OK && !strcmp(ip, first), "first address %s, got e=%d %.60s",
-                       first, e, e ? "" : ip);
+            FUZZ_CHECK(e == KZ_OK && !strcmp(ip, first), "first address %s, got e=%d %.60s", first,
+                       e, e ? "" : ip);
         }
         for (i = 0; e == KZ_OK && !allow_private && i < n; i++)
             FUZZ_CHECK(kz_addr_classify(ai[i].ai_addr) == KZ_ADDR_PUBLIC, "%s",

@@ -79,6 +79,5 @@ void kz_fuzz_netguard_check(void)
                (void *)(uintptr_t)getaddrinfo);
     FUZZ_CHECK(getaddrinfo("fuzz.invalid", NULL, NULL, &res) != 0, "%s",
                "a name lookup got through the guard");
-    FUZZ_CHECK(connect(-1, NULL, 0) == -1 && errno == ENETUNREACH, "%s",
-               "connect() did not fail");
+    FUZZ_CHECK(connect(-1, NULL, 0) == -1 && errno == ENETUNREACH, "%s", "connect() did not fail");
 }
