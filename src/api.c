@@ -172,6 +172,39 @@ static const char *category(int status)
 }
 
 /* Writes the contract's error body (CONTRACT §2). Always returns KZ_OK: the answer is ready. */
+/* Length of the valid UTF-8 sequence at `p` (at most `n` bytes), 0 when invalid. */
+static size_t utf8_seq(const unsigned char *p, size_t n)
+{
+    size_t len, i;
+    uint32_t cp;
+
+    if (p[0] < 0x80)
+        return 1;
+    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+        len = 2;
+        cp = p[0] & 0x1f;
+    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+        len = 3;
+        cp = p[0] & 0x0f;
+    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+        len = 4;
+        cp = p[0] & 0x07;
+    } else {
+        return 0;
+    }
+    if (len > n)
+        return 0;
+    for (i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3f);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return len;
+}
+
 static enum kz_err fail(struct kz_req *req, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -183,6 +216,16 @@ static enum kz_err fail(struct kz_req *req, int status, const char *code, const 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    /* Messages may quote client bytes (a field name, an id): keep the JSON valid UTF-8. */
+    for (size_t i = 0, n = strlen(msg); i < n;) {
+        size_t k = utf8_seq((const unsigned char *)msg + i, n - i);
+
+        if (k) {
+            i += k;
+        } else {
+            msg[i++] = '?';
+        }
+    }
     req->status = status;
     req->content_type = "application/json";
     kz_buf_reset(&req->out);
@@ -886,39 +929,6 @@ struct dlist_ctx {
     int64_t last_id;
     size_t n;
 };
-
-/* Length of the valid UTF-8 sequence at `p` (at most `n` bytes), 0 when invalid. */
-static size_t utf8_seq(const unsigned char *p, size_t n)
-{
-    size_t len, i;
-    uint32_t cp;
-
-    if (p[0] < 0x80)
-        return 1;
-    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
-        len = 2;
-        cp = p[0] & 0x1f;
-    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
-        len = 3;
-        cp = p[0] & 0x0f;
-    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
-        len = 4;
-        cp = p[0] & 0x07;
-    } else {
-        return 0;
-    }
-    if (len > n)
-        return 0;
-    for (i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
 
 /* A receiver's answer as a JSON string: it may be any bytes, so invalid UTF-8 becomes U+FFFD. */
 static json_t *utf8_json(const char *s)

@@ -35,7 +35,8 @@ struct kz_config {
 /** Fills defaults, then the environment, then argv[first..argc) flags (flags win). On error
  * writes a one-line message to `err` and returns KZ_ERR_INVALID. Unknown flags are errors.
  * Positional (non-flag) arguments are returned in `rest` (borrowed from argv, NULL-terminated,
- * caller provides room for argc entries) when rest is not NULL; otherwise they are errors. */
+ * caller provides room for argc - first + 1 entries) when rest is not NULL; otherwise they
+ * are errors. */
 enum kz_err kz_config_load(struct kz_config *cfg, int argc, char **argv, int first,
                            const char **rest, char *err, size_t errlen);
 void kz_config_cleanup(struct kz_config *cfg);
