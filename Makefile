@@ -17,7 +17,7 @@ LIBOBJS   := $(LIBSRCS:src/%.c=$(BUILD)/obj/%.o)
 UNITSRCS  := $(wildcard tests/unit/test_*.c)
 UNITBINS  := $(UNITSRCS:tests/unit/%.c=$(BUILD)/unit/%)
 
-.PHONY: all run test check unit integration asan valgrind lint format clean deps test-deps
+.PHONY: all run test check unit integration asan valgrind crash-test lint format clean deps test-deps
 
 all: deps $(BUILD)/kzhook
 
@@ -55,9 +55,19 @@ run: all
 # The whole suite, built with clang under ASan+UBSan (CI runs exactly this): unit tests, the
 # black-box integration suite on SQLite and again on a private PostgreSQL server. See
 # scripts/run-tests.sh.
+# Then the bounded hardening runs: every fuzz target for FUZZ_SECONDS over its corpus and
+# regression inputs, and a crash test with CRASH_KILLS SIGKILLs (make crash-test does 20).
+CRASH_KILLS ?= 10
 test: test-deps
 	$(MAKE) --no-print-directory check CC=clang BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=all"
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
+	scripts/crash-test.sh build-asan --kills $(CRASH_KILLS) --max-time 150
+
+# SIGKILL kzhook 20 times at random moments of a load run; every accepted event must arrive.
+crash-test: test-deps
+	$(MAKE) --no-print-directory $(BUILD)/kzhook
+	scripts/crash-test.sh $(BUILD)
 
 asan: test
 
@@ -87,7 +97,7 @@ format:
 	clang-format -i src/*.c src/*.h tests/unit/*.c
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
 -include $(OBJS:.o=.d) $(UNITBINS:%=%.d)
 

@@ -32,6 +32,6 @@ echo "== integration (SQLite)"
 python3 tests/integration/run.py --binary "$build/kzhook" || status=1
 
 echo "== integration (PostgreSQL)"
-KZ_TEST_DB=$pgurl python3 tests/integration/run.py --binary "$build/kzhook" || status=1
+KZ_TEST_DB=$pgurl KZ_TEST_PG_DIR=$pgdir python3 tests/integration/run.py --binary "$build/kzhook" || status=1
 
 exit $status

@@ -31,6 +31,7 @@ static const struct opt opts[] = {
     {"--allow-http-callbacks", "KZHOOK_ALLOW_HTTP_CALLBACKS", OPT_BOOL, OFF(allow_http_callbacks), 0, 0},
     {"--retry-schedule", "KZHOOK_RETRY_SCHEDULE", OPT_SCHEDULE, 0, 0, 0},
     {"--delivery-timeout", "KZHOOK_DELIVERY_TIMEOUT", OPT_DUR, OFF(delivery_timeout_ms), 1, 3600000},
+    {"--lease-margin", "KZHOOK_LEASE_MARGIN", OPT_DUR, OFF(lease_margin_ms), 1000, 86400000},
     {"--validation-timeout", "KZHOOK_VALIDATION_TIMEOUT", OPT_DUR, OFF(validation_timeout_ms), 1, 600000},
     {"--token-ttl", "KZHOOK_TOKEN_TTL", OPT_DUR, OFF(token_ttl_ms), 1000, INT64_C(3153600000000)},
     {"--rate-limit", "KZHOOK_RATE_LIMIT", OPT_INT, OFF(rate_limit), 0, 100000000},
@@ -39,6 +40,8 @@ static const struct opt opts[] = {
     {"--retention", "KZHOOK_RETENTION", OPT_DUR, OFF(retention_ms), 1000, INT64_C(3153600000000)},
     {"--threads", "KZHOOK_THREADS", OPT_INT, OFF(threads), 1, 256},
     {"--max-connections", "KZHOOK_MAX_CONNECTIONS", OPT_INT, OFF(max_connections), 16, 1000000},
+    {"--max-connections-per-ip", "KZHOOK_MAX_CONNECTIONS_PER_IP", OPT_INT,
+     OFF(max_connections_per_ip), 0, 1000000},
     {"--per-endpoint-concurrency", "KZHOOK_PER_ENDPOINT_CONCURRENCY", OPT_INT,
      OFF(per_endpoint_concurrency), 1, 1024},
 };
@@ -168,6 +171,7 @@ enum kz_err kz_config_load(struct kz_config *cfg, int argc, char **argv, int fir
                                &cfg->retry_count);
     KZ_ASSERT(!result);
     cfg->delivery_timeout_ms = 15000;
+    cfg->lease_margin_ms = 60000;
     cfg->validation_timeout_ms = 5000;
     cfg->token_ttl_ms = 24LL * 3600 * 1000;
     cfg->rate_limit = 100;

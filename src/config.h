@@ -21,6 +21,7 @@ struct kz_config {
     int64_t retry_schedule[KZ_RETRY_MAX];
     size_t retry_count;
     int64_t delivery_timeout_ms;
+    int64_t lease_margin_ms;   /* a claim's lease = delivery timeout + this */
     int64_t validation_timeout_ms;
     int64_t token_ttl_ms;
     int rate_limit;            /* calls/min/app on /v1/webhook*, 0 = off */
@@ -28,6 +29,7 @@ struct kz_config {
     int64_t retention_ms;
     int threads;               /* MHD worker threads */
     int max_connections;
+    int max_connections_per_ip; /* 0: three quarters of max_connections */
     int per_endpoint_concurrency; /* in-flight deliveries per webhook */
     struct kz_trust *trust;    /* outbound TLS trust store, set by main at start (outbound.h) */
 };

@@ -29,8 +29,9 @@
 #define CLAIM_MAX 256         /* rows per claim */
 #define EP_BUCKETS 1024
 #define RESPONSE_READ_MAX (256 * 1024) /* bytes read from a receiver before we stop listening */
-#define LEASE_MARGIN_MS 60000
 #define IDLE_POLL_MS 1000
+#define COMPLETE_RETRY_MS 1000 /* a COMPLETE the store refused is tried again after this */
+#define COMPLETE_TRIES 120     /* then its rows are left to their lease (sent again) */
 
 struct ep;
 
@@ -76,6 +77,9 @@ struct cbatch {
     size_t n, cap;
     char **strs;
     size_t nstrs, capstrs;
+    struct cbatch *next_failed;
+    int64_t retry_at;
+    int tries;
 };
 
 struct kz_dispatch {
@@ -93,6 +97,7 @@ struct kz_dispatch {
     struct kz_op claim;     /* at most one claim in flight */
     bool claim_busy, claim_ready;
     int completes_busy;     /* COMPLETE ops submitted, not yet done */
+    struct cbatch *failed;  /* COMPLETEs the store refused, to submit again */
     /* dispatcher-thread-only state */
     struct ep *eps[EP_BUCKETS];
     struct ep *ring;        /* last endpoint served in the ring */
@@ -240,9 +245,25 @@ static void complete_done(struct kz_op *op, void *arg)
     size_t i;
 
     if (op->result) {
-        /* The rows stay inflight; their lease expires and they are sent again (at least once). */
-        kz_log("error", "could not record delivery outcomes", "\"count\":%zu,\"error\":\"%s\"", b->n,
-               kz_err_str(op->result));
+        /* A store fault (disk full, database restarting): the transaction rolled back, so the
+         * same batch is submitted again later (COMPLETE only touches rows still inflight). If
+         * that keeps failing, or we are stopping, the rows stay inflight and their lease
+         * expires: they are sent again (at least once). */
+        bool again = ++b->tries < COMPLETE_TRIES && !atomic_load(&d->stop);
+
+        kz_log("error", "could not record delivery outcomes",
+               "\"count\":%zu,\"error\":\"%s\",\"retry\":%s", b->n, kz_err_str(op->result),
+               again ? "true" : "false");
+        if (again) {
+            b->retry_at = kz_now_ms() + COMPLETE_RETRY_MS;
+            pthread_mutex_lock(&d->lock);
+            b->next_failed = d->failed;
+            d->failed = b;
+            d->completes_busy--;
+            pthread_cond_broadcast(&d->cond);
+            pthread_mutex_unlock(&d->lock);
+            return;
+        }
     } else {
         /* The store disabled the webhook of a dead delivery in the same transaction (unless a
          * replay or re-enable got there first) and bumped webhooks_version; the index follows
@@ -262,19 +283,16 @@ static void complete_done(struct kz_op *op, void *arg)
     pthread_mutex_unlock(&d->lock);
 }
 
-static void flush_completions(struct kz_dispatch *d)
+static void submit_batch(struct kz_dispatch *d, struct cbatch *b)
 {
-    struct cbatch *b = d->batch;
     enum kz_err e;
 
-    if (!b)
-        return;
-    d->batch = NULL;
     b->op.type = KZ_OP_COMPLETE;
     b->op.u.complete.items = b->items;
     b->op.u.complete.n = b->n;
     b->op.done = complete_done;
     b->op.arg = b;
+    b->op.result = KZ_OK;
     pthread_mutex_lock(&d->lock);
     d->completes_busy++;
     pthread_mutex_unlock(&d->lock);
@@ -283,6 +301,46 @@ static void flush_completions(struct kz_dispatch *d)
         b->op.result = e;
         complete_done(&b->op, b);
     }
+}
+
+/* Dispatcher thread: submits again the refused COMPLETEs whose wait is over. */
+static void retry_failed(struct kz_dispatch *d, int64_t now)
+{
+    struct cbatch *list, *b, *keep = NULL;
+
+    pthread_mutex_lock(&d->lock);
+    list = d->failed;
+    d->failed = NULL;
+    pthread_mutex_unlock(&d->lock);
+    if (!list)
+        return;
+    while ((b = list)) {
+        list = b->next_failed;
+        if (b->retry_at <= now) {
+            submit_batch(d, b);
+        } else {
+            b->next_failed = keep;
+            keep = b;
+        }
+    }
+    if (keep) {
+        pthread_mutex_lock(&d->lock);
+        for (b = keep; b->next_failed; b = b->next_failed)
+            ;
+        b->next_failed = d->failed;
+        d->failed = keep;
+        pthread_mutex_unlock(&d->lock);
+    }
+}
+
+static void flush_completions(struct kz_dispatch *d)
+{
+    struct cbatch *b = d->batch;
+
+    if (!b)
+        return;
+    d->batch = NULL;
+    submit_batch(d, b);
 }
 
 /* ==== transfers ==== */
@@ -523,7 +581,8 @@ static void reap(struct kz_dispatch *d)
         /* A 2xx is a success even when we stopped reading an endless answer. */
         ok = status >= 200 && status <= 299 && (rc == CURLE_OK || rc == CURLE_WRITE_ERROR);
         if (!ok) {
-            if (rc == CURLE_OK)
+            /* A non-2xx whose body we stopped reading (too long) is still that status. */
+            if (rc == CURLE_OK || (rc == CURLE_WRITE_ERROR && status > 0))
                 snprintf(err, sizeof(err), "HTTP %ld", status);
             else if (rc == CURLE_COULDNT_CONNECT && !d->cfg->allow_private_targets)
                 snprintf(err, sizeof(err), "%s (or refused by the SSRF guard)", curl_easy_strerror(rc));
@@ -669,7 +728,7 @@ static void claim_start(struct kz_dispatch *d)
     memset(&d->claim, 0, sizeof(d->claim));
     d->claim.type = KZ_OP_CLAIM;
     d->claim.u.claim.now = now;
-    d->claim.u.claim.lease_until = now + d->cfg->delivery_timeout_ms + LEASE_MARGIN_MS;
+    d->claim.u.claim.lease_until = now + d->cfg->delivery_timeout_ms + d->cfg->lease_margin_ms;
     d->claim.u.claim.limit = room;
     d->claim.u.claim.exclude = exclude_list(d, &d->claim.u.claim.n_exclude);
     d->claim.done = claim_done;
@@ -810,6 +869,8 @@ static void *run(void *arg)
             reap(d);
         }
         flush_completions(d);
+        if (!stopping)
+            retry_failed(d, now);
         if (stopping)
             timeout = 50;
         else if (d->claim_busy)
@@ -909,6 +970,15 @@ void kz_dispatch_stop(struct kz_dispatch *d, int64_t drain_ms)
     while (d->completes_busy)
         pthread_cond_wait(&d->cond, &d->lock);
     pthread_mutex_unlock(&d->lock);
+    /* Outcomes the store still refuses: their rows stay inflight until the lease expires. */
+    while (d->failed) {
+        struct cbatch *b = d->failed;
+
+        d->failed = b->next_failed;
+        kz_log("error", "delivery outcomes not recorded at shutdown; sent again after restart",
+               "\"count\":%zu", b->n);
+        batch_free(b);
+    }
     for (i = 0; i < EP_BUCKETS; i++) {
         while (d->eps[i]) {
             struct ep *e = d->eps[i];

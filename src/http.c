@@ -295,6 +295,7 @@ enum kz_err kz_http_start(struct kz_http **out, const struct kz_config *cfg, str
     unsigned int flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
                          MHD_USE_ERROR_LOG | MHD_USE_TURBO;
     socklen_t sslen;
+    unsigned int per_ip;
 
     memset(&ss, 0, sizeof(ss));
     if (inet_pton(AF_INET, cfg->listen_host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
@@ -329,13 +330,18 @@ enum kz_err kz_http_start(struct kz_http **out, const struct kz_config *cfg, str
         }
         flags |= MHD_USE_TLS;
     }
+    /* One client address may hold at most this many connections, so that a slowloris from one
+     * address (headers dribbled a byte at a time never trip MHD's idle timeout) cannot take
+     * every slot. */
+    per_ip = cfg->max_connections_per_ip ? (unsigned int)cfg->max_connections_per_ip
+                                         : (unsigned int)(cfg->max_connections - cfg->max_connections / 4);
     h->d = MHD_start_daemon(
         flags, (uint16_t)cfg->listen_port, NULL, NULL, handler, h, MHD_OPTION_EXTERNAL_LOGGER,
         mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &ss,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->threads, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned int)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024), MHD_OPTION_NOTIFY_COMPLETED,
-        completed, h, MHD_OPTION_LISTEN_BACKLOG_SIZE,
+        completed, h, MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip, MHD_OPTION_LISTEN_BACKLOG_SIZE,
         (unsigned int)1024,
         cfg->tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, h->tls_cert,
         MHD_OPTION_HTTPS_MEM_KEY, h->tls_key, MHD_OPTION_END);

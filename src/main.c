@@ -37,9 +37,10 @@ static void usage(FILE *f)
           "serve options (each also an environment variable, see README):\n"
           "  --listen HOST:PORT  --db PATH|postgresql://...  --admin-token T  --public-url URL\n"
           "  --ca-file PEM  --allow-private-targets  --allow-http-callbacks  --retry-schedule LIST\n"
-          "  --delivery-timeout DUR  --validation-timeout DUR  --token-ttl DUR  --rate-limit N\n"
+          "  --delivery-timeout DUR  --lease-margin DUR  --validation-timeout DUR  --token-ttl DUR\n"
+          "  --rate-limit N\n"
           "  --tls-cert PEM --tls-key PEM  --retention DUR  --threads N  --max-connections N\n"
-          "  --per-endpoint-concurrency N\n",
+          "  --max-connections-per-ip N  --per-endpoint-concurrency N\n",
           f);
 }
 

@@ -242,7 +242,8 @@ static const char *const stmt_sql[S__COUNT] = {
         " SELECT t.wh, ins.seq, t.st, 0, t.at, 0, 0, t.at, t.at"
         " FROM unnest($13::text[], $14::text[], $15::int[], $16::bigint[])"
         " WITH ORDINALITY AS t(ev, wh, st, at, ord)"
-        " JOIN ins ON ins.event_id = t.ev ORDER BY t.ord)"
+        " JOIN ins ON ins.event_id = t.ev"
+        " WHERE EXISTS (SELECT 1 FROM webhooks AS w WHERE w.id = t.wh) ORDER BY t.ord)"
         " SELECT seq, event_id FROM ins",
     [S_EV_LOOKUP] =
         "SELECT event_id, seq, n_deliveries FROM events WHERE event_id = ANY($1::text[])",
@@ -318,10 +319,14 @@ static const char *const stmt_sql[S__COUNT] = {
                    " WHERE d.webhook_id = $1 AND d.id < $2 AND d.state BETWEEN $3 AND $4"
                    " ORDER BY d.id DESC LIMIT $5",
     [S_BACKLOG] = "SELECT"
-                  " (SELECT count(*) FROM deliveries WHERE state = 0 AND next_attempt_at <= $1),"
+                  " (SELECT count(*) FROM deliveries AS d WHERE state = 0 AND next_attempt_at <= $1"
+                  " AND EXISTS (SELECT 1 FROM webhooks AS w WHERE w.id = d.webhook_id)),"
                   " (SELECT count(*) FROM deliveries WHERE state = 0 AND next_attempt_at > $1),"
                   " (SELECT count(*) FROM deliveries WHERE state = 1)",
-    [S_NEXT_DUE] = "SELECT next_attempt_at FROM deliveries WHERE state = 0"
+    /* Rows of a webhook deleted by a concurrent transaction (another node's DELETE racing a
+     * publish) are never claimed: they must not make "next due" say "now" forever. */
+    [S_NEXT_DUE] = "SELECT next_attempt_at FROM deliveries AS d WHERE state = 0"
+                   " AND EXISTS (SELECT 1 FROM webhooks AS w WHERE w.id = d.webhook_id)"
                    " ORDER BY next_attempt_at LIMIT 1",
 };
 
@@ -2071,10 +2076,24 @@ static enum kz_err run_isolated(struct kz_backend *be, struct kz_op *op, bool *b
     enum kz_err result = sp_begin(be);
     bool op_bump = false;
     bool op_due = false;
+    int tries = 0;
 
     if (result)
         return result;
     op->result = run_op(be, op, &op_bump, &op_due);
+    /* A deadlock with another node's transaction (a webhook PUT or DELETE rewriting deliveries
+     * that a COMPLETE batch has locked, in the other order): PostgreSQL aborted our statement
+     * and the other side goes on, so the op is simply run again from its savepoint. */
+    while (op->result == KZ_ERR_BUSY && ++tries <= 3 && !conn_lost(be->wr) &&
+           (op->type == KZ_OP_WEBHOOK_UPDATE || op->type == KZ_OP_WEBHOOK_DELETE ||
+            op->type == KZ_OP_COMPLETE || op->type == KZ_OP_REPLAY ||
+            op->type == KZ_OP_WEBHOOK_ACTIVE || op->type == KZ_OP_APP_DELETE)) {
+        result = sp_rollback(be);
+        if (result)
+            return result;
+        op_bump = op_due = false;
+        op->result = run_op(be, op, &op_bump, &op_due);
+    }
     if (op->result) {
         if (op->type == KZ_OP_CLAIM)
             kz_claim_cleanup(op);

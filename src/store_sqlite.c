@@ -224,7 +224,8 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_EV_LOOKUP] = "SELECT seq, n_deliveries FROM events WHERE event_id = ?1",
     [S_DLV_INSERT] = "INSERT INTO deliveries(webhook_id, event_seq, state, attempts,"
                      " next_attempt_at, lease_until, last_status, created_at, updated_at)"
-                     " VALUES (?1, ?2, ?3, 0, ?4, 0, 0, ?4, ?4)",
+                     " SELECT ?1, ?2, ?3, 0, ?4, 0, 0, ?4, ?4"
+                     " WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = ?1)",
     [S_EXCL_CLEAR] = "DELETE FROM temp.claim_exclude",
     [S_EXCL_ADD] = "INSERT OR IGNORE INTO temp.claim_exclude(id) VALUES (?1)",
     /* CROSS JOIN pins deliveries as the outer loop, so the scan walks deliveries_due in
@@ -282,10 +283,14 @@ static const char *const stmt_sql[S__COUNT] = {
                    " WHERE d.webhook_id = ?1 AND d.id < ?2 AND d.state BETWEEN ?3 AND ?4"
                    " ORDER BY d.id DESC LIMIT ?5",
     [S_BACKLOG] = "SELECT"
-                  " (SELECT count(*) FROM deliveries WHERE state = 0 AND next_attempt_at <= ?1),"
+                  " (SELECT count(*) FROM deliveries AS d WHERE state = 0 AND next_attempt_at <= ?1"
+                  " AND EXISTS (SELECT 1 FROM webhooks AS w WHERE w.id = d.webhook_id)),"
                   " (SELECT count(*) FROM deliveries WHERE state = 0 AND next_attempt_at > ?1),"
                   " (SELECT count(*) FROM deliveries WHERE state = 1)",
-    [S_NEXT_DUE] = "SELECT next_attempt_at FROM deliveries WHERE state = 0"
+    /* Rows of a webhook deleted by a concurrent transaction (another node's DELETE racing a
+     * publish) are never claimed: they must not make "next due" say "now" forever. */
+    [S_NEXT_DUE] = "SELECT next_attempt_at FROM deliveries AS d WHERE state = 0"
+                   " AND EXISTS (SELECT 1 FROM webhooks AS w WHERE w.id = d.webhook_id)"
                    " ORDER BY next_attempt_at LIMIT 1",
 };
 
