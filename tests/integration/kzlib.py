@@ -674,6 +674,9 @@ class Server:
         self.admin_token = admin_token or None
         self.db = db or self._fresh_db()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("KZHOOK_")}
+        # kzhook counts its allocations; with this set, any still live at exit makes it exit 3
+        # and log "allocations live at exit" (STYLE rule 7), which stop() and close() report.
+        self.env["KZHOOK_CHECK_LEAKS"] = "1"
         self.env.update(env or {})
         a = []
         if defaults:
@@ -820,7 +823,14 @@ class Server:
         if check and rc != 0:
             raise AssertionError("kzhook exited %s after SIGTERM (want 0); stderr:\n%s"
                                  % (rc, self.stderr_tail()))
+        self.check_no_live_allocations()
         return rc
+
+    def check_no_live_allocations(self):
+        """AssertionError when a graceful exit reported allocations still live."""
+        if "allocations live at exit" in self.stderr_text():
+            raise AssertionError("kzhook exited with live allocations; stderr:\n%s"
+                                 % self.stderr_tail())
 
     def kill9(self):
         self._note("kill9")
@@ -838,15 +848,18 @@ class Server:
         return self.start()
 
     def close(self):
-        """Cleanup: stop without assertions, drop a per-server PostgreSQL database."""
+        """Cleanup: stop (asserting only that a graceful exit left no live allocations), drop a
+        per-server PostgreSQL database."""
         self._note("close")
         if self.proc is not None and self.proc.poll() is not None and not self.harness_stopped:
             self._note("had already exited with %s without a signal from the harness" % self.proc.returncode)
         self.harness_stopped = True
+        graceful = False
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self.proc.send_signal(signal.SIGTERM)
                 self.proc.wait(5)
+                graceful = True
             except subprocess.TimeoutExpired:
                 self.kill9()
             except OSError:
@@ -858,6 +871,8 @@ class Server:
             base, name = self._pg_created
             _pg_admin(base, "DROP DATABASE IF EXISTS %s" % name)
             self._pg_created = None
+        if graceful:
+            self.check_no_live_allocations()
 
     # ---- output
     def stderr_text(self, run=None):
