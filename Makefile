@@ -17,7 +17,7 @@ LIBOBJS   := $(LIBSRCS:src/%.c=$(BUILD)/obj/%.o)
 UNITSRCS  := $(wildcard tests/unit/test_*.c)
 UNITBINS  := $(UNITSRCS:tests/unit/%.c=$(BUILD)/unit/%)
 
-.PHONY: all run test check unit integration asan valgrind crash-test lint format clean deps test-deps
+.PHONY: all run test check unit integration asan valgrind valgrind-quick crash-test lint format clean deps test-deps
 
 all: deps $(BUILD)/kzhook
 
@@ -56,13 +56,15 @@ run: all
 # black-box integration suite on SQLite and again on a private PostgreSQL server. See
 # scripts/run-tests.sh.
 # Then the bounded hardening runs: every fuzz target for FUZZ_SECONDS over its corpus and
-# regression inputs, and a crash test with CRASH_KILLS SIGKILLs (make crash-test does 20).
+# regression inputs, a crash test with CRASH_KILLS SIGKILLs (make crash-test does 20), and
+# part of the integration suite under valgrind (make valgrind runs all of it).
 CRASH_KILLS ?= 10
 test: test-deps
 	$(MAKE) --no-print-directory check CC=clang BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=all"
 	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
 	scripts/crash-test.sh build-asan --kills $(CRASH_KILLS) --max-time 150
+	$(MAKE) --no-print-directory valgrind-quick
 
 # SIGKILL kzhook 20 times at random moments of a load run; every accepted event must arrive.
 crash-test: test-deps
@@ -85,10 +87,15 @@ integration: test-deps
 	@python3 tests/integration/run.py --binary $(BUILD)/kzhook
 
 # The integration suite with kzhook under valgrind memcheck: zero errors, zero definite leaks.
+# valgrind-quick (part of `make test`) runs the bad-input and delivery-engine tests only.
+VG_TESTS ?=
 valgrind: test-deps
 	$(MAKE) --no-print-directory $(BUILD)/kzhook
 	KZ_VG_BINARY=$(abspath $(BUILD)/kzhook) python3 tests/integration/run.py \
-	    --binary scripts/valgrind-kzhook.sh --timeout-scale 6
+	    --binary scripts/valgrind-kzhook.sh --timeout-scale 6 $(VG_TESTS)
+
+valgrind-quick:
+	$(MAKE) --no-print-directory valgrind VG_TESTS="-k test_badinput -k test_delivery.Engine"
 
 lint:
 	@scripts/lint.sh

@@ -1188,21 +1188,28 @@ static void publish_done(struct kz_op *op, void *arg)
     struct kz_api *api = pb->api;
     struct kz_req *req = pb->req;
     size_t i;
-    long long fresh = 0, dup = 0, created = 0;
+    long long fresh = 0, dup = 0, created = 0, skipped = 0;
 
     (void)op;
     if (!pb->op.result) {
         for (i = 0; i < pb->n; i++) {
-            if (pb->items[i].duplicate) {
+            const struct kz_publish_item *it = &pb->items[i];
+
+            if (it->duplicate) {
                 dup++;
-            } else {
-                fresh++;
-                created += pb->items[i].deliveries;
+                continue;
             }
+            fresh++;
+            created += it->deliveries;
+            /* rows recorded `skipped` at once (inactive or expired webhook); the dispatcher
+             * counts those it skips later, when the index was behind the store */
+            for (size_t k = 0; k < it->n_targets; k++)
+                skipped += !it->target_active[k];
         }
         atomic_fetch_add(&api->m->events_accepted, fresh);
         atomic_fetch_add(&api->m->events_duplicate, dup);
         atomic_fetch_add(&api->m->deliveries_created, created);
+        atomic_fetch_add(&api->m->deliveries_skipped, skipped);
         if (created && api->hooks.wake_dispatch)
             api->hooks.wake_dispatch(api->hooks.arg);
     }

@@ -991,7 +991,8 @@ class Engine(DeliveryMixin, KzTestCase):
     def test_per_endpoint_concurrency_flag(self):
         self.start("--per-endpoint-concurrency", "2")
         h = self.hook(self.p)
-        self.rc.script(self.p, [{"delay": 1.5}] * 6)
+        # the answers must outlast wait_for + quiet(), which stretch with --timeout-scale
+        self.rc.script(self.p, [{"delay": 1.5 * timeout_scale()}] * 6)
         publish(self.srv, [{"eventType": "TextMessageCreated", "groupId": h["objectId"]}
                            for _ in range(6)])
         self.rc.wait_for(2, path=self.p, method="POST")
