@@ -2,11 +2,14 @@
 """kzhook benchmark driver (stdlib only). See docs/PERFORMANCE.md.
 
     python3 bench/run.py --binary build/kzhook [--quick] [--only e2e,latency] [--update-docs]
+    python3 bench/run.py --binary build/kzhook --pg [--quick]      # PostgreSQL, 1 and 2 nodes
 
 Everything runs on loopback inside a temporary directory: a private nginx (HTTPS receiver with an
 arrival log, plus a plain-HTTP `return 200`), wrk for the baselines and the ingest scenario, a
 Python open-loop publisher for the latency scenario, a Python slow receiver for isolation, and a
-fresh kzhook (own SQLite database) per scenario. Every child is stopped on exit, whatever happens.
+fresh kzhook (own SQLite database) per scenario. With --pg, a private PostgreSQL server
+(scripts/pg-test-server.sh, in its own directory under /tmp) and a fresh database per scenario,
+shared by one or two kzhook nodes. Every child is stopped on exit, whatever happens.
 """
 import argparse
 import atexit
@@ -30,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+PG_SCRIPT = os.path.join(ROOT, "scripts", "pg-test-server.sh")
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 EVENT_TYPE = "SurveyResponse"
 
@@ -463,13 +467,13 @@ class Api:
 
 
 class Kzhook:
-    def __init__(self, args, workdir, name, certs, extra=()):
+    def __init__(self, args, workdir, name, certs, extra=(), db=None):
         self.args = args
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
         self.argv = [args.binary, "serve", "--listen", "127.0.0.1:%d" % self.port,
-                     "--db", os.path.join(self.dir, "kz.db"), "--admin-token", ADMIN_TOKEN,
+                     "--db", db or os.path.join(self.dir, "kz.db"), "--admin-token", ADMIN_TOKEN,
                      "--ca-file", certs["ca"], "--allow-private-targets", "--rate-limit", "0"]
         self.argv += list(extra) + list(args.kz_arg or [])
         self.proc = None
@@ -579,11 +583,13 @@ class Kzhook:
 
 def publish_batches(kz, group, prefix, n, batch=1000, parallel=2):
     """Publishes events prefix-0..prefix-(n-1) in arrays of `batch` from `parallel` connections.
-    Returns (first send, last 202) wall-clock times."""
+    `kz` may be a list of nodes: array i goes to node i mod len. Returns (first send, last 202)
+    wall-clock times."""
+    nodes = kz if isinstance(kz, (list, tuple)) else [kz]
     chunks = [(i, min(n, i + batch)) for i in range(0, n, batch)]
 
     def one(ch):
-        kz.publish([event(group, "%s-%d" % (prefix, k)) for k in range(*ch)])
+        nodes[(ch[0] // batch) % len(nodes)].publish([event(group, "%s-%d" % (prefix, k)) for k in range(*ch)])
 
     t0 = time.time()
     with ThreadPoolExecutor(parallel) as ex:
@@ -646,6 +652,115 @@ def wrk(url, script, threads, conns, duration, env=None):
     return res
 
 
+def wrk_split(urls, script, threads, conns, duration, env_for):
+    """One wrk per URL, all at once, `conns` connections split evenly over them (several kzhook
+    nodes behind no load balancer). env_for(i) gives wrk i's environment. Returns the summed
+    figures (seconds = the longest wrk's) and the per-wrk ones under "runs"."""
+    per = max(1, conns // len(urls))
+    with ThreadPoolExecutor(len(urls)) as ex:
+        runs = list(ex.map(lambda i: wrk(urls[i], script, threads, per, duration, env_for(i)), range(len(urls))))
+    if len(runs) == 1:
+        return runs[0]
+    res = {"runs": runs, "seconds": max(w["seconds"] for w in runs), "threads": threads * len(runs),
+           "connections": per * len(runs), "latency_avg": " / ".join(str(w["latency_avg"]) for w in runs),
+           "socket_errors": "; ".join(w["socket_errors"] for w in runs if w["socket_errors"]) or None}
+    for k in ("requests", "non2xx", "accepted", "rejected"):
+        if all(k in w for w in runs):
+            res[k] = sum(w[k] for w in runs)
+    res["rps"] = round(res["requests"] / res["seconds"], 1)
+    res["ok_per_s"] = round((res["requests"] - res["non2xx"]) / res["seconds"], 1)
+    return res
+
+
+def sum_metrics(nodes):
+    """GET /metrics of every node, summed per series."""
+    out = {}
+    for kz in nodes:
+        for k, v in kz.metrics().items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+# ==== PostgreSQL ====
+
+def _proc_cpu_s(pid):
+    """utime + stime + cutime + cstime of one process (its reaped children included), seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        st = f.read()
+    v = st[st.rindex(")") + 2:].split()
+    return sum(int(x) for x in v[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+class PgServer:
+    """A private PostgreSQL server (scripts/pg-test-server.sh) in a fresh directory under /tmp,
+    mode 0755 (the server runs as an unprivileged user, so not in our 0700 work directory).
+    fsync and synchronous_commit are on: a 202 means the events are on disk. stop() removes
+    everything; Bench.cleanup() and atexit call it whatever happens."""
+
+    def __init__(self, keep=False):
+        self.dir = tempfile.mkdtemp(prefix="kzbench-pg-", dir="/tmp")
+        os.chmod(self.dir, 0o755)
+        self.keep = keep
+        self.url = None
+        atexit.register(self.stop)
+
+    def _sh(self, *argv, timeout=180):
+        try:
+            r = subprocess.run(["sh", PG_SCRIPT] + list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise BenchError("pg-test-server.sh %s: timed out" % argv[0])
+        if r.returncode:
+            raise BenchError("pg-test-server.sh %s failed (%d): %s" % (argv[0], r.returncode, r.stderr.strip()[-2000:]))
+        return r.stdout.strip()
+
+    def start(self):
+        self._sh("start", self.dir)
+        self.url = self._sh("url", self.dir)
+        return self.url
+
+    def createdb(self, name):
+        """Drops `name` when it exists, creates it empty; returns its URL."""
+        return self._sh("createdb", self.dir, name)
+
+    def version(self):
+        try:
+            return run([os.path.join(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"), "postgres"),
+                        "--version"]).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "?"
+
+    def cpu_s(self):
+        """CPU seconds the server used so far: the postmaster (with the backends it reaped) and
+        every live backend. pg_ctl daemonizes it, so own_cpu_s() does not see it."""
+        try:
+            with open(os.path.join(self.dir, "data", "postmaster.pid")) as f:
+                pid = int(f.readline())
+        except (OSError, ValueError):
+            return 0.0
+        tot = 0.0
+        for p in [pid] + _descendants(pid):
+            try:
+                tot += _proc_cpu_s(p)
+            except (OSError, ValueError, IndexError):
+                pass
+        return tot
+
+    def stop(self):
+        if not self.dir:
+            return
+        d, self.dir = self.dir, None
+        try:
+            subprocess.run(["sh", PG_SCRIPT, "stop", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=90)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        if self.keep:
+            log("kept %s" % d)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 # ==== the benchmark ====
 
 class Bench:
@@ -656,6 +771,8 @@ class Bench:
         self.results = {"baselines": {}, "scenarios": {}}
         self.certs = None
         self.ngx = None
+        self.pg = None
+        self.pg_cpu = 0.0
         self.tag = uuid.uuid4().hex[:6]
 
     def p(self, quick, full):
@@ -676,18 +793,56 @@ class Bench:
         log("fdatasync in %s: p50 %.2f ms, p99 %.2f ms" % (self.work, self.fsync["p50_ms"], self.fsync["p99_ms"]))
         log("receiver nginx https:%d http:%d (workers %d), delivery body ~%d bytes"
             % (self.ngx.https_port, self.ngx.http_port, self.args.nginx_workers, self.body_bytes))
+        if self.args.pg:
+            self.pg = PgServer(self.args.keep)
+            log("PostgreSQL in %s: %s" % (self.pg.dir, self.pg.start()))
 
     def cleanup(self):
         stop_all()
+        if self.pg:
+            self.pg_cpu = self.pg.cpu_s()
+            self.pg.stop()
         if self.args.keep:
             log("kept %s" % self.work)
         else:
             shutil.rmtree(self.work, ignore_errors=True)
 
-    def kz(self, name, extra=()):
-        k = Kzhook(self.args, self.work, name, self.certs, extra)
-        k.start().setup_app()
+    def kz(self, name, extra=(), db=None, app=True):
+        k = Kzhook(self.args, self.work, name, self.certs, extra, db)
+        k.start()
+        if app:
+            k.setup_app()
         return k
+
+    def pg_nodes(self, name, count):
+        """`count` kzhook nodes on one fresh PostgreSQL database, distinct ports, same admin
+        token; the first creates the application (webhooks are made through it)."""
+        db = self.pg.createdb("kzbench")
+        nodes = []
+        try:
+            for i in range(count):
+                nodes.append(self.kz("%s-node%d" % (name, i + 1), db=db, app=(i == 0)))
+        except BaseException:
+            for k in nodes:
+                k.stop()
+            raise
+        return nodes
+
+    def await_webhooks(self, nodes, group, nwh, timeout=15):
+        """Webhooks made on nodes[0] reach the other nodes' subscription indexes within about a
+        second (LISTEN/NOTIFY plus a once-a-second check): publish a probe event on each other
+        node until it matches all `nwh` of them, so that no measured event is dropped unmatched."""
+        for i, kz in enumerate(nodes[1:], 2):
+            end = time.monotonic() + timeout
+            k = 0
+            while True:
+                doc = kz.publish(event(group, "sync-%s-%d-%d" % (self.tag, i, k)))
+                if isinstance(doc, dict) and doc.get("deliveries", 0) >= nwh:
+                    break
+                if time.monotonic() > end:
+                    raise BenchError("node %d still matches %s of %d webhooks after %ds" % (i, doc, nwh, timeout))
+                k += 1
+                time.sleep(0.1)
 
     def warm(self, kz, group, webhooks=1, n=64):
         """Publishes n events to `group` in one array and waits for them: opens kzhook's
@@ -714,22 +869,32 @@ class Bench:
 
     # ---- 1. end-to-end throughput ----
     def s_e2e(self):
-        n = self.p(10000, 100000)
+        n = self.args.e2e_events or self.p(10000, 100000)
         kz = self.kz("e2e")
         try:
-            kz.webhook("g-e2e", self.ngx.url("/hook/e2e"))
-            self.warm(kz, "g-e2e")
-            prefix = "e2e-%s" % self.tag
-            self.arr.skip_to_end()
-            holder = {}
-            th = threading.Thread(target=lambda: holder.update(t=publish_batches(kz, "g-e2e", prefix, n)))
-            th.start()
-            got = self.arr.collect(lambda w: w.startswith(prefix + "-"), n, timeout=self.p(60, 600), idle_timeout=20)
-            th.join()
-            t_pub0, t_pub1 = holder.get("t", (0, 0))
-            m = kz.metrics()
+            r = self.e2e_on([kz], "g-e2e", "/hook/e2e", "e2e-%s" % self.tag, n)
         finally:
             kz.stop()
+        log("e2e: %d/%d arrived, %.0f deliveries/s (%.2f x A); publishing took %.1fs"
+            % (r["arrived"], n, r["deliveries_per_s"], r["ratio_to_A"] or 0, r["publish_s"]))
+        self.results["scenarios"]["e2e"] = r
+
+    def e2e_on(self, nodes, group, path, prefix, n):
+        """n events to one webhook in arrays of 1000, spread over `nodes` (2 connections per
+        node); deliveries/s from the receiver's log. The webhook is made on nodes[0]."""
+        nodes[0].webhook(group, self.ngx.url(path))
+        self.await_webhooks(nodes, group, 1)
+        for kz in nodes:
+            self.warm(kz, group)
+        self.arr.skip_to_end()
+        holder = {}
+        th = threading.Thread(target=lambda: holder.update(
+            t=publish_batches(nodes, group, prefix, n, parallel=2 * len(nodes))))
+        th.start()
+        got = self.arr.collect(lambda w: w.startswith(prefix + "-"), n, timeout=self.p(60, 600), idle_timeout=20)
+        th.join()
+        t_pub0, t_pub1 = holder.get("t", (0, 0))
+        m = sum_metrics(nodes)
         times = sorted(got.values())
         span = times[-1] - times[0] if len(times) > 1 else 0
         rate = (len(times) - 1) / span if span > 0 else 0
@@ -738,42 +903,111 @@ class Bench:
              "first_to_last_s": round(span, 3), "publish_s": round(t_pub1 - t_pub0, 3),
              "publish_events_per_s": round(n / (t_pub1 - t_pub0), 1) if t_pub1 > t_pub0 else None,
              "publish_to_last_arrival_s": round(times[-1] - t_pub0, 3) if times else None,
+             # how far deliveries trail the publishers: 0 would mean they kept pace exactly
+             "last_publish_to_last_arrival_s": round(times[-1] - t_pub1, 3) if times else None,
              "ratio_to_A": round(rate / a, 3) if a else None,
              "failed_attempts": m.get('kzhook_deliveries_total{outcome="failed"}')}
-        log("e2e: %d/%d arrived, %.0f deliveries/s (%.2f x A); publishing took %.1fs"
-            % (len(times), n, rate, r["ratio_to_A"] or 0, r["publish_s"]))
-        self.results["scenarios"]["e2e"] = r
+        if len(nodes) > 1:
+            r["nodes"] = len(nodes)
+        return r
 
     # ---- 2. ingest ----
     def s_ingest(self):
-        d = self.p(3, 15)
+        d = self.args.ingest_seconds or self.p(3, 15)
         out = {}
-        b = self.results["baselines"]["B"]["rps"]
         for nwh in (1, 10):
             kz = self.kz("ingest%d" % nwh)
             try:
-                kz.webhooks("g-ingest", [self.ngx.url("/hook/ingest/%d" % i) for i in range(nwh)])
-                self.warm(kz, "g-ingest", nwh)
-                env = {"KZB_BODY_FILE": os.path.join(self.work, "event.tmpl"), "KZB_TOKEN": ADMIN_TOKEN,
-                       "KZB_PREFIX": "ing%d-%s" % (nwh, self.tag)}
-                w = wrk("http://127.0.0.1:%d/v1/events" % kz.port, "events.lua", self.args.wrk_threads,
-                        self.args.ingest_conns, d, env)
-                m = kz.metrics()
+                r = self.ingest_on([kz], nwh, "ing%d-%s" % (nwh, self.tag), d)
             finally:
                 kz.stop()
-            acc = w.get("accepted", w["requests"] - w["non2xx"])
-            eps = acc / w["seconds"]
-            r = {"webhooks": nwh, "events_per_s": round(eps, 1), "ratio_to_B": round(eps / b, 3) if b else None,
-                 "requests": w["requests"], "accepted": acc, "rejected": w.get("rejected", w["non2xx"]),
-                 "wrk_latency_avg": w["latency_avg"], "socket_errors": w["socket_errors"],
-                 "deliveries_succeeded_meanwhile": m.get('kzhook_deliveries_total{outcome="succeeded"}'),
-                 "store_batches": m.get("kzhook_store_batches_total")}
-            if r["store_batches"]:
-                r["events_per_commit"] = round(m.get("kzhook_events_accepted_total", 0) / r["store_batches"], 1)
             log("ingest (%d webhook%s): %.0f events/s (%.2f x B), %d rejected"
-                % (nwh, "s" if nwh > 1 else "", eps, r["ratio_to_B"] or 0, r["rejected"]))
+                % (nwh, "s" if nwh > 1 else "", r["events_per_s"], r["ratio_to_B"] or 0, r["rejected"]))
             out["webhooks_%d" % nwh] = r
         self.results["scenarios"]["ingest"] = out
+
+    def ingest_on(self, nodes, nwh, prefix, d, follow=False):
+        """wrk POSTing single events to /v1/events for d seconds, --ingest-conns connections split
+        over `nodes` (one wrk each, concurrently), with nwh matching webhooks made on nodes[0];
+        only 202s count. follow: then watch the receiver until every accepted event arrived (one
+        webhook: arrivals are counted per eventId), to tell whether deliveries kept up."""
+        b = self.results["baselines"]["B"]["rps"]
+        nodes[0].webhooks("g-ingest", [self.ngx.url("/hook/ingest/%d" % i) for i in range(nwh)])
+        self.await_webhooks(nodes, "g-ingest", nwh)
+        for kz in nodes:
+            self.warm(kz, "g-ingest", nwh)
+        base = {"KZB_BODY_FILE": os.path.join(self.work, "event.tmpl"), "KZB_TOKEN": ADMIN_TOKEN}
+        env_for = lambda i: dict(base, KZB_PREFIX=prefix if len(nodes) == 1 else "%s-n%d" % (prefix, i + 1))
+        self.arr.skip_to_end()
+        t0 = time.time()
+        w = wrk_split(["http://127.0.0.1:%d/v1/events" % kz.port for kz in nodes], "events.lua",
+                      self.args.wrk_threads, self.args.ingest_conns, d, env_for)
+        t1 = time.time()
+        m = sum_metrics(nodes)
+        acc = w.get("accepted", w["requests"] - w["non2xx"])
+        eps = acc / w["seconds"]
+        r = {"webhooks": nwh, "events_per_s": round(eps, 1), "ratio_to_B": round(eps / b, 3) if b else None,
+             "requests": w["requests"], "accepted": acc, "rejected": w.get("rejected", w["non2xx"]),
+             "connections": w["connections"], "wrk_latency_avg": w["latency_avg"], "socket_errors": w["socket_errors"],
+             "deliveries_succeeded_meanwhile": m.get('kzhook_deliveries_total{outcome="succeeded"}'),
+             "store_batches": m.get("kzhook_store_batches_total")}
+        if r["store_batches"]:
+            r["events_per_commit"] = round(m.get("kzhook_events_accepted_total", 0) / r["store_batches"], 1)
+        if len(nodes) > 1:
+            r["nodes"] = len(nodes)
+            r["wrk_per_node"] = [{"events_per_s": round(x.get("accepted", 0) / x["seconds"], 1),
+                                  "connections": x["connections"]} for x in w["runs"]]
+        if follow:
+            got = self.arr.collect(lambda x: x.startswith(prefix + "-"), acc, timeout=self.p(60, 600), idle_timeout=20)
+            times = sorted(got.values())
+            during = sum(1 for t in times if t <= t1)
+            # wrk does not count the responses still in flight when it stops, so a few more events
+            # than `acc` may have been accepted (and may arrive)
+            r.update({"load_s": round(t1 - t0, 3), "arrived": len(times), "all_arrived": len(times) >= acc,
+                      "delivered_during_load": during,
+                      "delivered_during_load_pct": round(100.0 * during / max(acc, len(times)), 1) if acc else None,
+                      "deliveries_per_s_during_load": round(during / (t1 - t0), 1),
+                      "end_of_load_to_last_arrival_s": round(times[-1] - t1, 3) if times else None})
+        return r
+
+    # ---- PostgreSQL: 1 and 2 nodes on one database ----
+    def s_pg_ingest(self):
+        d = self.args.ingest_seconds or self.p(3, 15)
+        out = {}
+        for nn in (1, 2):
+            nodes = self.pg_nodes("pg-ingest%d" % nn, nn)
+            try:
+                r = self.ingest_on(nodes, 1, "pging%d-%s" % (nn, self.tag), d, follow=True)
+            finally:
+                for kz in nodes:
+                    kz.stop()
+            r["nodes"] = nn
+            log("PG ingest, %d node%s: %.0f events/s (%.2f x B), %d rejected; %.0f %% delivered during the load "
+                "(%.0f/s), %d/%d in all, last %.1fs after it"
+                % (nn, "s" if nn > 1 else "", r["events_per_s"], r["ratio_to_B"] or 0, r["rejected"],
+                   r["delivered_during_load_pct"] or 0, r["deliveries_per_s_during_load"], r["arrived"],
+                   r["accepted"], r["end_of_load_to_last_arrival_s"] or -1))
+            out["nodes_%d" % nn] = r
+        self.results["scenarios"]["pg_ingest"] = out
+
+    def s_pg_e2e(self):
+        n = self.args.e2e_events or self.p(10000, 100000)
+        out = {}
+        for nn in (1, 2):
+            nodes = self.pg_nodes("pg-e2e%d" % nn, nn)
+            try:
+                r = self.e2e_on(nodes, "g-e2e", "/hook/pg-e2e", "pge2e%d-%s" % (nn, self.tag), n)
+            finally:
+                for kz in nodes:
+                    kz.stop()
+            r["nodes"] = nn
+            r["all_arrived"] = r["arrived"] >= n
+            log("PG e2e, %d node%s: %d/%d arrived, %.0f deliveries/s (%.2f x A); published in %.1fs "
+                "(%.0f ev/s), last arrival %.1fs after the last publish"
+                % (nn, "s" if nn > 1 else "", r["arrived"], n, r["deliveries_per_s"], r["ratio_to_A"] or 0,
+                   r["publish_s"], r["publish_events_per_s"] or 0, r["last_publish_to_last_arrival_s"] or -1))
+            out["nodes_%d" % nn] = r
+        self.results["scenarios"]["pg_e2e"] = out
 
     # ---- 3. fan-out ----
     def s_fanout(self):
@@ -1057,6 +1291,12 @@ def targets(res):
         add("isolation (fast beside 5 s-slow / solo)", i["fraction"], ">=", 0.9, "x",
             i["complete"] and i["solo"]["arrived"] >= i["events"],
             "incomplete: %d + %d of %d delivered" % (i["solo"]["arrived"], i["beside_slow"]["arrived"], i["events"]))
+    pg2 = s.get("pg_ingest", {}).get("nodes_2")
+    if pg2:
+        add("PG 2 nodes durable ingest", pg2["events_per_s"], ">=", 20000, "ev/s")
+        # keeping up: nearly everything accepted during the load was also delivered during it
+        add("PG 2 nodes ingest: delivered by the end of the load", pg2["delivered_during_load_pct"], ">=", 90, "%",
+            pg2["all_arrived"], "incomplete: %d/%d delivered" % (pg2["arrived"], pg2["accepted"]))
     return out
 
 
@@ -1103,6 +1343,23 @@ def table(res):
         rows.append(("6. isolation: fast endpoint beside a 5 s one / solo",
                      "%.0f / %.0f /s" % (v["beside_slow"]["deliveries_per_s"], v["solo"]["deliveries_per_s"]),
                      "%.0f %%" % (100 * (v["fraction"] or 0))))
+    for k, v in s.get("pg_ingest", {}).items():
+        nn = v["nodes"]
+        rows.append(("PG ingest, %d node%s: wrk single events (%s), 1 matching webhook"
+                     % (nn, "s" if nn > 1 else "", "%d conns" % v["connections"] if nn == 1 else
+                        "%d wrk x %d conns" % (nn, v["connections"] // nn)),
+                     "%.0f events/s" % v["events_per_s"],
+                     "%.2f x B; %.0f %% delivered during the load (%.0f/s), %s"
+                     % (v["ratio_to_B"] or 0, v["delivered_during_load_pct"] or 0, v["deliveries_per_s_during_load"],
+                        ("all %d by +%.1f s" % (v["arrived"], max(0, v["end_of_load_to_last_arrival_s"])))
+                        if v["all_arrived"] else "only %d/%d arrived" % (v["arrived"], v["accepted"]))))
+    for k, v in s.get("pg_e2e", {}).items():
+        nn = v["nodes"]
+        rows.append(("PG e2e, %d node%s: %s events in arrays of 1000, deliveries/s at receiver"
+                     % (nn, "s" if nn > 1 else "", _count(v["events"])),
+                     "%.0f /s (%d/%d arrived)" % (v["deliveries_per_s"], v["arrived"], v["events"]),
+                     "%.2f x A; published at %.0f ev/s; last arrival %.1f s after the last publish"
+                     % (v["ratio_to_A"] or 0, v["publish_events_per_s"] or 0, v["last_publish_to_last_arrival_s"] or -1)))
     return rows
 
 
@@ -1131,11 +1388,15 @@ def markdown(res):
            "Machine: %s CPU(s), %s, %.1f GiB RAM, %s, kernel %s; %s; %s; 4 KiB write+fdatasync "
            "p50 %s ms, p99 %s ms." % (
                m["nproc"], m["cpu"], m["ram_gib"], m["os"], m["kernel"], m["nginx"], m["wrk"],
-               m.get("fdatasync", {}).get("p50_ms"), m.get("fdatasync", {}).get("p99_ms")),
+               m.get("fdatasync", {}).get("p50_ms"), m.get("fdatasync", {}).get("p99_ms"))
+           + (" Store: %s (private server, fsync and synchronous_commit on; its CPU counts as ours below)."
+              % m["postgresql"] if m.get("postgresql") else ""),
            "",
            "Other processes used %.0f %% of the machine's CPU during the run%s." % (
                100 * res["foreign_cpu"]["share_of_machine"],
-               " (the figures are skewed by it)" if res["foreign_cpu"]["share_of_machine"] > 0.05 else ""),
+               " (the figures are skewed by it)" if res["foreign_cpu"]["share_of_machine"] > 0.05 else "")
+           + (" The PostgreSQL server used %.0f CPU-seconds in all." % res["postgresql_cpu_s"]
+              if "postgresql_cpu_s" in res else ""),
            "", "| measure | value | ratio / note |", "|---|---|---|"]
     for a, b, c in table(res):
         out.append("| %s | %s | %s |" % (a, b, c))
@@ -1150,9 +1411,9 @@ def markdown(res):
     return "\n".join(out)
 
 
-def update_docs(res):
+def update_docs(res, block="bench:results"):
     path = os.path.join(ROOT, "docs", "PERFORMANCE.md")
-    begin, end = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
+    begin, end = "<!-- %s:begin -->" % block, "<!-- %s:end -->" % block
     try:
         with open(path) as f:
             doc = f.read()
@@ -1170,13 +1431,18 @@ def update_docs(res):
 
 
 SCENARIOS = ["e2e", "ingest", "fanout", "latency", "isolation", "backlog"]
+PG_SCENARIOS = ["pg_ingest", "pg_e2e"]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", default=os.path.join(ROOT, "build", "kzhook"))
     ap.add_argument("--quick", action="store_true", help="short run (make bench-quick, < 2 min)")
-    ap.add_argument("--only", default="", help="comma-separated subset of: " + ",".join(SCENARIOS))
+    ap.add_argument("--only", default="", help="comma-separated subset of: " + ",".join(SCENARIOS)
+                    + " (with --pg: " + ",".join(PG_SCENARIOS) + ")")
+    ap.add_argument("--pg", action="store_true",
+                    help="PostgreSQL mode (make bench-pg): a private server, 1 and 2 kzhook nodes on one database; "
+                         "--update-docs then rewrites the bench:pg-results block")
     ap.add_argument("--rates", default="200,2000,10000", help="latency scenario arrival rates, events/s")
     ap.add_argument("--nginx-workers", type=int, default=1)
     ap.add_argument("--wrk-threads", type=int, default=1)
@@ -1184,6 +1450,8 @@ def main():
     ap.add_argument("--per-endpoint-concurrency", type=int, default=8,
                     help="kzhook's default; baseline A uses this many connections")
     ap.add_argument("--backlog-events", type=int, default=0)
+    ap.add_argument("--e2e-events", type=int, default=0, help="events of the e2e scenarios (default 10k quick, 100k)")
+    ap.add_argument("--ingest-seconds", type=int, default=0, help="wrk duration of the ingest scenarios (3 quick, 15)")
     ap.add_argument("--drain-cap", type=float, default=0, help="max seconds to watch the backlog drain")
     ap.add_argument("--kz-arg", action="append", help="extra kzhook serve flag (repeatable, use --kz-arg=--x=y)")
     ap.add_argument("--results-dir", default=os.path.join(HERE, "results"))
@@ -1197,15 +1465,19 @@ def main():
     args = ap.parse_args()
     args.rates = [int(x) for x in args.rates.split(",") if x]
     args.binary = os.path.abspath(args.binary)
-    only = [x for x in args.only.split(",") if x] or SCENARIOS
+    known = PG_SCENARIOS if args.pg else SCENARIOS
+    only = [x for x in args.only.split(",") if x] or known
     for x in only:
-        if x not in SCENARIOS:
-            ap.error("unknown scenario %s" % x)
+        if x not in known:
+            ap.error("unknown scenario %s%s" % (x, " (with --pg: %s)" % ",".join(PG_SCENARIOS) if args.pg else ""))
     if not os.access(args.binary, os.X_OK):
         ap.error("no kzhook binary at %s (make BUILD=... first)" % args.binary)
     for tool in ("nginx", "wrk", "openssl"):
         if not shutil.which(tool):
             ap.error("%s is not installed (scripts/bootstrap.sh bench)" % tool)
+    if args.pg and not os.access(os.path.join(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"), "pg_ctl"),
+                                 os.X_OK):
+        ap.error("no PostgreSQL server binaries (apt-get install postgresql, or set PG_BIN)")
 
     if args.wait_idle:
         wait_idle(args.wait_idle)
@@ -1218,7 +1490,8 @@ def main():
            "mode": "quick" if args.quick else "full", "machine": machine(),
            "config": {"nginx_workers": args.nginx_workers, "wrk_threads": args.wrk_threads,
                       "ingest_conns": args.ingest_conns, "per_endpoint_concurrency": args.per_endpoint_concurrency,
-                      "kz_args": args.kz_arg or [], "scenarios": only}}
+                      "kz_args": args.kz_arg or [], "scenarios": only,
+                      "store": "postgresql" if args.pg else "sqlite"}}
     bench = Bench(args)
     failed = []
     try:
@@ -1227,6 +1500,8 @@ def main():
         res = bench.results
         res["config"]["delivery_body_bytes"] = bench.body_bytes
         res["machine"]["fdatasync"] = bench.fsync
+        if bench.pg:
+            res["machine"]["postgresql"] = bench.pg.version()
         bench.baselines()
         for name in only:
             try:
@@ -1244,12 +1519,15 @@ def main():
     finally:
         bench.cleanup()
     wall = time.monotonic() - wall0
-    foreign = max(0.0, (cpu_busy_s() - busy0) - (own_cpu_s() - own0))
+    # the PostgreSQL server is daemonized (not our waited-for child): count its CPU as ours
+    foreign = max(0.0, (cpu_busy_s() - busy0) - (own_cpu_s() - own0) - bench.pg_cpu)
+    if bench.pg:
+        res["postgresql_cpu_s"] = round(bench.pg_cpu, 1)
     res["foreign_cpu"] = {"core_seconds": round(foreign, 1), "avg_cores": round(foreign / wall, 2),
                           "share_of_machine": round(foreign / wall / os.cpu_count(), 3)}
     res["targets"] = targets(res)
     res["wall_s"] = round(time.monotonic() - T_START, 1)
-    res["file"] = "%s-%s.json" % (now.strftime("%Y%m%dT%H%M%S"), sha)
+    res["file"] = "%s-%s%s.json" % (now.strftime("%Y%m%dT%H%M%S"), sha, "-pg" if args.pg else "")
     print(render(res))
     fc = res["foreign_cpu"]
     print("(total %.0fs; other processes used %.0f %% of the machine meanwhile%s)"
@@ -1263,7 +1541,7 @@ def main():
         os.replace(path + ".tmp", path)
         log("results: %s" % os.path.relpath(path, ROOT))
     if args.update_docs:
-        update_docs(res)
+        update_docs(res, "bench:pg-results" if args.pg else "bench:results")
     return 2 if failed else 0
 
 

@@ -7,7 +7,7 @@ pkgs="build-essential pkg-config libmicrohttpd-dev libcurl4-openssl-dev libjanss
 libsqlite3-dev libssl-dev uuid-dev libpq-dev openssl ca-certificates"
 case "$what" in
     test) pkgs="$pkgs libcmocka-dev clang libclang-rt-14-dev postgresql nodejs npm python3 valgrind curl" ;;
-    bench) pkgs="$pkgs nginx wrk python3 curl" ;;
+    bench) pkgs="$pkgs nginx wrk python3 curl postgresql" ;;
     fuzz) pkgs="$pkgs clang libclang-rt-14-dev" ;;
 esac
 missing=""
