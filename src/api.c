@@ -1410,9 +1410,12 @@ static enum kz_err metrics(struct kz_api *api, struct kz_req *req)
 {
     int64_t due = 0, sched = 0, inflight = 0;
     size_t total, inactive;
+    uint64_t batches = 0, ops = 0;
 
     kz_store_backlog(api->st, kz_now_ms(), &due, &sched, &inflight);
     kz_subidx_counts(api->idx, &total, &inactive);
+    kz_store_stats(api->st, &batches, &ops);
+    atomic_store(&api->m->store_batches, (long long)batches);
     req->status = 200;
     req->content_type = "text/plain; version=0.0.4";
     kz_buf_reset(&req->out);

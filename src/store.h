@@ -163,6 +163,9 @@ enum kz_err kz_store_webhook_list(struct kz_store *st, const char *app_id, int o
 enum kz_err kz_store_delivery_list(struct kz_store *st, const char *webhook_id, int state,
                                    int64_t cursor, size_t limit,
                                    void (*fn)(void *, const struct kz_delivery *), void *arg);
+/** How many batches the writer has committed or failed so far, and how many ops they held
+ * (/metrics, tests). Any thread. */
+void kz_store_stats(struct kz_store *st, uint64_t *batches, uint64_t *ops);
 /** Counts for /metrics: pending due now, pending scheduled later, inflight. */
 enum kz_err kz_store_backlog(struct kz_store *st, int64_t now, int64_t *due, int64_t *scheduled,
                              int64_t *inflight);

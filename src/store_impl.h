@@ -65,8 +65,5 @@ extern const struct kz_backend_ops kz_store_sqlite_ops;
 /** The PostgreSQL backend (store_pg.c). */
 extern const struct kz_backend_ops kz_store_pg_ops;
 
-/** Test and metrics hook: how many batches the writer has committed or failed so far, and how
- * many ops they held. Any thread. */
-void kz_store_stats(struct kz_store *st, uint64_t *batches, uint64_t *ops);
 
 #endif

@@ -1066,6 +1066,7 @@ class Engine(DeliveryMixin, KzTestCase):
         self.assertEqual(d(m, "kzhook_webhooks_disabled_total"), 1)
         self.assertEqual(d(m, "kzhook_attempt_duration_seconds_count"), 6)
         self.assertGreater(d(m, "kzhook_attempt_duration_seconds_sum"), 0)
+        self.assertGreater(d(m, "kzhook_store_batches_total"), 0)
         self.assertEqual(m['kzhook_backlog{state="due"}'] + m['kzhook_backlog{state="scheduled"}'], 0)
         # the gauges may follow the store with the index's 1 s sync
         wait_until(lambda: (lambda m: (m['kzhook_webhooks{state="active"}'],
