@@ -1101,8 +1101,10 @@ static void pending_free(void *p)
 }
 
 /* Fills one event from a JSON object; writes the 400 (prefixed by `where`) on failure. */
+/* `offset`: where the event's object starts in the request body (for `data` as written), or
+ * -1 when unknown (then `data` is re-serialised from the parsed tree). */
 static enum kz_err event_from_json(struct kz_req *req, const json_t *o, const char *where,
-                                   struct kz_event *ev, struct kz_buf *scratch, long index)
+                                   struct kz_event *ev, struct kz_buf *scratch, long offset)
 {
     json_t *v;
     int t;
@@ -1158,7 +1160,8 @@ static enum kz_err event_from_json(struct kz_req *req, const json_t *o, const ch
         /* `data` is delivered as published: numbers keep their spelling (no double rounding,
          * no 64-bit limit), strings their escapes, objects their key order; only whitespace
          * between tokens is dropped. */
-        if (!kz_json_raw_member(req->body, req->body_len, index, "data", &raw)) {
+        if (offset >= 0 &&
+            !kz_json_raw_member_at(req->body, req->body_len, (size_t)offset, "data", &raw)) {
             if (kz_json_minify(raw, scratch))
                 return fail(req, 400, "InvalidParameters", "%sdata too large", where), KZ_ERR_INVALID;
         } else if (kz_json_dump(v, scratch)) {
@@ -1241,7 +1244,7 @@ static struct publish *publish_prepare(struct kz_api *api, struct kz_req *req)
     json_t *doc = parse_body(req, true, true);
     struct publish *pb = NULL;
     struct kz_buf scratch;
-    size_t i, k, n;
+    size_t i, k, n, *offs = NULL;
     int64_t now = kz_now_ms();
 
     kz_buf_init(&scratch, KZ_BODY_MAX);
@@ -1257,13 +1260,21 @@ static struct publish *publish_prepare(struct kz_api *api, struct kz_req *req)
     pb->array = json_is_array(doc);
     pb->items = kz_calloc(n, sizeof(*pb->items));
     pb->n = n;
+    /* Where each event starts in the body, found in one pass (looking each one up by index
+     * would make a 1000-event array cost a million element skips). */
+    offs = kz_calloc(n, sizeof(*offs));
+    if (!pb->array)
+        offs[0] = 0;
+    else if (kz_json_array_offsets(req->body, req->body_len, offs, n))
+        memset(offs, 0xff, n * sizeof(*offs)); /* cannot happen for a parsed array */
     for (i = 0; i < n; i++) {
         char where[40] = "";
         json_t *o = pb->array ? json_array_get(doc, i) : doc;
 
         if (pb->array)
             snprintf(where, sizeof(where), "events[%zu]: ", i);
-        if (event_from_json(req, o, where, &pb->items[i].ev, &scratch, pb->array ? (long)i : -1))
+        if (event_from_json(req, o, where, &pb->items[i].ev, &scratch,
+                            offs[i] == (size_t)-1 ? -1 : (long)offs[i]))
             goto fail;
     }
     for (i = 0; i < n; i++) {
@@ -1291,11 +1302,13 @@ static struct publish *publish_prepare(struct kz_api *api, struct kz_req *req)
     pb->op.u.publish.n = n;
     pb->op.done = publish_done;
     pb->op.arg = pb;
+    kz_free(offs);
     json_decref(doc);
     kz_buf_cleanup(&scratch);
     return pb;
 fail:
     pending_free(pb);
+    kz_free(offs);
     json_decref(doc);
     kz_buf_cleanup(&scratch);
     return NULL;

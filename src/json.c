@@ -286,25 +286,13 @@ static bool key_is(const char *k, size_t klen, const char *key, bool exact)
     return true;
 }
 
-enum kz_err kz_json_raw_member(const char *doc, size_t len, long index, const char *key,
-                               struct kz_str *out)
+/* Member `key` of the object starting at doc[i] (after whitespace). */
+static enum kz_err member_of(const char *doc, size_t len, size_t i, const char *key,
+                             struct kz_str *out)
 {
-    size_t i = skip_ws(doc, 0, len);
     struct kz_str ci = {NULL, 0};
 
-    if (index >= 0) {
-        long k;
-
-        if (i >= len || doc[i] != '[')
-            return KZ_ERR_NOTFOUND;
-        i = skip_ws(doc, i + 1, len);
-        for (k = 0; k < index && i < len; k++) {
-            i = skip_ws(doc, skip_value(doc, i, len), len);
-            if (i >= len || doc[i] != ',')
-                return KZ_ERR_NOTFOUND;
-            i = skip_ws(doc, i + 1, len);
-        }
-    }
+    i = skip_ws(doc, i, len);
     if (i >= len || doc[i] != '{')
         return KZ_ERR_NOTFOUND;
     i = skip_ws(doc, i + 1, len);
@@ -334,6 +322,56 @@ enum kz_err kz_json_raw_member(const char *doc, size_t len, long index, const ch
         return KZ_ERR_NOTFOUND;
     *out = ci;
     return KZ_OK;
+}
+
+enum kz_err kz_json_array_offsets(const char *doc, size_t len, size_t *offs, size_t n)
+{
+    size_t i = skip_ws(doc, 0, len), k;
+
+    if (i >= len || doc[i] != '[')
+        return KZ_ERR_NOTFOUND;
+    i = skip_ws(doc, i + 1, len);
+    for (k = 0; k < n; k++) {
+        if (i >= len || doc[i] == ']')
+            return KZ_ERR_NOTFOUND;
+        offs[k] = i;
+        i = skip_ws(doc, skip_value(doc, i, len), len);
+        if (k + 1 < n) {
+            if (i >= len || doc[i] != ',')
+                return KZ_ERR_NOTFOUND;
+            i = skip_ws(doc, i + 1, len);
+        }
+    }
+    return KZ_OK;
+}
+
+enum kz_err kz_json_raw_member_at(const char *doc, size_t len, size_t offset, const char *key,
+                                  struct kz_str *out)
+{
+    if (offset > len)
+        return KZ_ERR_NOTFOUND;
+    return member_of(doc, len, offset, key, out);
+}
+
+enum kz_err kz_json_raw_member(const char *doc, size_t len, long index, const char *key,
+                               struct kz_str *out)
+{
+    size_t i = skip_ws(doc, 0, len);
+
+    if (index >= 0) {
+        long k;
+
+        if (i >= len || doc[i] != '[')
+            return KZ_ERR_NOTFOUND;
+        i = skip_ws(doc, i + 1, len);
+        for (k = 0; k < index && i < len; k++) {
+            i = skip_ws(doc, skip_value(doc, i, len), len);
+            if (i >= len || doc[i] != ',')
+                return KZ_ERR_NOTFOUND;
+            i = skip_ws(doc, i + 1, len);
+        }
+    }
+    return member_of(doc, len, i, key, out);
 }
 
 enum kz_err kz_json_minify(struct kz_str v, struct kz_buf *out)

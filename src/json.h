@@ -79,6 +79,20 @@ enum kz_err kz_json_raw_member(const char *doc, size_t len, long index, const ch
                                struct kz_str *out);
 
 /**
+ * As kz_json_raw_member, for the object that starts at byte `offset` of `doc` (whitespace
+ * before it is skipped). With kz_json_array_offsets, each element of a large array is found
+ * in time proportional to its own size rather than to its index.
+ */
+enum kz_err kz_json_raw_member_at(const char *doc, size_t len, size_t offset, const char *key,
+                                  struct kz_str *out);
+
+/**
+ * Byte offsets of the first `n` elements of the top-level array of the validated JSON text
+ * `doc`. KZ_ERR_NOTFOUND when `doc` is not an array or has fewer elements. Pure; any thread.
+ */
+enum kz_err kz_json_array_offsets(const char *doc, size_t len, size_t *offs, size_t n);
+
+/**
  * Appends the valid JSON text `v` to `out` without the whitespace between tokens; everything
  * else (numbers, escapes, key order) is copied verbatim. KZ_ERR_TOOBIG if over out->max.
  */

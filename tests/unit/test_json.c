@@ -498,6 +498,36 @@ static void test_raw_member(void **state)
     raw_is("{\"data\":1}", 0, "data", NULL);
 }
 
+/* Offsets of the elements of an array, then the member at each offset: the same answers as
+ * kz_json_raw_member by index. */
+static void test_array_offsets(void **state)
+{
+    const char *doc = " [ {\"data\":1} ,{\"x\":\"]\",\"data\" : [1,{\"a\":\"}\"}]},\n{\"DATA\":\"t\"}]";
+    size_t offs[4], i;
+    struct kz_str v, w;
+
+    (void)state;
+    assert_int_equal(kz_json_array_offsets(doc, strlen(doc), offs, 3), KZ_OK);
+    assert_int_equal(offs[0], 3);
+    for (i = 0; i < 3; i++) {
+        assert_int_equal(doc[offs[i]], '{');
+        assert_int_equal(kz_json_raw_member_at(doc, strlen(doc), offs[i], "data", &v), KZ_OK);
+        assert_int_equal(kz_json_raw_member(doc, strlen(doc), (long)i, "data", &w), KZ_OK);
+        assert_ptr_equal(v.p, w.p);
+        assert_int_equal(v.len, w.len);
+    }
+    assert_int_equal(kz_json_raw_member_at(doc, strlen(doc), offs[1], "data", &v), KZ_OK);
+    assert_int_equal(v.len, strlen("[1,{\"a\":\"}\"}]"));
+    /* fewer elements than asked, not an array, an offset past the end */
+    assert_int_equal(kz_json_array_offsets(doc, strlen(doc), offs, 4), KZ_ERR_NOTFOUND);
+    assert_int_equal(kz_json_array_offsets("{\"a\":1}", 7, offs, 1), KZ_ERR_NOTFOUND);
+    assert_int_equal(kz_json_array_offsets("[]", 2, offs, 1), KZ_ERR_NOTFOUND);
+    assert_int_equal(kz_json_raw_member_at(doc, strlen(doc), strlen(doc) + 1, "data", &v),
+                     KZ_ERR_NOTFOUND);
+    assert_int_equal(kz_json_raw_member_at("{\"data\":2}", 10, 0, "data", &v), KZ_OK);
+    assert_int_equal(v.len, 1);
+}
+
 static void minify_is(const char *in, const char *want)
 {
     struct kz_buf b;
@@ -548,6 +578,7 @@ int main(void)
         cmocka_unit_test_teardown(test_dump_invalid, check_no_leak),
         cmocka_unit_test_teardown(test_roundtrip, check_no_leak),
         cmocka_unit_test_teardown(test_raw_member, check_no_leak),
+        cmocka_unit_test_teardown(test_array_offsets, check_no_leak),
         cmocka_unit_test_teardown(test_minify, check_no_leak),
     };
 
