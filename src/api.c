@@ -23,13 +23,14 @@
 #define RATE_SLOTS 1024
 #define SECRET_CHARS 43
 #define AUTH_FAILURES_PER_APP 10 /* per applicationId per minute */
-#define AUTH_FAILURES_PER_IP 60  /* per client address per minute */ /* 258 bits of [A-Za-z0-9_-] */
+#define AUTH_FAILURES_PER_IP 60 /* per client address per minute */ /* 258 bits of [A-Za-z0-9_-]   \
+                                                                     */
 
 /* ==== rate limiting: fixed one-minute windows per application ==== */
 
 struct rate_slot {
-    char app_id[64];   /* the key: an application id or a client address */
-    int64_t window;   /* minute number */
+    char app_id[64]; /* the key: an application id or a client address */
+    int64_t window;  /* minute number */
     int count;
 };
 
@@ -42,10 +43,10 @@ struct kz_api {
     struct kz_api_hooks hooks;
     pthread_mutex_t rate_lock;
     struct rate_slot rate[RATE_SLOTS];
-    struct rate_slot fail_app[RATE_SLOTS];  /* bad credentials per applicationId */
-    struct rate_slot fail_ip[RATE_SLOTS];   /* bad credentials per client address */
+    struct rate_slot fail_app[RATE_SLOTS]; /* bad credentials per applicationId */
+    struct rate_slot fail_ip[RATE_SLOTS];  /* bad credentials per client address */
     atomic_bool closing;
-    atomic_int pending;     /* publishes submitted, not yet answered */
+    atomic_int pending; /* publishes submitted, not yet answered */
 };
 
 void kz_api_close(struct kz_api *api)
@@ -244,7 +245,8 @@ static enum kz_err bad(struct kz_req *req, const char *msg)
 static enum kz_err internal(struct kz_req *req, enum kz_err e)
 {
     if (e == KZ_ERR_BUSY)
-        return fail(req, 503, "Unavailable", "the service is overloaded or the store is busy; retry later");
+        return fail(req, 503, "Unavailable",
+                    "the service is overloaded or the store is busy; retry later");
     if (e == KZ_ERR_DB || e == KZ_ERR_IO)
         return fail(req, 503, "Unavailable", "the store is unavailable; retry later");
     return fail(req, 500, "InternalError", "internal error: %s", kz_err_str(e));
@@ -292,7 +294,8 @@ static enum kz_err require_admin(struct kz_api *api, struct kz_req *req)
     char hash[65];
 
     if (!t)
-        return fail(req, 401, "Unauthenticated", "missing Authorization: Bearer <admin token>"), KZ_ERR_AUTH;
+        return fail(req, 401, "Unauthenticated", "missing Authorization: Bearer <admin token>"),
+               KZ_ERR_AUTH;
     if (strlen(t) > 1024)
         return fail(req, 401, "Unauthenticated", "invalid admin token"), KZ_ERR_AUTH;
     kz_sha256_hex(t, strlen(t), hash);
@@ -314,18 +317,22 @@ static enum kz_err require_app(struct kz_api *api, struct kz_req *req, struct kz
     if (!t || !*t)
         return fail(req, 401, "Unauthenticated", "missing accessToken header"), KZ_ERR_AUTH;
     if (strlen(t) > 1024)
-        return fail(req, 401, "InvalidToken", "Invalid token. Failure reason:malformed token"), KZ_ERR_AUTH;
+        return fail(req, 401, "InvalidToken", "Invalid token. Failure reason:malformed token"),
+               KZ_ERR_AUTH;
     kz_sha256_hex(t, strlen(t), hash);
     e = kz_store_token_get(api->st, hash, app_id, &expires);
     if (e == KZ_ERR_NOTFOUND)
-        return fail(req, 401, "InvalidToken", "Invalid token. Failure reason:unknown token"), KZ_ERR_AUTH;
+        return fail(req, 401, "InvalidToken", "Invalid token. Failure reason:unknown token"),
+               KZ_ERR_AUTH;
     if (e)
         return internal(req, e), e;
     if (expires <= kz_now_ms())
-        return fail(req, 401, "InvalidToken", "Invalid token. Failure reason:token expired"), KZ_ERR_AUTH;
+        return fail(req, 401, "InvalidToken", "Invalid token. Failure reason:token expired"),
+               KZ_ERR_AUTH;
     e = kz_store_app_get(api->st, app_id, app);
     if (e == KZ_ERR_NOTFOUND)
-        return fail(req, 401, "InvalidToken", "Invalid token. Failure reason:application deleted"), KZ_ERR_AUTH;
+        return fail(req, 401, "InvalidToken", "Invalid token. Failure reason:application deleted"),
+               KZ_ERR_AUTH;
     if (e)
         return internal(req, e), e;
     snprintf(req->app_id, sizeof(req->app_id), "%s", app->id);
@@ -370,7 +377,8 @@ static json_t *parse_body(struct kz_req *req, bool allow_array, bool any_numbers
     }
     if (!json_is_object(doc) && !(allow_array && json_is_array(doc))) {
         json_decref(doc);
-        bad(req, allow_array ? "body must be a JSON object or array" : "body must be a JSON object");
+        bad(req,
+            allow_array ? "body must be a JSON object or array" : "body must be a JSON object");
         return NULL;
     }
     return doc;
@@ -556,11 +564,13 @@ static enum kz_err access_token(struct kz_api *api, struct kz_req *req)
                     "Dont have correct applicationId and secret in header! (applicationId, "
                     "applicationSecret and refreshToken are required)");
     if (strlen(id) > 64 || strlen(secret) > 1024 || strlen(refresh) > 1024)
-        return fail(req, 401, "Unauthenticated", "Dont have correct applicationId and secret in header!");
+        return fail(req, 401, "Unauthenticated",
+                    "Dont have correct applicationId and secret in header!");
     e = kz_store_app_get(api->st, id, &app);
     if (e == KZ_ERR_NOTFOUND) {
         auth_throttle(api, id, req->remote_ip, kz_now_ms(), true);
-        return fail(req, 401, "Unauthenticated", "Dont have correct applicationId and secret in header!");
+        return fail(req, 401, "Unauthenticated",
+                    "Dont have correct applicationId and secret in header!");
     }
     if (e)
         return internal(req, e);
@@ -571,7 +581,8 @@ static enum kz_err access_token(struct kz_api *api, struct kz_req *req)
     if (!ok) {
         auth_throttle(api, app.id, req->remote_ip, kz_now_ms(), true);
         kz_app_cleanup(&app);
-        return fail(req, 401, "Unauthenticated", "Dont have correct applicationId and secret in header!");
+        return fail(req, 401, "Unauthenticated",
+                    "Dont have correct applicationId and secret in header!");
     }
     snprintf(req->app_id, sizeof(req->app_id), "%s", app.id);
     kz_id_token(token, SECRET_CHARS);
@@ -653,7 +664,8 @@ static enum kz_err webhook_fields(struct kz_req *req, const json_t *doc, struct 
         int t = json_is_string(v) ? kz_objtype_from_name(json_string_value(v)) : -1;
 
         if (t < 0)
-            return bad(req, "objectType must be one of Group, Action, ActionPackage"), KZ_ERR_INVALID;
+            return bad(req, "objectType must be one of Group, Action, ActionPackage"),
+                   KZ_ERR_INVALID;
         w->object_type = (enum kz_objtype)t;
     }
     v = kz_json_get(doc, "eventTypes");
@@ -663,13 +675,15 @@ static enum kz_err webhook_fields(struct kz_req *req, const json_t *doc, struct 
         uint32_t mask = 0;
 
         if (!json_is_array(v) || !json_array_size(v) || json_array_size(v) > 100)
-            return bad(req, "eventTypes must be a non-empty array of event type names"), KZ_ERR_INVALID;
+            return bad(req, "eventTypes must be a non-empty array of event type names"),
+                   KZ_ERR_INVALID;
         json_array_foreach(v, i, e)
         {
             int t = json_is_string(e) ? kz_evtype_from_name(json_string_value(e)) : -1;
 
             if (t < 0)
-                return fail(req, 400, "InvalidParameters", "eventTypes[%zu] is not a known event type", i),
+                return fail(req, 400, "InvalidParameters",
+                            "eventTypes[%zu] is not a known event type", i),
                        KZ_ERR_INVALID;
             mask |= 1u << t;
         }
@@ -735,10 +749,12 @@ static enum kz_err check_callback(struct kz_api *api, struct kz_req *req, const 
     enum kz_err e = kz_target_check(api->cfg, url, &t, &why);
 
     if (e)
-        return fail(req, 400, "InvalidParameters", "callBackUrl rejected: %s", why ? why : "invalid"),
+        return fail(req, 400, "InvalidParameters", "callBackUrl rejected: %s",
+                    why ? why : "invalid"),
                KZ_ERR_INVALID;
     if (kz_callback_validate(api->cfg, url, &t, reason, sizeof(reason)))
-        return fail(req, 400, "CallbackValidationFailed", "callback URL validation failed: %s", reason),
+        return fail(req, 400, "CallbackValidationFailed", "callback URL validation failed: %s",
+                    reason),
                KZ_ERR_INVALID;
     return KZ_OK;
 }
@@ -759,7 +775,8 @@ static enum kz_err webhook_create(struct kz_api *api, struct kz_req *req, const 
     if (webhook_fields(req, doc, &w, false, &url_changed, &active_given))
         goto out;
     if (!app_grants(app, w.object_id)) {
-        fail(req, 403, "Forbidden", "the application may not subscribe to objectId %s", w.object_id);
+        fail(req, 403, "Forbidden", "the application may not subscribe to objectId %s",
+             w.object_id);
         goto out;
     }
     if (check_callback(api, req, w.callback_url))
@@ -780,7 +797,8 @@ static enum kz_err webhook_create(struct kz_api *api, struct kz_req *req, const 
         goto out;
     }
     kz_subidx_put(api->idx, &w, op.webhooks_version);
-    reply_json(req, 200, json_pack("{s:s, s:s}", "webhookId", w.id, "signingSecret", w.signing_secret));
+    reply_json(req, 200,
+               json_pack("{s:s, s:s}", "webhookId", w.id, "signingSecret", w.signing_secret));
 out:
     kz_webhook_cleanup(&w);
     json_decref(doc);
@@ -875,7 +893,8 @@ static enum kz_err webhook_update(struct kz_api *api, struct kz_req *req, const 
     if (webhook_fields(req, doc, &w, true, &url_changed, &active_given))
         goto out;
     if (!app_grants(app, w.object_id)) {
-        fail(req, 403, "Forbidden", "the application may not subscribe to objectId %s", w.object_id);
+        fail(req, 403, "Forbidden", "the application may not subscribe to objectId %s",
+             w.object_id);
         goto out;
     }
     if (url_changed && strcmp(old_url, w.callback_url) && check_callback(api, req, w.callback_url))
@@ -967,9 +986,11 @@ static void delivery_one(void *arg, const struct kz_delivery *d)
     json_object_set_new(o, "eventType", json_string(kz_evtype_name(d->event_type)));
     json_object_set_new(o, "status", json_string(kz_dstate_name(d->state)));
     json_object_set_new(o, "attempts", json_integer(d->attempts));
-    json_object_set_new(o, "lastStatusCode", d->last_status ? json_integer(d->last_status) : json_null());
+    json_object_set_new(o, "lastStatusCode",
+                        d->last_status ? json_integer(d->last_status) : json_null());
     json_object_set_new(o, "lastError", d->last_error ? json_string(d->last_error) : json_null());
-    json_object_set_new(o, "lastResponse", d->last_response ? utf8_json(d->last_response) : json_null());
+    json_object_set_new(o, "lastResponse",
+                        d->last_response ? utf8_json(d->last_response) : json_null());
     json_object_set_new(o, "nextAttemptAt",
                         d->state == KZ_D_PENDING ? json_integer(d->next_attempt_at) : json_null());
     json_object_set_new(o, "createdAt", json_integer(d->created_at));
@@ -1069,15 +1090,15 @@ static enum kz_err replay(struct kz_api *api, struct kz_req *req, const struct k
 
 struct publish {
     struct kz_api *api;
-    struct kz_req *req;            /* NULL for the synchronous CLI path */
+    struct kz_req *req; /* NULL for the synchronous CLI path */
     struct kz_op op;
     struct kz_publish_item *items;
     size_t n;
-    struct kz_match *matches;      /* all items' matches, back to back */
+    struct kz_match *matches; /* all items' matches, back to back */
     size_t nmatch, capmatch;
-    const char **ids;              /* pointers into matches */
+    const char **ids; /* pointers into matches */
     bool *active;
-    bool array;                    /* body was an array: answer {"events":[...]} */
+    bool array; /* body was an array: answer {"events":[...]} */
     /* synchronous wait */
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -1125,12 +1146,14 @@ static enum kz_err event_from_json(struct kz_req *req, const json_t *o, const ch
     size_t i;
 
     if (!json_is_object(o))
-        return fail(req, 400, "InvalidParameters", "%sevent must be a JSON object", where), KZ_ERR_INVALID;
+        return fail(req, 400, "InvalidParameters", "%sevent must be a JSON object", where),
+               KZ_ERR_INVALID;
     v = kz_json_get(o, "eventType");
     t = json_is_string(v) ? kz_evtype_from_name(json_string_value(v)) : -1;
     if (t < 0)
-        return fail(req, 400, "InvalidParameters", "%seventType is missing or not a known event type",
-                    where), KZ_ERR_INVALID;
+        return fail(req, 400, "InvalidParameters",
+                    "%seventType is missing or not a known event type", where),
+               KZ_ERR_INVALID;
     ev->event_type = (enum kz_evtype)t;
     for (i = 0; i < KZ_ARRAY_LEN(strs); i++) {
         const char *s;
@@ -1140,8 +1163,9 @@ static enum kz_err event_from_json(struct kz_req *req, const json_t *o, const ch
         if (!v || json_is_null(v) || (json_is_string(v) && !json_string_length(v) && i >= 4))
             continue;
         if (kz_json_str(v, strs[i].max, &s, &len))
-            return fail(req, 400, "InvalidParameters", "%s%s must be a string of 1..%zu bytes", where,
-                        strs[i].name, strs[i].max), KZ_ERR_INVALID;
+            return fail(req, 400, "InvalidParameters", "%s%s must be a string of 1..%zu bytes",
+                        where, strs[i].name, strs[i].max),
+                   KZ_ERR_INVALID;
         if (i == 0 && !header_safe(s, len))
             return fail(req, 400, "InvalidParameters", "%seventId must be printable ASCII", where),
                    KZ_ERR_INVALID;
@@ -1149,7 +1173,8 @@ static enum kz_err event_from_json(struct kz_req *req, const json_t *o, const ch
     }
     if (!ev->group_id && !ev->action_id && !ev->action_package_id)
         return fail(req, 400, "InvalidParameters",
-                    "%sone of groupId, actionId, actionPackageId is required", where), KZ_ERR_INVALID;
+                    "%sone of groupId, actionId, actionPackageId is required", where),
+               KZ_ERR_INVALID;
     v = kz_json_get(o, "data");
     kz_buf_reset(scratch);
     if (!v || json_is_null(v)) {
@@ -1163,7 +1188,8 @@ static enum kz_err event_from_json(struct kz_req *req, const json_t *o, const ch
         if (offset >= 0 &&
             !kz_json_raw_member_at(req->body, req->body_len, (size_t)offset, "data", &raw)) {
             if (kz_json_minify(raw, scratch))
-                return fail(req, 400, "InvalidParameters", "%sdata too large", where), KZ_ERR_INVALID;
+                return fail(req, 400, "InvalidParameters", "%sdata too large", where),
+                       KZ_ERR_INVALID;
         } else if (kz_json_dump(v, scratch)) {
             return fail(req, 400, "InvalidParameters", "%sdata too large", where), KZ_ERR_INVALID;
         }
@@ -1280,9 +1306,9 @@ static struct publish *publish_prepare(struct kz_api *api, struct kz_req *req)
     for (i = 0; i < n; i++) {
         struct kz_event *ev = &pb->items[i].ev;
 
-        pb->items[i].n_targets = kz_subidx_match(api->idx, ev->event_type, ev->group_id,
-                                                 ev->action_id, ev->action_package_id, now,
-                                                 &pb->matches, &pb->nmatch, &pb->capmatch);
+        pb->items[i].n_targets =
+            kz_subidx_match(api->idx, ev->event_type, ev->group_id, ev->action_id,
+                            ev->action_package_id, now, &pb->matches, &pb->nmatch, &pb->capmatch);
     }
     /* The match array may have moved while growing: point into it only now. */
     pb->ids = kz_calloc(pb->nmatch ? pb->nmatch : 1, sizeof(*pb->ids));

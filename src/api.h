@@ -16,29 +16,29 @@
 struct kz_req {
     /* set by the transport */
     const char *method;
-    const char *path;          /* decoded path, without the query */
+    const char *path; /* decoded path, without the query */
     const char *body;
     size_t body_len;
-    const char *(*header)(void *conn, const char *name);  /* case-insensitive; NULL if absent */
+    const char *(*header)(void *conn, const char *name); /* case-insensitive; NULL if absent */
     const char *(*query)(void *conn, const char *name);
     void *conn;
     char remote_ip[64];
     void (*complete)(struct kz_req *req); /* called once, from another thread, after PENDING */
     /* set by the api */
     int status;
-    struct kz_buf out;         /* response body */
+    struct kz_buf out; /* response body */
     const char *content_type;
-    char retry_after[24];      /* "" or seconds */
-    const char *allow;         /* Allow header for 405 */
-    char app_id[40];           /* for the request log, "" when none */
-    void *pending;             /* api-private state of a PENDING request */
+    char retry_after[24]; /* "" or seconds */
+    const char *allow;    /* Allow header for 405 */
+    char app_id[40];      /* for the request log, "" when none */
+    void *pending;        /* api-private state of a PENDING request */
 };
 
 struct kz_api;
 
 /** Hooks the api calls into the layers above it (set by main). */
 struct kz_api_hooks {
-    void (*wake_dispatch)(void *arg);  /* deliveries became due (publish, replay, re-enable) */
+    void (*wake_dispatch)(void *arg); /* deliveries became due (publish, replay, re-enable) */
     void *arg;
 };
 

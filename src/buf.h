@@ -24,7 +24,8 @@ enum kz_err kz_buf_append(struct kz_buf *b, const void *p, size_t len);
 /** Appends a NUL-terminated string. */
 enum kz_err kz_buf_puts(struct kz_buf *b, const char *s);
 /** Appends formatted text; KZ_ERR_TOOBIG as kz_buf_append. */
-enum kz_err kz_buf_printf(struct kz_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+enum kz_err kz_buf_printf(struct kz_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 /** Appends `s` as a JSON string literal, quotes included (escapes ", \, controls; bytes >= 0x80
  * are copied, so `s` must already be valid UTF-8). */
 enum kz_err kz_buf_json_str(struct kz_buf *b, const char *s, size_t len);

@@ -15,7 +15,7 @@ struct opt {
     const char *flag;
     const char *env;
     enum opt_kind kind;
-    size_t off;   /* offset of the field in struct kz_config */
+    size_t off;       /* offset of the field in struct kz_config */
     int64_t min, max; /* OPT_INT bounds */
 };
 
@@ -27,12 +27,16 @@ static const struct opt opts[] = {
     {"--admin-token", "KZHOOK_ADMIN_TOKEN", OPT_STR, OFF(admin_token), 0, 0},
     {"--public-url", "KZHOOK_PUBLIC_URL", OPT_STR, OFF(public_url), 0, 0},
     {"--ca-file", "KZHOOK_CA_FILE", OPT_STR, OFF(ca_file), 0, 0},
-    {"--allow-private-targets", "KZHOOK_ALLOW_PRIVATE_TARGETS", OPT_BOOL, OFF(allow_private_targets), 0, 0},
-    {"--allow-http-callbacks", "KZHOOK_ALLOW_HTTP_CALLBACKS", OPT_BOOL, OFF(allow_http_callbacks), 0, 0},
+    {"--allow-private-targets", "KZHOOK_ALLOW_PRIVATE_TARGETS", OPT_BOOL,
+     OFF(allow_private_targets), 0, 0},
+    {"--allow-http-callbacks", "KZHOOK_ALLOW_HTTP_CALLBACKS", OPT_BOOL, OFF(allow_http_callbacks),
+     0, 0},
     {"--retry-schedule", "KZHOOK_RETRY_SCHEDULE", OPT_SCHEDULE, 0, 0, 0},
-    {"--delivery-timeout", "KZHOOK_DELIVERY_TIMEOUT", OPT_DUR, OFF(delivery_timeout_ms), 1, 3600000},
+    {"--delivery-timeout", "KZHOOK_DELIVERY_TIMEOUT", OPT_DUR, OFF(delivery_timeout_ms), 1,
+     3600000},
     {"--lease-margin", "KZHOOK_LEASE_MARGIN", OPT_DUR, OFF(lease_margin_ms), 1000, 86400000},
-    {"--validation-timeout", "KZHOOK_VALIDATION_TIMEOUT", OPT_DUR, OFF(validation_timeout_ms), 1, 600000},
+    {"--validation-timeout", "KZHOOK_VALIDATION_TIMEOUT", OPT_DUR, OFF(validation_timeout_ms), 1,
+     600000},
     {"--token-ttl", "KZHOOK_TOKEN_TTL", OPT_DUR, OFF(token_ttl_ms), 1000, INT64_C(3153600000000)},
     {"--rate-limit", "KZHOOK_RATE_LIMIT", OPT_INT, OFF(rate_limit), 0, 100000000},
     {"--tls-cert", "KZHOOK_TLS_CERT", OPT_STR, OFF(tls_cert), 0, 0},
@@ -95,8 +99,8 @@ static bool parse_bool(const char *v, bool *out)
 }
 
 /* Applies one option value; `src` names the flag or variable for the error message. */
-static enum kz_err apply(struct kz_config *cfg, const struct opt *o, const char *v,
-                         const char *src, char *err, size_t errlen)
+static enum kz_err apply(struct kz_config *cfg, const struct opt *o, const char *v, const char *src,
+                         char *err, size_t errlen)
 {
     char *base = (char *)cfg;
     int64_t ms;
@@ -233,7 +237,8 @@ enum kz_err kz_config_load(struct kz_config *cfg, int argc, char **argv, int fir
         snprintf(err, errlen, "--ca-file %.200s is not readable", cfg->ca_file);
         return KZ_ERR_INVALID;
     }
-    if (cfg->tls_cert && cfg->tls_key && (access(cfg->tls_cert, R_OK) || access(cfg->tls_key, R_OK))) {
+    if (cfg->tls_cert && cfg->tls_key &&
+        (access(cfg->tls_cert, R_OK) || access(cfg->tls_key, R_OK))) {
         snprintf(err, errlen, "--tls-cert/--tls-key files are not readable");
         return KZ_ERR_INVALID;
     }

@@ -12,26 +12,26 @@ struct kz_trust;
 struct kz_config {
     char listen_host[256];
     int listen_port;
-    char *db;                  /* path or postgresql:// URL */
-    char *admin_token;         /* NULL: generated at first start */
-    char *public_url;          /* NULL: derived from listen */
+    char *db;          /* path or postgresql:// URL */
+    char *admin_token; /* NULL: generated at first start */
+    char *public_url;  /* NULL: derived from listen */
     char *ca_file;
     bool allow_private_targets;
     bool allow_http_callbacks;
     int64_t retry_schedule[KZ_RETRY_MAX];
     size_t retry_count;
     int64_t delivery_timeout_ms;
-    int64_t lease_margin_ms;   /* a claim's lease = delivery timeout + this */
+    int64_t lease_margin_ms; /* a claim's lease = delivery timeout + this */
     int64_t validation_timeout_ms;
     int64_t token_ttl_ms;
-    int rate_limit;            /* calls/min/app on /v1/webhook*, 0 = off */
-    char *tls_cert, *tls_key;  /* paths; both or neither */
+    int rate_limit;           /* calls/min/app on /v1/webhook*, 0 = off */
+    char *tls_cert, *tls_key; /* paths; both or neither */
     int64_t retention_ms;
-    int threads;               /* MHD worker threads */
+    int threads; /* MHD worker threads */
     int max_connections;
-    int max_connections_per_ip; /* 0: three quarters of max_connections */
+    int max_connections_per_ip;   /* 0: three quarters of max_connections */
     int per_endpoint_concurrency; /* in-flight deliveries per webhook */
-    struct kz_trust *trust;    /* outbound TLS trust store, set by main at start (outbound.h) */
+    struct kz_trust *trust;       /* outbound TLS trust store, set by main at start (outbound.h) */
 };
 
 /** Fills defaults, then the environment, then argv[first..argc) flags (flags win). On error

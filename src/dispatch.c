@@ -22,11 +22,13 @@
 #include <time.h>
 
 /* Transfers at once, all endpoints. Past the soft cap only endpoints with nothing in flight may
- * start one (so many slow endpoints cannot starve an idle fast one); the hard cap bounds sockets. */
+ * start one (so many slow endpoints cannot starve an idle fast one); the hard cap bounds sockets.
+ */
 #define SOFT_INFLIGHT 512
 #define HARD_INFLIGHT 2048
-#define CLAIM_HEADROOM 32     /* rows claimed past the soft cap, for endpoints with nothing in flight */
-#define CLAIM_MAX 256         /* rows per claim */
+#define CLAIM_HEADROOM 32 /* rows claimed past the soft cap, for endpoints with nothing in flight  \
+                           */
+#define CLAIM_MAX 256     /* rows per claim */
 #define EP_BUCKETS 1024
 #define RESPONSE_READ_MAX (256 * 1024) /* bytes read from a receiver before we stop listening */
 #define IDLE_POLL_MS 1000
@@ -44,8 +46,8 @@ struct queued {
 /* Per-webhook scheduling state: at most cfg->per_endpoint_concurrency transfers at once; the
  * rest wait here, so a slow endpoint holds only its own slots. */
 struct ep {
-    struct ep *next;        /* hash chain */
-    struct ep *rr_next;     /* ring of endpoints with queued work */
+    struct ep *next;    /* hash chain */
+    struct ep *rr_next; /* ring of endpoints with queued work */
     char id[40];
     int inflight;
     struct queued *head, *tail;
@@ -58,12 +60,12 @@ struct xfer {
     CURL *h;
     struct curl_slist *headers;
     struct kz_buf body;
-    struct kz_buf resp;     /* first KZ_RESPONSE_KEEP bytes of the answer */
+    struct kz_buf resp; /* first KZ_RESPONSE_KEEP bytes of the answer */
     size_t resp_total;
     int64_t retry_after_ms;
     int64_t started_us;
     int64_t delivery_id;
-    int attempts;           /* made before this one */
+    int attempts; /* made before this one */
     struct ep *ep;
     struct xfer *next_free;
     struct xfer *prev_active, *next_active; /* list of running transfers */
@@ -94,21 +96,21 @@ struct kz_dispatch {
     /* hand-offs from the store writer, under `lock` */
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    struct kz_op claim;     /* at most one claim in flight */
+    struct kz_op claim; /* at most one claim in flight */
     bool claim_busy, claim_ready;
-    int completes_busy;     /* COMPLETE ops submitted, not yet done */
-    struct cbatch *failed;  /* COMPLETEs the store refused, to submit again */
+    int completes_busy;    /* COMPLETE ops submitted, not yet done */
+    struct cbatch *failed; /* COMPLETEs the store refused, to submit again */
     /* dispatcher-thread-only state */
     struct ep *eps[EP_BUCKETS];
-    struct ep *ring;        /* last endpoint served in the ring */
+    struct ep *ring; /* last endpoint served in the ring */
     size_t ring_len;
     size_t queued_total;
     int inflight;
     struct xfer *free_xfers;
-    struct xfer *active;    /* running transfers */
-    struct cbatch *batch;   /* completions being collected */
+    struct xfer *active;  /* running transfers */
+    struct cbatch *batch; /* completions being collected */
     int64_t next_poll;
-    bool refill;            /* an excluded endpoint's queue ran low: claim again right away */
+    bool refill; /* an excluded endpoint's queue ran low: claim again right away */
     int64_t drain_deadline;
 };
 
@@ -586,7 +588,8 @@ static void reap(struct kz_dispatch *d)
             if (rc == CURLE_OK || (rc == CURLE_WRITE_ERROR && status > 0))
                 snprintf(err, sizeof(err), "HTTP %ld", status);
             else if (rc == CURLE_COULDNT_CONNECT && !d->cfg->allow_private_targets)
-                snprintf(err, sizeof(err), "%s (or refused by the SSRF guard)", curl_easy_strerror(rc));
+                snprintf(err, sizeof(err), "%s (or refused by the SSRF guard)",
+                         curl_easy_strerror(rc));
             else
                 snprintf(err, sizeof(err), "%s", curl_easy_strerror(rc));
         }
@@ -760,8 +763,8 @@ static void claim_finish(struct kz_dispatch *d)
     op->u.claim.exclude = NULL;
     d->claim_busy = false;
     if (getenv("KZ_DISPATCH_DEBUG"))
-        kz_log("debug", "claimed", "\"rows\":%zu,\"limit\":%zu,\"inflight\":%d,\"queued\":%zu",
-               n, op->u.claim.limit, d->inflight, d->queued_total);
+        kz_log("debug", "claimed", "\"rows\":%zu,\"limit\":%zu,\"inflight\":%d,\"queued\":%zu", n,
+               op->u.claim.limit, d->inflight, d->queued_total);
     if (op->result) {
         kz_log("error", "claim failed", "\"error\":\"%s\"", kz_err_str(op->result));
         d->next_poll = now + 500;

@@ -17,7 +17,7 @@ struct kz_http {
     struct MHD_Daemon *d;
     struct kz_api *api;
     struct kz_metrics *m;
-    char *tls_cert, *tls_key;   /* PEM text, owned */
+    char *tls_cert, *tls_key; /* PEM text, owned */
 };
 
 /* Per-request state, created on the first callback and freed when MHD reports completion. */
@@ -28,11 +28,11 @@ struct conn {
     struct kz_buf body;
     int64_t started_us;
     bool too_big;
-    bool early;        /* answered 413 before reading the body: drain it before MHD closes */
-    bool handled;      /* kz_api_handle has run */
+    bool early;   /* answered 413 before reading the body: drain it before MHD closes */
+    bool handled; /* kz_api_handle has run */
     /* PENDING hand-back, see complete() */
     pthread_mutex_t lock;
-    bool ready;        /* the answer is in req */
+    bool ready; /* the answer is in req */
     bool suspended;
     char method[16];
     char path[256];
@@ -203,7 +203,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
  * before MHD closes the connection. */
 static void linger_drain(struct MHD_Connection *c)
 {
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     char scratch[16384];
     size_t total = 0;
     int64_t deadline = kz_mono_ms() + 500;
@@ -302,7 +303,8 @@ enum kz_err kz_http_start(struct kz_http **out, const struct kz_config *cfg, str
         ((struct sockaddr_in *)&ss)->sin_family = AF_INET;
         ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)cfg->listen_port);
         sslen = sizeof(struct sockaddr_in);
-    } else if (inet_pton(AF_INET6, cfg->listen_host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+    } else if (inet_pton(AF_INET6, cfg->listen_host, &((struct sockaddr_in6 *)&ss)->sin6_addr) ==
+               1) {
         ((struct sockaddr_in6 *)&ss)->sin6_family = AF_INET6;
         ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)cfg->listen_port);
         flags |= MHD_USE_IPv6;
@@ -313,7 +315,8 @@ enum kz_err kz_http_start(struct kz_http **out, const struct kz_config *cfg, str
         ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)cfg->listen_port);
         sslen = sizeof(struct sockaddr_in);
     } else {
-        snprintf(err, errlen, "--listen host must be an IP address or localhost: %s", cfg->listen_host);
+        snprintf(err, errlen, "--listen host must be an IP address or localhost: %s",
+                 cfg->listen_host);
         kz_free(h);
         return KZ_ERR_INVALID;
     }
@@ -333,17 +336,17 @@ enum kz_err kz_http_start(struct kz_http **out, const struct kz_config *cfg, str
     /* One client address may hold at most this many connections, so that a slowloris from one
      * address (headers dribbled a byte at a time never trip MHD's idle timeout) cannot take
      * every slot. */
-    per_ip = cfg->max_connections_per_ip ? (unsigned int)cfg->max_connections_per_ip
-                                         : (unsigned int)(cfg->max_connections - cfg->max_connections / 4);
+    per_ip = cfg->max_connections_per_ip
+                 ? (unsigned int)cfg->max_connections_per_ip
+                 : (unsigned int)(cfg->max_connections - cfg->max_connections / 4);
     h->d = MHD_start_daemon(
         flags, (uint16_t)cfg->listen_port, NULL, NULL, handler, h, MHD_OPTION_EXTERNAL_LOGGER,
-        mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &ss,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->threads, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned int)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024), MHD_OPTION_NOTIFY_COMPLETED,
-        completed, h, MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip, MHD_OPTION_LISTEN_BACKLOG_SIZE,
-        (unsigned int)1024,
-        cfg->tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, h->tls_cert,
+        mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &ss, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned int)cfg->threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)(64 * 1024), MHD_OPTION_NOTIFY_COMPLETED, completed, h,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip, MHD_OPTION_LISTEN_BACKLOG_SIZE,
+        (unsigned int)1024, cfg->tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, h->tls_cert,
         MHD_OPTION_HTTPS_MEM_KEY, h->tls_key, MHD_OPTION_END);
     if (!h->d) {
         snprintf(err, errlen, "cannot listen on %s:%d (address in use, or bad TLS files?)",

@@ -10,7 +10,8 @@
 
 struct kz_http;
 
-/** Starts listening per cfg (listen address, TLS, threads). Writes a message to `err` on failure. */
+/** Starts listening per cfg (listen address, TLS, threads). Writes a message to `err` on failure.
+ */
 enum kz_err kz_http_start(struct kz_http **out, const struct kz_config *cfg, struct kz_api *api,
                           struct kz_metrics *m, char *err, size_t errlen);
 /** Stops accepting new connections (first step of a graceful shutdown). */

@@ -209,7 +209,8 @@ enum kz_err kz_json_dump(const json_t *v, struct kz_buf *out)
     if (!v)
         return KZ_ERR_INVALID;
     /* jansson may report success after the callback refused a chunk: trust our own flag too. */
-    if (!json_dump_callback(v, dump_cb, &ctx, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY) &&
+    if (!json_dump_callback(v, dump_cb, &ctx,
+                            JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY) &&
         !ctx.toobig)
         return KZ_OK;
     /* Roll back whatever the partial dump appended before it failed. */

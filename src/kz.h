@@ -9,22 +9,23 @@
 
 #define KZ_VERSION "0.1.0"
 
-/** The one error type returned by every fallible function (STYLE rule 4). Mapped to HTTP in api.c. */
+/** The one error type returned by every fallible function (STYLE rule 4). Mapped to HTTP in api.c.
+ */
 enum kz_err {
     KZ_OK = 0,
     KZ_ERR_NOMEM,
-    KZ_ERR_INVALID,  /* input failed validation */
+    KZ_ERR_INVALID, /* input failed validation */
     KZ_ERR_NOTFOUND,
     KZ_ERR_CONFLICT,
-    KZ_ERR_TOOBIG,   /* a bounded buffer or count hit its limit */
-    KZ_ERR_DB,       /* the store failed (I/O, corruption, constraint we did not expect) */
-    KZ_ERR_BUSY,     /* the store or a queue is overloaded / locked: try again later */
+    KZ_ERR_TOOBIG, /* a bounded buffer or count hit its limit */
+    KZ_ERR_DB,     /* the store failed (I/O, corruption, constraint we did not expect) */
+    KZ_ERR_BUSY,   /* the store or a queue is overloaded / locked: try again later */
     KZ_ERR_IO,
     KZ_ERR_TIMEOUT,
     KZ_ERR_FORBIDDEN,
     KZ_ERR_AUTH,
-    KZ_ERR_UNSAFE,   /* a callback target failed the SSRF guard */
-    KZ_ERR_PENDING,  /* not an error: the answer comes later through a completion */
+    KZ_ERR_UNSAFE,  /* a callback target failed the SSRF guard */
+    KZ_ERR_PENDING, /* not an error: the answer comes later through a completion */
 };
 
 /** Static text for `e`; never NULL. */

@@ -26,22 +26,23 @@
 
 static void usage(FILE *f)
 {
-    fputs("usage: kzhook serve [options]\n"
-          "       kzhook app create --name NAME --object-ids ID[,ID...] [--db PATH]\n"
-          "       kzhook app list [--db PATH]\n"
-          "       kzhook app delete APPLICATION_ID [--db PATH]\n"
-          "       kzhook publish --event-type TYPE [--group ID] [--action ID] [--action-package ID]\n"
-          "                      [--event-id ID] [--from-user PHONE] [--from-user-id ID]\n"
-          "                      [--from-user-name NAME] [--data JSON] [--db PATH]\n"
-          "       kzhook version\n"
-          "serve options (each also an environment variable, see README):\n"
-          "  --listen HOST:PORT  --db PATH|postgresql://...  --admin-token T  --public-url URL\n"
-          "  --ca-file PEM  --allow-private-targets  --allow-http-callbacks  --retry-schedule LIST\n"
-          "  --delivery-timeout DUR  --lease-margin DUR  --validation-timeout DUR  --token-ttl DUR\n"
-          "  --rate-limit N\n"
-          "  --tls-cert PEM --tls-key PEM  --retention DUR  --threads N  --max-connections N\n"
-          "  --max-connections-per-ip N  --per-endpoint-concurrency N\n",
-          f);
+    fputs(
+        "usage: kzhook serve [options]\n"
+        "       kzhook app create --name NAME --object-ids ID[,ID...] [--db PATH]\n"
+        "       kzhook app list [--db PATH]\n"
+        "       kzhook app delete APPLICATION_ID [--db PATH]\n"
+        "       kzhook publish --event-type TYPE [--group ID] [--action ID] [--action-package ID]\n"
+        "                      [--event-id ID] [--from-user PHONE] [--from-user-id ID]\n"
+        "                      [--from-user-name NAME] [--data JSON] [--db PATH]\n"
+        "       kzhook version\n"
+        "serve options (each also an environment variable, see README):\n"
+        "  --listen HOST:PORT  --db PATH|postgresql://...  --admin-token T  --public-url URL\n"
+        "  --ca-file PEM  --allow-private-targets  --allow-http-callbacks  --retry-schedule LIST\n"
+        "  --delivery-timeout DUR  --lease-margin DUR  --validation-timeout DUR  --token-ttl DUR\n"
+        "  --rate-limit N\n"
+        "  --tls-cert PEM --tls-key PEM  --retention DUR  --threads N  --max-connections N\n"
+        "  --max-connections-per-ip N  --per-endpoint-concurrency N\n",
+        f);
 }
 
 /* Startup failures are log lines too (CONTRACT §1: logs are JSON lines on stderr). */
@@ -130,7 +131,8 @@ static int admin_token(struct kz_ctx *ctx)
         return 1;
     }
     printf("admin token: %s\n", token);
-    printf("(shown once; only its hash is stored. Pass --admin-token or KZHOOK_ADMIN_TOKEN to set your own.)\n");
+    printf("(shown once; only its hash is stored. Pass --admin-token or KZHOOK_ADMIN_TOKEN to set "
+           "your own.)\n");
     fflush(stdout);
     return 0;
 }
@@ -441,10 +443,14 @@ out:
 static int cmd_publish(struct kz_ctx *ctx, int argc, char **argv)
 {
     static const char *const fields[][2] = {
-        {"--event-type", "eventType"},   {"--group", "groupId"},
-        {"--action", "actionId"},        {"--action-package", "actionPackageId"},
-        {"--event-id", "eventId"},       {"--from-user", "fromUser"},
-        {"--from-user-id", "fromUserId"}, {"--from-user-name", "fromUserName"},
+        {"--event-type", "eventType"},
+        {"--group", "groupId"},
+        {"--action", "actionId"},
+        {"--action-package", "actionPackageId"},
+        {"--event-id", "eventId"},
+        {"--from-user", "fromUser"},
+        {"--from-user-id", "fromUserId"},
+        {"--from-user-name", "fromUserName"},
         {"--from-user-pic", "fromUserProfilePic"},
     };
     int used[64] = {0};

@@ -2,7 +2,7 @@
 #include "metrics.h"
 
 const double kz_metrics_lat_bounds[KZ_LAT_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                                      0.25,  0.5,    1,     2.5,  5,     10,  30};
+                                                      0.25,  0.5,    1,     2.5,  5,     10,   30};
 
 void kz_metrics_observe_latency(struct kz_metrics *m, int64_t us)
 {
@@ -27,8 +27,9 @@ enum kz_err kz_metrics_render(const struct kz_metrics *m, struct kz_buf *out, in
     size_t i;
     int c;
 
-    r |= kz_buf_puts(out, "# HELP kzhook_http_requests_total API requests answered, by status class.\n"
-                          "# TYPE kzhook_http_requests_total counter\n");
+    r |= kz_buf_puts(out,
+                     "# HELP kzhook_http_requests_total API requests answered, by status class.\n"
+                     "# TYPE kzhook_http_requests_total counter\n");
     for (c = 1; c <= 5; c++)
         r |= kz_buf_printf(out, "kzhook_http_requests_total{code=\"%dxx\"} %lld\n", c,
                            LD(m->http_requests[c]));

@@ -10,21 +10,21 @@
 #define KZ_LAT_BUCKETS 14
 
 struct kz_metrics {
-    atomic_llong http_requests[6];      /* by status class: [1]=1xx .. [5]=5xx */
-    atomic_llong events_accepted;       /* new events committed */
-    atomic_llong events_duplicate;      /* republished event ids */
+    atomic_llong http_requests[6]; /* by status class: [1]=1xx .. [5]=5xx */
+    atomic_llong events_accepted;  /* new events committed */
+    atomic_llong events_duplicate; /* republished event ids */
     atomic_llong deliveries_created;
     atomic_llong attempts_succeeded;
-    atomic_llong attempts_failed;       /* failed attempts that will be retried */
+    atomic_llong attempts_failed; /* failed attempts that will be retried */
     atomic_llong deliveries_dead;
     atomic_llong deliveries_skipped;
-    atomic_llong webhooks_disabled;     /* disabled by dead-lettering since start */
+    atomic_llong webhooks_disabled; /* disabled by dead-lettering since start */
     atomic_llong inflight;
     atomic_llong lat_bucket[KZ_LAT_BUCKETS + 1]; /* attempt latency histogram; last = +Inf */
     atomic_llong lat_sum_us;
     atomic_llong lat_count;
     atomic_llong store_batches;
-    atomic_llong store_busy;            /* publishes refused with 503 */
+    atomic_llong store_busy; /* publishes refused with 503 */
 };
 
 /** Upper bounds (seconds) of the latency buckets. */

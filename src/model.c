@@ -8,11 +8,10 @@
 static const char *const objtype_names[KZ_OBJ__COUNT] = {"Group", "Action", "ActionPackage"};
 
 static const char *const evtype_names[KZ_EV__COUNT] = {
-    "ActionCreated",      "ActionResponse",    "SurveyCreated",   "SurveyResponse",
-    "JobCreated",         "JobResponse",       "TextMessageCreated", "AttachmentCreated",
-    "Announcement",       "MemberAdded",       "MemberRemoved",   "GroupAdded",
-    "GroupRemoved",       "PollCreated",       "PollResponse",    "LetsMeetCreated",
-    "LetsMeetResponse",
+    "ActionCreated",   "ActionResponse",     "SurveyCreated",     "SurveyResponse", "JobCreated",
+    "JobResponse",     "TextMessageCreated", "AttachmentCreated", "Announcement",   "MemberAdded",
+    "MemberRemoved",   "GroupAdded",         "GroupRemoved",      "PollCreated",    "PollResponse",
+    "LetsMeetCreated", "LetsMeetResponse",
 };
 
 static const char *const dstate_names[] = {"pending", "pending", "succeeded", "dead", "skipped"};

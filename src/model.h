@@ -10,16 +10,33 @@ enum kz_objtype { KZ_OBJ_GROUP = 0, KZ_OBJ_ACTION = 1, KZ_OBJ_ACTIONPACKAGE = 2,
 
 /* The 17 event types of CONTRACT §4.1, in contract order; bit i of an event mask is type i. */
 enum kz_evtype {
-    KZ_EV_ACTIONCREATED = 0, KZ_EV_ACTIONRESPONSE, KZ_EV_SURVEYCREATED, KZ_EV_SURVEYRESPONSE,
-    KZ_EV_JOBCREATED, KZ_EV_JOBRESPONSE, KZ_EV_TEXTMESSAGECREATED, KZ_EV_ATTACHMENTCREATED,
-    KZ_EV_ANNOUNCEMENT, KZ_EV_MEMBERADDED, KZ_EV_MEMBERREMOVED, KZ_EV_GROUPADDED,
-    KZ_EV_GROUPREMOVED, KZ_EV_POLLCREATED, KZ_EV_POLLRESPONSE, KZ_EV_LETSMEETCREATED,
-    KZ_EV_LETSMEETRESPONSE, KZ_EV__COUNT
+    KZ_EV_ACTIONCREATED = 0,
+    KZ_EV_ACTIONRESPONSE,
+    KZ_EV_SURVEYCREATED,
+    KZ_EV_SURVEYRESPONSE,
+    KZ_EV_JOBCREATED,
+    KZ_EV_JOBRESPONSE,
+    KZ_EV_TEXTMESSAGECREATED,
+    KZ_EV_ATTACHMENTCREATED,
+    KZ_EV_ANNOUNCEMENT,
+    KZ_EV_MEMBERADDED,
+    KZ_EV_MEMBERREMOVED,
+    KZ_EV_GROUPADDED,
+    KZ_EV_GROUPREMOVED,
+    KZ_EV_POLLCREATED,
+    KZ_EV_POLLRESPONSE,
+    KZ_EV_LETSMEETCREATED,
+    KZ_EV_LETSMEETRESPONSE,
+    KZ_EV__COUNT
 };
 
 /* Stored delivery states. The API shows INFLIGHT as "pending". */
 enum kz_dstate {
-    KZ_D_PENDING = 0, KZ_D_INFLIGHT = 1, KZ_D_SUCCEEDED = 2, KZ_D_DEAD = 3, KZ_D_SKIPPED = 4
+    KZ_D_PENDING = 0,
+    KZ_D_INFLIGHT = 1,
+    KZ_D_SUCCEEDED = 2,
+    KZ_D_DEAD = 3,
+    KZ_D_SKIPPED = 4
 };
 
 /** Exact-case name lookup ("Group"); -1 when unknown. The contract names are case-sensitive
@@ -33,11 +50,11 @@ const char *kz_evtype_name(enum kz_evtype t);
 int kz_dstate_from_name(const char *s);
 const char *kz_dstate_name(enum kz_dstate s);
 
-#define KZ_ID_MAX 256        /* objectId, groupId, actionId, eventId... */
+#define KZ_ID_MAX 256 /* objectId, groupId, actionId, eventId... */
 #define KZ_URL_MAX 2048
-#define KZ_TOKEN_MAX 1024    /* callBackToken */
-#define KZ_CONTEXT_MAX 4096  /* callBackContext */
-#define KZ_NAME_MAX 200      /* application name */
+#define KZ_TOKEN_MAX 1024   /* callBackToken */
+#define KZ_CONTEXT_MAX 4096 /* callBackContext */
+#define KZ_NAME_MAX 200     /* application name */
 #define KZ_BODY_MAX (1024 * 1024)
 #define KZ_RESPONSE_KEEP 4096 /* bytes of a receiver's answer kept in the delivery log */
 
@@ -45,14 +62,15 @@ const char *kz_dstate_name(enum kz_dstate s);
 struct kz_app {
     char id[40];
     char *name;
-    char *object_ids_json;   /* JSON array text, e.g. ["g1","*"] */
-    char secret_hash[65];    /* sha256 hex of the application secret */
-    char refresh_hash[65];   /* sha256 hex of the refresh token */
+    char *object_ids_json; /* JSON array text, e.g. ["g1","*"] */
+    char secret_hash[65];  /* sha256 hex of the application secret */
+    char refresh_hash[65]; /* sha256 hex of the refresh token */
     int64_t created_at;
 };
 void kz_app_cleanup(struct kz_app *a);
 
-/** A webhook subscription. Strings owned by the struct (NULL when unset); kz_webhook_cleanup frees. */
+/** A webhook subscription. Strings owned by the struct (NULL when unset); kz_webhook_cleanup frees.
+ */
 struct kz_webhook {
     char id[40];
     char app_id[40];
@@ -60,11 +78,11 @@ struct kz_webhook {
     char *object_id;
     uint32_t event_mask;
     char *callback_url;
-    char *callback_token;    /* NULL when unset */
-    char *callback_context;  /* NULL when unset */
-    char *signing_secret;    /* "whsec_..." */
-    int64_t ts_ms;           /* creation time */
-    int64_t validity_ms;     /* expiry */
+    char *callback_token;   /* NULL when unset */
+    char *callback_context; /* NULL when unset */
+    char *signing_secret;   /* "whsec_..." */
+    int64_t ts_ms;          /* creation time */
+    int64_t validity_ms;    /* expiry */
     bool active;
 };
 void kz_webhook_cleanup(struct kz_webhook *w);
@@ -73,7 +91,7 @@ void kz_webhook_copy(struct kz_webhook *dst, const struct kz_webhook *src);
 
 /** A published event. Strings owned (NULL when absent). data_json is compact JSON text. */
 struct kz_event {
-    int64_t seq;             /* store-assigned */
+    int64_t seq; /* store-assigned */
     char *event_id;
     enum kz_evtype event_type;
     char *group_id, *action_id, *action_package_id;

@@ -96,7 +96,8 @@ enum kz_err kz_outbound_setup(const struct kz_config *cfg, CURL *h, const char *
         rc |= curl_easy_setopt(h, CURLOPT_RESOLVE, *resolve_list);
     }
     rc |= curl_easy_setopt(h, CURLOPT_URL, url);
-    rc |= curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, cfg->allow_http_callbacks ? "http,https" : "https");
+    rc |= curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR,
+                           cfg->allow_http_callbacks ? "http,https" : "https");
     rc |= curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
     rc |= curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     rc |= curl_easy_setopt(h, CURLOPT_USERAGENT, "kzhook/" KZ_VERSION);

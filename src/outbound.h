@@ -15,7 +15,7 @@
 struct kz_target {
     struct kz_url url;
     char ip[64];
-    char resolve_entry[400];   /* "host:port:ip" for CURLOPT_RESOLVE, "" when host is an IP */
+    char resolve_entry[400]; /* "host:port:ip" for CURLOPT_RESOLVE, "" when host is an IP */
 };
 
 /** The certificates outbound TLS trusts: the system store plus --ca-file, parsed once. Built

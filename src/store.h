@@ -22,90 +22,118 @@
 struct kz_store;
 
 enum kz_op_type {
-    KZ_OP_META_SET,        /* meta[key] = value */
-    KZ_OP_APP_CREATE,      /* insert u.app */
-    KZ_OP_APP_DELETE,      /* delete app u.id, its tokens, webhooks and their deliveries;
-                              KZ_ERR_NOTFOUND if absent */
-    KZ_OP_TOKEN_ADD,       /* insert access token (u.token); also deletes expired tokens of that app */
-    KZ_OP_WEBHOOK_INSERT,  /* insert u.webhook */
-    KZ_OP_WEBHOOK_UPDATE,  /* replace every mutable column of u.webhook (matched by id and app_id);
-                              KZ_ERR_NOTFOUND if absent */
-    KZ_OP_WEBHOOK_DELETE,  /* delete webhook u.id (owned by u.app_id unless app_id is "") and
-                              all its deliveries; KZ_ERR_NOTFOUND if absent */
-    KZ_OP_WEBHOOK_ACTIVE,  /* set active = u.flag for webhook u.id; KZ_ERR_NOTFOUND if absent */
-    KZ_OP_PUBLISH,         /* insert events and their deliveries, idempotent on event_id */
-    KZ_OP_CLAIM,           /* lease due deliveries */
-    KZ_OP_COMPLETE,        /* record attempt outcomes */
-    KZ_OP_REPLAY,          /* requeue non-succeeded deliveries of a webhook since a time */
-    KZ_OP_RELEASE,         /* inflight deliveries whose lease ended -> pending */
-    KZ_OP_PRUNE,           /* retention */
+    KZ_OP_META_SET,   /* meta[key] = value */
+    KZ_OP_APP_CREATE, /* insert u.app */
+    KZ_OP_APP_DELETE, /* delete app u.id, its tokens, webhooks and their deliveries;
+                         KZ_ERR_NOTFOUND if absent */
+    KZ_OP_TOKEN_ADD,  /* insert access token (u.token); also deletes expired tokens of that app */
+    KZ_OP_WEBHOOK_INSERT, /* insert u.webhook */
+    KZ_OP_WEBHOOK_UPDATE, /* replace every mutable column of u.webhook (matched by id and app_id);
+                             KZ_ERR_NOTFOUND if absent */
+    KZ_OP_WEBHOOK_DELETE, /* delete webhook u.id (owned by u.app_id unless app_id is "") and
+                             all its deliveries; KZ_ERR_NOTFOUND if absent */
+    KZ_OP_WEBHOOK_ACTIVE, /* set active = u.flag for webhook u.id; KZ_ERR_NOTFOUND if absent */
+    KZ_OP_PUBLISH,        /* insert events and their deliveries, idempotent on event_id */
+    KZ_OP_CLAIM,          /* lease due deliveries */
+    KZ_OP_COMPLETE,       /* record attempt outcomes */
+    KZ_OP_REPLAY,         /* requeue non-succeeded deliveries of a webhook since a time */
+    KZ_OP_RELEASE,        /* inflight deliveries whose lease ended -> pending */
+    KZ_OP_PRUNE,          /* retention */
 };
 
 /** One published event and the webhooks it matched (computed by the caller from the
  * subscription index). */
 struct kz_publish_item {
-    struct kz_event ev;          /* borrowed by the store; event_id must be set */
+    struct kz_event ev;             /* borrowed by the store; event_id must be set */
     const char *const *webhook_ids; /* n_targets ids */
-    const bool *target_active;   /* per target: true -> pending, false -> skipped */
+    const bool *target_active;      /* per target: true -> pending, false -> skipped */
     size_t n_targets;
     /* results */
-    int64_t seq;                 /* the event's seq (new or original) */
-    int deliveries;              /* number of delivery rows of this event (new or original) */
-    bool duplicate;              /* event_id already existed: nothing was inserted */
+    int64_t seq;    /* the event's seq (new or original) */
+    int deliveries; /* number of delivery rows of this event (new or original) */
+    bool duplicate; /* event_id already existed: nothing was inserted */
 };
 
 /** A delivery leased by KZ_OP_CLAIM, with everything needed to send it. Owned by the claim op
  * until kz_claim_cleanup. */
 struct kz_claimed {
     int64_t delivery_id;
-    int attempts;                /* attempts made before this one */
+    int attempts; /* attempts made before this one */
     int64_t created_at;
-    struct kz_webhook wh;        /* full webhook row */
-    struct kz_event ev;          /* full event row */
+    struct kz_webhook wh; /* full webhook row */
+    struct kz_event ev;   /* full event row */
 };
 
 /** Outcome of one attempt, for KZ_OP_COMPLETE. */
 struct kz_attempt {
     int64_t delivery_id;
     char webhook_id[40];
-    enum kz_dstate state;        /* SUCCEEDED, PENDING (retry at next_attempt_at), DEAD, SKIPPED */
-    int attempts;                /* total attempts after this one */
-    int64_t next_attempt_at;     /* for PENDING */
-    int status;                  /* HTTP status, 0 if none */
-    const char *error;           /* NULL when none; borrowed */
-    const char *response;        /* NULL when none; borrowed; <= KZ_RESPONSE_KEEP bytes */
+    enum kz_dstate state;    /* SUCCEEDED, PENDING (retry at next_attempt_at), DEAD, SKIPPED */
+    int attempts;            /* total attempts after this one */
+    int64_t next_attempt_at; /* for PENDING */
+    int status;              /* HTTP status, 0 if none */
+    const char *error;       /* NULL when none; borrowed */
+    const char *response;    /* NULL when none; borrowed; <= KZ_RESPONSE_KEEP bytes */
     size_t response_len;
 };
 
 struct kz_op {
     enum kz_op_type type;
     union {
-        struct { const char *key, *value; } meta;
-        struct kz_app app;                 /* APP_CREATE: borrowed */
-        const char *id;                    /* APP_DELETE */
-        struct { const char *hash, *app_id; int64_t expires_at; } token;
-        struct kz_webhook webhook;         /* WEBHOOK_INSERT/UPDATE: borrowed */
-        struct { const char *id, *app_id; } del;      /* WEBHOOK_DELETE */
-        struct { const char *id; bool flag; } active; /* WEBHOOK_ACTIVE */
-        struct { struct kz_publish_item *items; size_t n; } publish;
+        struct {
+            const char *key, *value;
+        } meta;
+        struct kz_app app; /* APP_CREATE: borrowed */
+        const char *id;    /* APP_DELETE */
+        struct {
+            const char *hash, *app_id;
+            int64_t expires_at;
+        } token;
+        struct kz_webhook webhook; /* WEBHOOK_INSERT/UPDATE: borrowed */
+        struct {
+            const char *id, *app_id;
+        } del; /* WEBHOOK_DELETE */
+        struct {
+            const char *id;
+            bool flag;
+        } active; /* WEBHOOK_ACTIVE */
+        struct {
+            struct kz_publish_item *items;
+            size_t n;
+        } publish;
         struct {
             int64_t now, lease_until;
             size_t limit;
-            const char *const *exclude;    /* webhook ids not to claim for (at their cap) */
+            const char *const *exclude; /* webhook ids not to claim for (at their cap) */
             size_t n_exclude;
-            struct kz_claimed *out;        /* allocated by the store, `n_out` rows */
+            struct kz_claimed *out; /* allocated by the store, `n_out` rows */
             size_t n_out;
         } claim;
-        struct { const struct kz_attempt *items; size_t n; } complete;
-        struct { const char *webhook_id; int64_t since, now; int64_t requeued; } replay;
-        struct { int64_t now; bool all; int64_t released; } release; /* all: ignore lease time */
-        struct { int64_t before; size_t limit; int64_t pruned; } prune;
+        struct {
+            const struct kz_attempt *items;
+            size_t n;
+        } complete;
+        struct {
+            const char *webhook_id;
+            int64_t since, now;
+            int64_t requeued;
+        } replay;
+        struct {
+            int64_t now;
+            bool all;
+            int64_t released;
+        } release; /* all: ignore lease time */
+        struct {
+            int64_t before;
+            size_t limit;
+            int64_t pruned;
+        } prune;
     } u;
-    enum kz_err result;                    /* set by the writer before done() */
-    int64_t webhooks_version;              /* meta "webhooks_version" after this op's batch */
+    enum kz_err result;                        /* set by the writer before done() */
+    int64_t webhooks_version;                  /* meta "webhooks_version" after this op's batch */
     void (*done)(struct kz_op *op, void *arg); /* writer thread, after commit */
     void *arg;
-    struct kz_op *next;                    /* queue link: store-private */
+    struct kz_op *next; /* queue link: store-private */
 };
 
 /** Opens (creating if needed) the store at `url`: a filesystem path for SQLite (parent dir is

@@ -65,5 +65,4 @@ extern const struct kz_backend_ops kz_store_sqlite_ops;
 /** The PostgreSQL backend (store_pg.c). */
 extern const struct kz_backend_ops kz_store_pg_ops;
 
-
 #endif

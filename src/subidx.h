@@ -17,7 +17,7 @@ struct kz_store;
 /** One matched webhook. */
 struct kz_match {
     char webhook_id[40];
-    bool active;   /* active and within validity at match time: deliver; else record as skipped */
+    bool active; /* active and within validity at match time: deliver; else record as skipped */
 };
 
 struct kz_subidx *kz_subidx_new(void);

@@ -48,8 +48,14 @@ static void env_then_flags(void **state)
 {
     struct kz_config c;
     char err[256];
-    char *argv[] = {"kzhook", "serve", "--rate-limit", "7", "--listen=[::1]:9000",
-                    "--allow-http-callbacks", "--retry-schedule", "500ms, 2s,1m"};
+    char *argv[] = {"kzhook",
+                    "serve",
+                    "--rate-limit",
+                    "7",
+                    "--listen=[::1]:9000",
+                    "--allow-http-callbacks",
+                    "--retry-schedule",
+                    "500ms, 2s,1m"};
 
     (void)state;
     clear_env();
@@ -75,11 +81,11 @@ static void errors(void **state)
     struct kz_config c;
     char err[256];
     char *bad[][3] = {
-        {"serve", "--retry-schedule", "5x"}, {"serve", "--listen", "nonsense"},
+        {"serve", "--retry-schedule", "5x"},    {"serve", "--listen", "nonsense"},
         {"serve", "--listen", "1.2.3.4:99999"}, {"serve", "--rate-limit", "-1"},
-        {"serve", "--delivery-timeout", "0s"}, {"serve", "--bogus", "1"},
-        {"serve", "--admin-token", "short"}, {"serve", "--tls-cert", "a.pem"},
-        {"serve", "--token-ttl", "1ms"}, {"serve", "--threads", "abc"},
+        {"serve", "--delivery-timeout", "0s"},  {"serve", "--bogus", "1"},
+        {"serve", "--admin-token", "short"},    {"serve", "--tls-cert", "a.pem"},
+        {"serve", "--token-ttl", "1ms"},        {"serve", "--threads", "abc"},
     };
     size_t i;
 

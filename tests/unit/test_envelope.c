@@ -37,12 +37,13 @@ static void full_envelope(void **state)
     e.from_user_pic = "";
     kz_buf_init(&b, 4096);
     assert_int_equal(kz_envelope_build(&w, &e, &b), KZ_OK);
-    assert_string_equal(kz_buf_cstr(&b),
-                        "{\"subscriptionId\":\"0b6c1a5e-1111-4222-8333-444455556666\","
-                        "\"objectId\":\"g1\",\"objectType\":\"Group\",\"eventType\":\"SurveyResponse\","
-                        "\"eventId\":\"ev-1\",\"groupId\":\"g1\",\"data\":{\"answer\":[\"A\"],\"n\":4.0},"
-                        "\"context\":\"tenant-42\",\"fromUser\":\"+15550100\",\"fromUserId\":\"u1\","
-                        "\"fromUserName\":\"A \\\"User\\\"\",\"fromUserProfilePic\":\"\"}");
+    assert_string_equal(
+        kz_buf_cstr(&b),
+        "{\"subscriptionId\":\"0b6c1a5e-1111-4222-8333-444455556666\","
+        "\"objectId\":\"g1\",\"objectType\":\"Group\",\"eventType\":\"SurveyResponse\","
+        "\"eventId\":\"ev-1\",\"groupId\":\"g1\",\"data\":{\"answer\":[\"A\"],\"n\":4.0},"
+        "\"context\":\"tenant-42\",\"fromUser\":\"+15550100\",\"fromUserId\":\"u1\","
+        "\"fromUserName\":\"A \\\"User\\\"\",\"fromUserProfilePic\":\"\"}");
     kz_buf_cleanup(&b);
 }
 

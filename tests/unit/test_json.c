@@ -487,9 +487,9 @@ static void test_raw_member(void **state)
            "{\"n\": 19.99, \"big\": 18446744073709551615}");
     raw_is("{\"a\":\"da,ta}\",\"data\":[1, \"]\", {\"x\":\"\\\"\"}]}", -1, "data",
            "[1, \"]\", {\"x\":\"\\\"\"}]");
-    raw_is("{\"Data\":1,\"data\":2}", -1, "data", "2");   /* exact case wins */
+    raw_is("{\"Data\":1,\"data\":2}", -1, "data", "2");    /* exact case wins */
     raw_is("{\"DATA\":1e-7,\"x\":2}", -1, "data", "1e-7"); /* else case-insensitive */
-    raw_is("{\"d\\u0061ta\":1}", -1, "data", NULL);       /* escaped keys never match */
+    raw_is("{\"d\\u0061ta\":1}", -1, "data", NULL);        /* escaped keys never match */
     raw_is("{\"x\":1}", -1, "data", NULL);
     raw_is("[{\"data\":1},{\"data\" : null},{\"data\":\"three\"}]", 2, "data", "\"three\"");
     raw_is("[{\"data\":1},{\"data\" : null}]", 1, "data", "null");
@@ -502,7 +502,8 @@ static void test_raw_member(void **state)
  * kz_json_raw_member by index. */
 static void test_array_offsets(void **state)
 {
-    const char *doc = " [ {\"data\":1} ,{\"x\":\"]\",\"data\" : [1,{\"a\":\"}\"}]},\n{\"DATA\":\"t\"}]";
+    const char *doc =
+        " [ {\"data\":1} ,{\"x\":\"]\",\"data\" : [1,{\"a\":\"}\"}]},\n{\"DATA\":\"t\"}]";
     size_t offs[4], i;
     struct kz_str v, w;
 

@@ -881,7 +881,8 @@ static void test_publish_batch_set(void **state)
     memset(items, 0, sizeof(items));
     /* 0: ev-a, ev-b | 1: ev-b (dup of op 0), ev-old (stored) | 2: no event_id (invalid)
      * 3: ev-c | 4: invalid UTF-8 (server rejects) | 5: ev-a again, ev-d | 6: delete wh-3
-     * 7: ev-e to wh-3 (after the delete: the event is stored, no delivery row for a webhook that no longer exists) */
+     * 7: ev-e to wh-3 (after the delete: the event is stored, no delivery row for a webhook that no
+     * longer exists) */
     fill_item(&items[0][0], "ev-a", T0 + 1, ids, act, 2);
     fill_item(&items[0][1], "ev-b", T0 + 2, ids, act, 1);
     fill_item(&items[1][0], "ev-b", T0 + 3, ids, act, 2);

@@ -54,11 +54,14 @@ static void scopes_and_types(void **state)
 {
     struct kz_subidx *idx = kz_subidx_new();
     struct kz_webhook w1 = mk("w1", "a", KZ_OBJ_GROUP, "g1", BIT(KZ_EV_SURVEYRESPONSE), true, FAR);
-    struct kz_webhook w2 = mk("w2", "a", KZ_OBJ_ACTION, "act1", BIT(KZ_EV_SURVEYRESPONSE), true, FAR);
+    struct kz_webhook w2 =
+        mk("w2", "a", KZ_OBJ_ACTION, "act1", BIT(KZ_EV_SURVEYRESPONSE), true, FAR);
     struct kz_webhook w3 = mk("w3", "b", KZ_OBJ_ACTIONPACKAGE, "com.x",
                               BIT(KZ_EV_SURVEYRESPONSE) | BIT(KZ_EV_ACTIONCREATED), true, FAR);
-    struct kz_webhook w4 = mk("w4", "b", KZ_OBJ_GROUP, "g1", BIT(KZ_EV_TEXTMESSAGECREATED), true, FAR);
-    struct kz_webhook w5 = mk("w5", "b", KZ_OBJ_GROUP, "act1", BIT(KZ_EV_SURVEYRESPONSE), true, FAR);
+    struct kz_webhook w4 =
+        mk("w4", "b", KZ_OBJ_GROUP, "g1", BIT(KZ_EV_TEXTMESSAGECREATED), true, FAR);
+    struct kz_webhook w5 =
+        mk("w5", "b", KZ_OBJ_GROUP, "act1", BIT(KZ_EV_SURVEYRESPONSE), true, FAR);
     struct kz_match *m;
     size_t n;
 
@@ -154,7 +157,8 @@ static void replace_and_grow(void **state)
     kz_free(m);
     {
         /* put with the same id moves the webhook to another object */
-        struct kz_webhook w = mk("w3", "a", KZ_OBJ_GROUP, "elsewhere", BIT(KZ_EV_POLLCREATED), true, FAR);
+        struct kz_webhook w =
+            mk("w3", "a", KZ_OBJ_GROUP, "elsewhere", BIT(KZ_EV_POLLCREATED), true, FAR);
 
         kz_subidx_put(idx, &w, 0);
     }
