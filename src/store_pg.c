@@ -519,8 +519,10 @@ static enum kz_err fail(struct conn *c, const PGresult *r, const char *what)
     } else if (!msg) {
         msg = conn_msg(c, line, sizeof(line));
     }
+    /* a lock timeout, deadlock or serialization failure is retried (run_isolated) or answered
+     * 503: worth a warning, not an error */
     if (e != KZ_ERR_CONFLICT)
-        kz_log("error", "store: postgresql statement failed",
+        kz_log(e == KZ_ERR_BUSY ? "warn" : "error", "store: postgresql statement failed",
                "\"what\":\"%s\",\"sqlstate\":\"%s\",\"err\":\"%s\"", what, st ? st : "",
                kz_log_esc(msg, emsg, sizeof(emsg)));
     return e;
@@ -2071,24 +2073,44 @@ static enum kz_err sp_rollback(struct kz_backend *be)
 }
 
 /* Runs one op in its own savepoint. Returns non-OK only when the batch cannot go on. */
+#define SET_WIDE_WAIT "SET LOCAL lock_timeout = '100ms'"
+#define WIDE_TRIES 30
+
+/* Ops that rewrite many delivery rows of one webhook (or application) while another node's
+ * batch may hold some of them and wait for others. */
+static bool op_is_wide(enum kz_op_type t)
+{
+    return t == KZ_OP_WEBHOOK_UPDATE || t == KZ_OP_WEBHOOK_DELETE || t == KZ_OP_REPLAY ||
+           t == KZ_OP_WEBHOOK_ACTIVE || t == KZ_OP_APP_DELETE;
+}
+
 static enum kz_err run_isolated(struct kz_backend *be, struct kz_op *op, bool *bump, bool *due)
 {
-    enum kz_err result = sp_begin(be);
+    bool wide = op_is_wide(op->type);
+    enum kz_err result;
     bool op_bump = false;
     bool op_due = false;
     int tries = 0;
 
+    /* A wide op and another node's COMPLETE batch lock the same rows in different orders. Left
+     * to PostgreSQL, the cycle is found only after deadlock_timeout (1 s) and, as the wide op
+     * retries at once, found again and again. So the wide op waits at most 100 ms for
+     * any lock, gives its rows back (rollback to the savepoint) when it times out, which lets
+     * the other side finish, and tries again. Set inside the savepoint: a rollback undoes it,
+     * so it is set again for each try. */
+    result = sp_begin(be);
+    if (!result && wide)
+        result = simple(be->wr, SET_WIDE_WAIT, "lock timeout", NULL);
     if (result)
         return result;
     op->result = run_op(be, op, &op_bump, &op_due);
-    /* A deadlock with another node's transaction (a webhook PUT or DELETE rewriting deliveries
-     * that a COMPLETE batch has locked, in the other order): PostgreSQL aborted our statement
-     * and the other side goes on, so the op is simply run again from its savepoint. */
-    while (op->result == KZ_ERR_BUSY && ++tries <= 3 && !conn_lost(be->wr) &&
-           (op->type == KZ_OP_WEBHOOK_UPDATE || op->type == KZ_OP_WEBHOOK_DELETE ||
-            op->type == KZ_OP_COMPLETE || op->type == KZ_OP_REPLAY ||
-            op->type == KZ_OP_WEBHOOK_ACTIVE || op->type == KZ_OP_APP_DELETE)) {
+    /* A lock timeout (wide op) or a deadlock PostgreSQL resolved against us (a COMPLETE): the
+     * other side goes on, so the op is simply run again from its savepoint. */
+    while (op->result == KZ_ERR_BUSY && ++tries <= (wide ? WIDE_TRIES : 3) && !conn_lost(be->wr) &&
+           (wide || op->type == KZ_OP_COMPLETE)) {
         result = sp_rollback(be);
+        if (!result && wide)
+            result = simple(be->wr, SET_WIDE_WAIT, "lock timeout", NULL);
         if (result)
             return result;
         op_bump = op_due = false;
@@ -2099,11 +2121,14 @@ static enum kz_err run_isolated(struct kz_backend *be, struct kz_op *op, bool *b
             kz_claim_cleanup(op);
         if (op->type == KZ_OP_PUBLISH)
             publish_clear(op);
-        return sp_rollback(be);
+        result = sp_rollback(be);
+    } else {
+        *bump = *bump || op_bump;
+        *due = *due || op_due;
     }
-    *bump = *bump || op_bump;
-    *due = *due || op_due;
-    return KZ_OK;
+    if (wide && !op->result) /* (a rollback has undone it already) */
+        result = simple(be->wr, "SET LOCAL lock_timeout = DEFAULT", "lock timeout", NULL);
+    return result;
 }
 
 /* An op that can see, or undo, rows a PUBLISH inserts: publishes are not moved past it. */
