@@ -92,7 +92,7 @@ VG_TESTS ?=
 valgrind: test-deps
 	$(MAKE) --no-print-directory $(BUILD)/kzhook
 	KZ_VG_BINARY=$(abspath $(BUILD)/kzhook) python3 tests/integration/run.py \
-	    --binary scripts/valgrind-kzhook.sh --timeout-scale 6 $(VG_TESTS)
+	    --binary scripts/valgrind-kzhook.sh --timeout-scale 6 --max-time 7200 $(VG_TESTS)
 
 valgrind-quick:
 	$(MAKE) --no-print-directory valgrind VG_TESTS="-k test_badinput -k test_delivery.Engine"

@@ -28,6 +28,13 @@
  * pg_notify('kzhook', 'webhooks'|'due') in its transaction; the LISTEN thread of every other node
  * turns that into its callback.
  *
+ * Row locks between nodes. A COMPLETE batch locks the delivery rows it finishes; a webhook PUT or
+ * DELETE, a replay or an app delete on another node locks all of one webhook's rows, in another
+ * order. Those "wide" ops run with lock_timeout 100 ms and are retried from their savepoint, so
+ * a lock cycle is broken by the wide op within 100 ms instead of by PostgreSQL's deadlock check
+ * (1 s, and found again on every immediate retry). A COMPLETE chosen as a deadlock victim is
+ * retried the same way.
+ *
  * Statements are prepared once per connection (lazily) and bound as text; arrays travel as
  * PostgreSQL array literals. Failures are logged with the statement name, SQLSTATE and the
  * server's primary message (never a bound value, never DETAIL, which can quote values).
