@@ -30,6 +30,7 @@ enum kz_err kz_callback_validate(const struct kz_config *cfg, const char *url,
     long status = 0;
     const char *p;
     size_t len;
+    char errbuf[CURL_ERROR_SIZE] = "";
 
     kz_buf_init(&full, KZ_URL_MAX + 64);
     kz_buf_init(&body, HANDSHAKE_BODY_MAX);
@@ -50,6 +51,7 @@ enum kz_err kz_callback_validate(const struct kz_config *cfg, const char *url,
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)cfg->validation_timeout_ms);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, sink);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
     rc = curl_easy_perform(h);
     if (rc == CURLE_WRITE_ERROR) {
         snprintf(why, whylen, "callback answered more than %d bytes", HANDSHAKE_BODY_MAX);
@@ -61,7 +63,8 @@ enum kz_err kz_callback_validate(const struct kz_config *cfg, const char *url,
         goto out;
     }
     if (rc) {
-        snprintf(why, whylen, "callback request failed: %s", curl_easy_strerror(rc));
+        snprintf(why, whylen, "callback request failed: %s",
+                 errbuf[0] ? errbuf : curl_easy_strerror(rc));
         goto out;
     }
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);

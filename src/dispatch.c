@@ -66,6 +66,7 @@ struct xfer {
     int64_t started_us;
     int64_t delivery_id;
     int attempts; /* made before this one */
+    char errbuf[CURL_ERROR_SIZE]; /* libcurl's detailed reason for a failed transfer */
     struct ep *ep;
     struct xfer *next_free;
     struct xfer *prev_active, *next_active; /* list of running transfers */
@@ -543,6 +544,8 @@ static void start(struct kz_dispatch *d, struct ep *e, struct kz_claimed *row)
     curl_easy_setopt(x->h, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(x->h, CURLOPT_HEADERDATA, x);
     curl_easy_setopt(x->h, CURLOPT_PRIVATE, x);
+    x->errbuf[0] = '\0';
+    curl_easy_setopt(x->h, CURLOPT_ERRORBUFFER, x->errbuf);
     curl_easy_setopt(x->h, CURLOPT_TCP_KEEPALIVE, 1L);
     x->ep = e;
     x->started_us = mono_us();
@@ -559,6 +562,13 @@ static void start(struct kz_dispatch *d, struct ep *e, struct kz_claimed *row)
                NULL, -1, false);
         xfer_put(d, x);
     }
+}
+
+/* What went wrong, as precisely as libcurl can say ("SSL certificate problem: certificate has
+ * expired" rather than the error code's generic text). */
+static const char *curl_reason(const struct xfer *x, CURLcode rc)
+{
+    return x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
 }
 
 /* Reads finished transfers and records their outcomes. */
@@ -588,10 +598,9 @@ static void reap(struct kz_dispatch *d)
             if (rc == CURLE_OK || (rc == CURLE_WRITE_ERROR && status > 0))
                 snprintf(err, sizeof(err), "HTTP %ld", status);
             else if (rc == CURLE_COULDNT_CONNECT && !d->cfg->allow_private_targets)
-                snprintf(err, sizeof(err), "%s (or refused by the SSRF guard)",
-                         curl_easy_strerror(rc));
+                snprintf(err, sizeof(err), "%s (or refused by the SSRF guard)", curl_reason(x, rc));
             else
-                snprintf(err, sizeof(err), "%s", curl_easy_strerror(rc));
+                snprintf(err, sizeof(err), "%s", curl_reason(x, rc));
         }
         record(d, x->delivery_id, x->ep->id, x->attempts, (int)status, ok ? NULL : err, &x->resp,
                x->retry_after_ms, ok);
