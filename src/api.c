@@ -21,10 +21,10 @@
 #define MAX_VALIDITY_MS INT64_C(253402300799999) /* 9999-12-31 */
 #define PUBLISH_MAX 1000
 #define RATE_SLOTS 1024
-#define SECRET_CHARS 43
+#define SECRET_CHARS 43          /* 258 bits of [A-Za-z0-9_-] */
 #define AUTH_FAILURES_PER_APP 10 /* per applicationId per minute */
-#define AUTH_FAILURES_PER_IP 60 /* per client address per minute */ /* 258 bits of [A-Za-z0-9_-]   \
-                                                                     */
+#define AUTH_FAILURES_PER_IP 60  /* per client address per minute */
+#define ADMIN_FAILURES_PER_IP 30 /* wrong admin tokens per client address per minute */
 
 /* ==== rate limiting: fixed one-minute windows per application ==== */
 
@@ -43,8 +43,9 @@ struct kz_api {
     struct kz_api_hooks hooks;
     pthread_mutex_t rate_lock;
     struct rate_slot rate[RATE_SLOTS];
-    struct rate_slot fail_app[RATE_SLOTS]; /* bad credentials per applicationId */
-    struct rate_slot fail_ip[RATE_SLOTS];  /* bad credentials per client address */
+    struct rate_slot fail_app[RATE_SLOTS];   /* bad credentials per applicationId */
+    struct rate_slot fail_ip[RATE_SLOTS];    /* bad credentials per client address */
+    struct rate_slot fail_admin[RATE_SLOTS]; /* wrong admin tokens per client address */
     atomic_bool closing;
     atomic_int pending; /* publishes submitted, not yet answered */
 };
@@ -287,20 +288,39 @@ static const char *bearer(struct kz_req *req)
     return *h ? h : NULL;
 }
 
-/* KZ_OK when the request carries the admin token; otherwise the 401 is written. */
+/* Guessing the admin token: after ADMIN_FAILURES_PER_IP wrong tokens in a minute from one client
+ * address, every admin request from it gets 429 until the minute ends. `fail` records one. */
+static int admin_throttle(struct kz_api *api, const char *ip, bool fail)
+{
+    int wait;
+
+    pthread_mutex_lock(&api->rate_lock);
+    wait = window_hit(api->fail_admin, ip, ADMIN_FAILURES_PER_IP, kz_now_ms(), fail);
+    pthread_mutex_unlock(&api->rate_lock);
+    return wait;
+}
+
+/* KZ_OK when the request carries the admin token; otherwise the 401 (or 429) is written. */
 static enum kz_err require_admin(struct kz_api *api, struct kz_req *req)
 {
     const char *t = bearer(req);
     char hash[65];
+    int wait = admin_throttle(api, req->remote_ip, false);
 
+    if (wait) {
+        snprintf(req->retry_after, sizeof(req->retry_after), "%d", wait);
+        return fail(req, 429, "Throttled", "too many wrong admin tokens; retry after %d s", wait),
+               KZ_ERR_AUTH;
+    }
     if (!t)
         return fail(req, 401, "Unauthenticated", "missing Authorization: Bearer <admin token>"),
                KZ_ERR_AUTH;
-    if (strlen(t) > 1024)
+    if (strlen(t) <= 1024)
+        kz_sha256_hex(t, strlen(t), hash);
+    if (strlen(t) > 1024 || !kz_ct_equal(hash, api->admin_hash, 64)) {
+        admin_throttle(api, req->remote_ip, true);
         return fail(req, 401, "Unauthenticated", "invalid admin token"), KZ_ERR_AUTH;
-    kz_sha256_hex(t, strlen(t), hash);
-    if (!kz_ct_equal(hash, api->admin_hash, 64))
-        return fail(req, 401, "Unauthenticated", "invalid admin token"), KZ_ERR_AUTH;
+    }
     return KZ_OK;
 }
 

@@ -26,9 +26,10 @@
  */
 #define SOFT_INFLIGHT 512
 #define HARD_INFLIGHT 2048
-#define CLAIM_HEADROOM 32 /* rows claimed past the soft cap, for endpoints with nothing in flight  \
-                           */
-#define CLAIM_MAX 256     /* rows per claim */
+#define CLAIM_HEADROOM                                                                             \
+    32                /* rows claimed past the soft cap, for endpoints with nothing in flight      \
+                       */
+#define CLAIM_MAX 256 /* rows per claim */
 #define EP_BUCKETS 1024
 #define RESPONSE_READ_MAX (256 * 1024) /* bytes read from a receiver before we stop listening */
 #define IDLE_POLL_MS 1000
@@ -65,7 +66,7 @@ struct xfer {
     int64_t retry_after_ms;
     int64_t started_us;
     int64_t delivery_id;
-    int attempts; /* made before this one */
+    int attempts;                 /* made before this one */
     char errbuf[CURL_ERROR_SIZE]; /* libcurl's detailed reason for a failed transfer */
     struct ep *ep;
     struct xfer *next_free;

@@ -139,11 +139,11 @@ class BruteForce(KzTestCase):
         h.update(over)
         return h
 
-    def token_req(self, srv, headers, source=None, method="GET"):
+    def token_req(self, srv, headers, source=None, method="GET", path="/v1/accessToken"):
         c = http.client.HTTPConnection(srv.host, srv.port, timeout=10 * timeout_scale(),
                                        source_address=(source, 0) if source else None)
         try:
-            c.request(method, "/v1/accessToken", headers=headers)
+            c.request(method, path, headers=headers)
             r = c.getresponse()
             data = r.read()
             return Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, _parse_json(data), data)
@@ -209,6 +209,47 @@ class BruteForce(KzTestCase):
         note("brute force: 11th failure for one applicationId and 61st from one address -> 429 "
              "(Retry-After %ds); other address%s unaffected; recovered after the window" %
              (ra, " 127.0.0.2" if other_ip else " (127.0.0.2 unavailable)"))
+
+    def test_wrong_admin_tokens_throttle_the_address(self):
+        """Guessing the admin token (an operator may choose one as short as 16 characters): 30
+        wrong tokens in a minute from one address, then 429 + Retry-After for every admin request
+        from it, the right token included; other addresses and the application API go on."""
+        srv = self.server()
+        try:
+            socket.create_connection((srv.host, srv.port), timeout=2,
+                                     source_address=("127.0.0.2", 0)).close()
+            other_ip = "127.0.0.2"
+        except OSError:
+            other_ip = None
+        app = srv.create_app()
+        left = 60 - time.time() % 60
+        if left < 5:
+            time.sleep(left + 0.3)
+        minute = int(time.time() // 60)
+        good = {"Authorization": "Bearer " + srv.admin_token}
+        apps = "/admin/v1/applications"
+        # a missing token is not a guess: it does not count
+        for _ in range(40):
+            self.assertError(self.token_req(srv, {}, path=apps), 401, "Unauthenticated", "no token")
+        self.assertStatus(self.token_req(srv, good, path=apps), 200)
+        for i in range(30):
+            wrong = {"Authorization": "Bearer %s-%d" % (srv.admin_token[:16], i)}
+            self.assertError(self.token_req(srv, wrong, path=apps), 401, "Unauthenticated",
+                             "wrong admin token %d" % (i + 1))
+        self.assertThrottled(self.token_req(srv, {"Authorization": "Bearer " + "x" * 3}, path=apps),
+                             "31st wrong admin token")
+        self.assertThrottled(self.token_req(srv, good, path=apps), "the right token while throttled")
+        self.assertThrottled(self.token_req(srv, good, path="/v1/events", method="POST"),
+                             "publishing from the throttled address")
+        if other_ip:
+            self.assertStatus(self.token_req(srv, good, path=apps, source=other_ip), 200,
+                              "another client address must not be throttled")
+        # applications and their tokens are another door, with their own counters
+        self.assertStatus(self.token_req(srv, self.creds(app)), 200)
+        self.assertTrue(srv.healthy())
+        self.assertEqual(int(time.time() // 60), minute, "the sequence crossed a minute boundary")
+        note("admin token guessing: 31st wrong token from one address -> 429; other address%s "
+             "unaffected" % (" 127.0.0.2" if other_ip else " (127.0.0.2 unavailable)"))
 
 
 # ==================================================================================================
