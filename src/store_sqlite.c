@@ -104,6 +104,9 @@ static const char *const migrations[] = {
     "ALTER TABLE deliveries ADD COLUMN snap_object_type INTEGER;"
     "ALTER TABLE deliveries ADD COLUMN snap_object_id TEXT;"
     "ALTER TABLE deliveries ADD COLUMN snap_context TEXT;",
+    /* 3: the pending rows of each webhook, for claims that must pass over excluded endpoints
+     * (docs/internals/STORE.md, CLAIM). Partial: a row leaves it when it is claimed. */
+    "CREATE INDEX deliveries_pending ON deliveries(webhook_id, next_attempt_at) WHERE state = 0;",
 };
 
 /* ==== statements ==== */
@@ -117,7 +120,12 @@ static const char *const migrations[] = {
 #define EV_COLS                                                                                    \
     "e.seq, e.event_id, e.event_type, e.group_id, e.action_id, e.action_package_id, "              \
     "e.from_user, e.from_user_id, e.from_user_name, e.from_user_pic, e.data_json, e.created_at"
+#define CLAIM_WEBHOOKS_MAX 4096 /* webhooks one claim with exclusions looks at */
 #define APP_COLS "id, name, object_ids_json, secret_hash, refresh_hash, created_at"
+/* what a claim reads: claim_rows() takes them in this order */
+#define CLAIM_COLS                                                                                 \
+    "d.id, d.attempts, d.created_at, d.snap, d.snap_object_type, d.snap_object_id,"                \
+    " d.snap_context, " WH_COLS ", " EV_COLS
 
 enum stmt_id {
     /* transaction control: write connection */
@@ -147,9 +155,9 @@ enum stmt_id {
     S_EV_INSERT,
     S_EV_LOOKUP,
     S_DLV_INSERT,
-    S_EXCL_CLEAR,
-    S_EXCL_ADD,
     S_CLAIM_SELECT,
+    S_CLAIM_WH_NEXT,
+    S_CLAIM_WH_SELECT,
     S_CLAIM_MARK,
     S_COMPLETE,
     S_WH_DISABLE,
@@ -226,18 +234,22 @@ static const char *const stmt_sql[S__COUNT] = {
                      " next_attempt_at, lease_until, last_status, created_at, updated_at)"
                      " SELECT ?1, ?2, ?3, 0, ?4, 0, 0, ?4, ?4"
                      " WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = ?1)",
-    [S_EXCL_CLEAR] = "DELETE FROM temp.claim_exclude",
-    [S_EXCL_ADD] = "INSERT OR IGNORE INTO temp.claim_exclude(id) VALUES (?1)",
     /* CROSS JOIN pins deliveries as the outer loop, so the scan walks deliveries_due in
      * (next_attempt_at, id) order and stops after LIMIT rows: no sort, no full scan. */
-    [S_CLAIM_SELECT] =
-        "SELECT d.id, d.attempts, d.created_at, d.snap, d.snap_object_type, d.snap_object_id,"
-        " d.snap_context, " WH_COLS ", " EV_COLS " FROM deliveries AS d"
-        " CROSS JOIN webhooks AS w ON w.id = d.webhook_id"
-        " CROSS JOIN events AS e ON e.seq = d.event_seq"
-        " WHERE d.state = 0 AND d.next_attempt_at <= ?1"
-        " AND d.webhook_id NOT IN (SELECT id FROM temp.claim_exclude)"
-        " ORDER BY d.next_attempt_at, d.id LIMIT ?2",
+    [S_CLAIM_SELECT] = "SELECT " CLAIM_COLS " FROM deliveries AS d"
+                       " CROSS JOIN webhooks AS w ON w.id = d.webhook_id"
+                       " CROSS JOIN events AS e ON e.seq = d.event_seq"
+                       " WHERE d.state = 0 AND d.next_attempt_at <= ?1"
+                       " ORDER BY d.next_attempt_at, d.id LIMIT ?2",
+    /* The next webhook (in id order) after ?1 that has pending rows: one seek. */
+    [S_CLAIM_WH_NEXT] = "SELECT webhook_id FROM deliveries INDEXED BY deliveries_pending"
+                        " WHERE state = 0 AND webhook_id > ?1 ORDER BY webhook_id LIMIT 1",
+    /* S_CLAIM_SELECT for one webhook. */
+    [S_CLAIM_WH_SELECT] = "SELECT " CLAIM_COLS " FROM deliveries AS d INDEXED BY deliveries_pending"
+                          " CROSS JOIN webhooks AS w ON w.id = d.webhook_id"
+                          " CROSS JOIN events AS e ON e.seq = d.event_seq"
+                          " WHERE d.webhook_id = ?3 AND d.state = 0 AND d.next_attempt_at <= ?1"
+                          " ORDER BY d.next_attempt_at, d.id LIMIT ?2",
     [S_CLAIM_MARK] = "UPDATE deliveries SET state = 1, lease_until = ?1, updated_at = ?2"
                      " WHERE id = ?3",
     [S_COMPLETE] = "UPDATE deliveries SET state = ?1, attempts = ?2,"
@@ -785,12 +797,7 @@ static enum kz_err sq_open(struct kz_backend **out, const char *url, char *err, 
     result = migrate(be->wr, err, errlen);
     if (result)
         goto out;
-    rc = sqlite3_exec(be->wr->db,
-                      "CREATE TEMP TABLE IF NOT EXISTS claim_exclude"
-                      " (id TEXT PRIMARY KEY)",
-                      NULL, NULL, NULL);
-    if (!rc)
-        rc = read_version(be->wr, &be->wh_version);
+    rc = read_version(be->wr, &be->wh_version);
     if (rc) {
         snprintf(err, errlen, "store: %s: setup: %s", url, sqlite3_errmsg(be->wr->db));
         result = map_rc(rc);
@@ -1158,67 +1165,145 @@ static enum kz_err op_publish(struct conn *c, struct kz_op *op)
  * them inflight. The exclusion list goes through a temp table so that the statement stays
  * prepared whatever its length. Rows are collected before any UPDATE runs, so the SELECT never
  * walks rows it is changing. */
+/* Appends the rows of a bound claim statement to *rows (n used, cap allocated). Sets *bad when a
+ * row's webhook id does not fit. Returns the last step's code (SQLITE_DONE when all is well). */
+static int claim_rows(struct bind *b, struct kz_claimed **rows, size_t *n, size_t *cap, size_t hint,
+                      bool *bad)
+{
+    int rc;
+
+    while ((rc = step(b)) == SQLITE_ROW) {
+        struct kz_claimed *r;
+
+        if (*n == *cap) {
+            *cap = *cap ? *cap * 2 : (hint < 64 ? hint : 64);
+            *rows = kz_realloc(*rows, *cap * sizeof(**rows));
+        }
+        r = &(*rows)[(*n)++];
+        memset(r, 0, sizeof(*r));
+        r->delivery_id = sqlite3_column_int64(b->q, 0);
+        r->attempts = sqlite3_column_int(b->q, 1);
+        r->created_at = sqlite3_column_int64(b->q, 2);
+        if (!row_webhook(b->q, 7, &r->wh))
+            *bad = true;
+        row_event(b->q, 7 + WH_NCOLS, &r->ev);
+        if (sqlite3_column_int(b->q, 3)) {
+            r->wh.object_type = (enum kz_objtype)sqlite3_column_int(b->q, 4);
+            kz_free(r->wh.object_id);
+            r->wh.object_id = col_dup(b->q, 5);
+            kz_free(r->wh.callback_context);
+            r->wh.callback_context = col_dup(b->q, 6);
+        }
+    }
+    finish(b);
+    return rc;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The webhooks with pending rows that are not excluded, in id order, at most CLAIM_WEBHOOKS_MAX,
+ * found by seeking from one webhook's entries in deliveries_pending to the next's: the excluded
+ * webhooks' rows are never walked. `ids` gets kz_strdup'd strings. */
+static int claim_webhooks(struct conn *c, const struct kz_op *op, char **ids, size_t *n)
+{
+    size_t ne = op->u.claim.n_exclude;
+    const char **ex = kz_malloc((ne ? ne : 1) * sizeof(*ex));
+    char *last = kz_strdup("");
+    struct bind b;
+    int rc = SQLITE_OK;
+
+    memcpy(ex, op->u.claim.exclude, ne * sizeof(*ex));
+    qsort(ex, ne, sizeof(*ex), cmp_str);
+    *n = 0;
+    while (*n < CLAIM_WEBHOOKS_MAX) {
+        const char *id;
+
+        prep(c, S_CLAIM_WH_NEXT, &b);
+        b_text(&b, last);
+        rc = step(&b);
+        if (rc != SQLITE_ROW) {
+            finish(&b);
+            break;
+        }
+        id = (const char *)sqlite3_column_text(b.q, 0);
+        kz_free(last);
+        last = kz_strdup(id ? id : "");
+        finish(&b);
+        rc = SQLITE_OK;
+        if (!id)
+            break;
+        if (!bsearch(&last, ex, ne, sizeof(*ex), cmp_str))
+            ids[(*n)++] = kz_strdup(last);
+    }
+    kz_free(last);
+    kz_free(ex);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 static enum kz_err op_claim(struct conn *c, struct kz_op *op)
 {
-    enum kz_err result = KZ_OK;
     struct kz_claimed *rows = NULL;
     size_t n = 0;
     size_t cap = 0;
     struct bind b;
     size_t i;
     int64_t now = op->u.claim.now;
+    size_t limit = op->u.claim.limit;
+    bool bad = false;
     int rc;
 
     op->u.claim.out = NULL;
     op->u.claim.n_out = 0;
-    if (!op->u.claim.limit)
+    if (!limit)
         return KZ_OK;
     if (op->u.claim.n_exclude && !op->u.claim.exclude)
         return KZ_ERR_INVALID;
-    rc = run_plain(c, S_EXCL_CLEAR);
-    if (rc)
-        return fail(c, "claim exclude clear", rc);
-    for (i = 0; i < op->u.claim.n_exclude; i++) {
-        rc = run_by_id(c, S_EXCL_ADD, op->u.claim.exclude[i], NULL);
-        if (rc)
-            return fail(c, "claim exclude add", rc);
-    }
+    if (!op->u.claim.n_exclude) {
+        /* the oldest due rows, whoever they are for */
+        prep(c, S_CLAIM_SELECT, &b);
+        b_int(&b, now);
+        b_int(&b, clamp_size(limit));
+        rc = claim_rows(&b, &rows, &n, &cap, limit, &bad);
+    } else {
+        /* Some endpoints are at their cap: walking the due index in time order would pass over
+         * every due row of theirs, on every claim (docs/PERFORMANCE.md, finding 2). Instead,
+         * each other webhook with pending rows gets a share of `limit`, oldest rows first. */
+        char **ids = kz_malloc(CLAIM_WEBHOOKS_MAX * sizeof(*ids));
+        size_t nids = 0;
 
-    prep(c, S_CLAIM_SELECT, &b);
-    b_int(&b, now);
-    b_int(&b, clamp_size(op->u.claim.limit));
-    while ((rc = step(&b)) == SQLITE_ROW) {
-        struct kz_claimed *r;
+        rc = claim_webhooks(c, op, ids, &nids);
+        if (rc) {
+            for (i = 0; i < nids; i++)
+                kz_free(ids[i]);
+            kz_free(ids);
+            return fail(c, "claim webhooks", rc);
+        }
+        rc = SQLITE_DONE;
+        for (i = 0; i < nids; i++) {
+            size_t share = (limit + nids - 1) / nids;
 
-        if (n == cap) {
-            cap = cap ? cap * 2 : (op->u.claim.limit < 64 ? op->u.claim.limit : 64);
-            rows = kz_realloc(rows, cap * sizeof(*rows));
+            if (rc == SQLITE_DONE && n < limit) {
+                prep(c, S_CLAIM_WH_SELECT, &b);
+                b_int(&b, now);
+                b_int(&b, clamp_size(share < limit - n ? share : limit - n));
+                b_text(&b, ids[i]);
+                rc = claim_rows(&b, &rows, &n, &cap, limit, &bad);
+            }
+            kz_free(ids[i]);
         }
-        r = &rows[n++];
-        memset(r, 0, sizeof(*r));
-        r->delivery_id = sqlite3_column_int64(b.q, 0);
-        r->attempts = sqlite3_column_int(b.q, 1);
-        r->created_at = sqlite3_column_int64(b.q, 2);
-        if (!row_webhook(b.q, 7, &r->wh))
-            result = KZ_ERR_DB;
-        row_event(b.q, 7 + WH_NCOLS, &r->ev);
-        if (sqlite3_column_int(b.q, 3)) {
-            r->wh.object_type = (enum kz_objtype)sqlite3_column_int(b.q, 4);
-            kz_free(r->wh.object_id);
-            r->wh.object_id = col_dup(b.q, 5);
-            kz_free(r->wh.callback_context);
-            r->wh.callback_context = col_dup(b.q, 6);
-        }
+        kz_free(ids);
     }
-    finish(&b);
     /* Hand the rows to the op first so that kz_claim_cleanup frees them on any failure. */
     op->u.claim.out = rows;
     op->u.claim.n_out = n;
     if (rc != SQLITE_DONE)
         return fail(c, "claim select", rc);
-    if (result) {
+    if (bad) {
         kz_log("error", "store: claimed row with an oversized id", "\"rows\":%zu", n);
-        return result;
+        return KZ_ERR_DB;
     }
     for (i = 0; i < n; i++) {
         prep(c, S_CLAIM_MARK, &b);
