@@ -1166,6 +1166,90 @@ static void test_claim_skip_locked_two_nodes(void **state)
     kz_free(evid);
 }
 
+/* The SQLite store's exclusion test on PostgreSQL, whose claim walks deliveries_due filtering
+ * `webhook_id <> ALL(excluded)`: the same results (the excluded ones' rows are never returned
+ * however many come first, the others are claimed oldest first, rows not yet due or whose
+ * webhook is gone stay). */
+static void test_claim_with_exclusions_shares_the_limit(void **state)
+{
+    struct fx *f = *state;
+    const char *all[] = {"wh-1", "wh-2", "wh-3"};
+    const char *gone[] = {"wh-gone"};
+    const char *excl[] = {"wh-3", "wh-1"}; /* unsorted on purpose */
+    struct kz_op op;
+    char eid[32];
+    size_t i, per[3];
+    int64_t last[3];
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    add_webhook(f->st, "wh-2", "app-1", "g1");
+    add_webhook(f->st, "wh-3", "app-1", "g1");
+    add_webhook(f->st, "wh-gone", "app-1", "g1");
+    /* 50 due rows of the excluded wh-1 come first */
+    for (i = 0; i < 50; i++) {
+        snprintf(eid, sizeof(eid), "early-%zu", i);
+        publish(f->st, eid, T0 + (int64_t)i, all, 1, 0);
+    }
+    for (i = 0; i < 10; i++) {
+        snprintf(eid, sizeof(eid), "ev-%zu", i);
+        publish(f->st, eid, T0 + 100 + (int64_t)i, all, 3, 0);
+    }
+    publish(f->st, "later", T0 + 5000, all, 3, 0);  /* not due at T0 + 1000 */
+    publish(f->st, "orphan", T0 + 200, gone, 1, 0); /* its webhook is deleted below */
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_WEBHOOK_DELETE;
+    op.u.del.id = "wh-gone";
+    op.u.del.app_id = "";
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+
+    claim(f->st, &op, T0 + 1000, 4, excl + 1, 1); /* only wh-1 excluded */
+    assert_int_equal(op.u.claim.n_out, 4);
+    memset(per, 0, sizeof(per));
+    for (i = 0; i < op.u.claim.n_out; i++) {
+        const struct kz_claimed *r = &op.u.claim.out[i];
+        int w = r->wh.id[3] - '1';
+
+        assert_true(w == 1 || w == 2);
+        per[w]++;
+        assert_int_equal(r->ev.created_at, T0 + 100 + (int64_t)(per[w] - 1)); /* oldest first */
+    }
+    assert_int_equal(per[1], 2);
+    assert_int_equal(per[2], 2);
+    kz_claim_cleanup(&op);
+
+    /* wh-1 and wh-3 excluded: the rest of wh-2's due rows, nothing else */
+    claim(f->st, &op, T0 + 1000, 100, excl, 2);
+    assert_int_equal(op.u.claim.n_out, 8);
+    last[1] = 0;
+    for (i = 0; i < op.u.claim.n_out; i++) {
+        assert_string_equal(op.u.claim.out[i].wh.id, "wh-2");
+        assert_true(op.u.claim.out[i].ev.created_at > last[1]);
+        last[1] = op.u.claim.out[i].ev.created_at;
+    }
+    kz_claim_cleanup(&op);
+    claim(f->st, &op, T0 + 1000, 100, excl, 2);
+    assert_int_equal(op.u.claim.n_out, 0);
+    kz_claim_cleanup(&op);
+
+    /* no exclusions: the oldest first, wh-1's early rows */
+    claim(f->st, &op, T0 + 1000, 100, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 68); /* 50 + 10 of wh-1, 8 left of wh-3 */
+    for (i = 0; i < 50; i++)
+        assert_string_equal(op.u.claim.out[i].wh.id, "wh-1");
+    kz_claim_cleanup(&op);
+    /* everything due is claimed; "later" becomes due at T0 + 5000, the orphan never */
+    claim(f->st, &op, T0 + 6000, 100, excl + 1, 1);
+    assert_int_equal(op.u.claim.n_out, 2);
+    for (i = 0; i < op.u.claim.n_out; i++)
+        assert_string_equal(op.u.claim.out[i].ev.event_id, "later");
+    kz_claim_cleanup(&op);
+    claim(f->st, &op, T0 + 6000, 100, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 1);
+    assert_string_equal(op.u.claim.out[0].wh.id, "wh-1");
+    kz_claim_cleanup(&op);
+}
+
 static void test_complete_retry_success_dead(void **state)
 {
     struct fx *f = *state;
@@ -2210,6 +2294,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_publish_batch_set, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_op_rolls_back_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_order_limit_exclude_lease, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_with_exclusions_shares_the_limit, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_claim_skip_locked_two_nodes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_complete_retry_success_dead, setup, teardown),
         cmocka_unit_test_setup_teardown(test_complete_many, setup, teardown),
