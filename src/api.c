@@ -113,17 +113,24 @@ static int window_hit(struct rate_slot *table, const char *key, int limit, int64
     return wait < 1 ? 1 : wait;
 }
 
-/* --rate-limit calls per minute per application on /v1/webhook*. */
-static int rate_check(struct kz_api *api, const char *app_id, int64_t now)
+/* window_hit() on one of the api's tables, under the lock they share. */
+static int window_hit_locked(struct kz_api *api, struct rate_slot *table, const char *key,
+                             int limit, int64_t now, bool count)
 {
     int wait;
 
-    if (!api->cfg->rate_limit)
-        return 0;
     pthread_mutex_lock(&api->rate_lock);
-    wait = window_hit(api->rate, app_id, api->cfg->rate_limit, now, true);
+    wait = window_hit(table, key, limit, now, count);
     pthread_mutex_unlock(&api->rate_lock);
     return wait;
+}
+
+/* --rate-limit calls per minute per application on /v1/webhook*. */
+static int rate_check(struct kz_api *api, const char *app_id, int64_t now)
+{
+    if (!api->cfg->rate_limit)
+        return 0;
+    return window_hit_locked(api, api->rate, app_id, api->cfg->rate_limit, now, true);
 }
 
 /* Brute force on /v1/accessToken: after AUTH_FAILURES_PER_APP bad credentials in a minute for one
@@ -292,12 +299,7 @@ static const char *bearer(struct kz_req *req)
  * address, every admin request from it gets 429 until the minute ends. `fail` records one. */
 static int admin_throttle(struct kz_api *api, const char *ip, bool fail)
 {
-    int wait;
-
-    pthread_mutex_lock(&api->rate_lock);
-    wait = window_hit(api->fail_admin, ip, ADMIN_FAILURES_PER_IP, kz_now_ms(), fail);
-    pthread_mutex_unlock(&api->rate_lock);
-    return wait;
+    return window_hit_locked(api, api->fail_admin, ip, ADMIN_FAILURES_PER_IP, kz_now_ms(), fail);
 }
 
 /* KZ_OK when the request carries the admin token; otherwise the 401 (or 429) is written. */
@@ -305,6 +307,7 @@ static enum kz_err require_admin(struct kz_api *api, struct kz_req *req)
 {
     const char *t = bearer(req);
     char hash[65];
+    size_t len;
     int wait = admin_throttle(api, req->remote_ip, false);
 
     if (wait) {
@@ -315,9 +318,10 @@ static enum kz_err require_admin(struct kz_api *api, struct kz_req *req)
     if (!t)
         return fail(req, 401, "Unauthenticated", "missing Authorization: Bearer <admin token>"),
                KZ_ERR_AUTH;
-    if (strlen(t) <= 1024)
-        kz_sha256_hex(t, strlen(t), hash);
-    if (strlen(t) > 1024 || !kz_ct_equal(hash, api->admin_hash, 64)) {
+    len = strlen(t);
+    if (len <= 1024)
+        kz_sha256_hex(t, len, hash);
+    if (len > 1024 || !kz_ct_equal(hash, api->admin_hash, 64)) {
         admin_throttle(api, req->remote_ip, true);
         return fail(req, 401, "Unauthenticated", "invalid admin token"), KZ_ERR_AUTH;
     }

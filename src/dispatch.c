@@ -26,9 +26,8 @@
  */
 #define SOFT_INFLIGHT 512
 #define HARD_INFLIGHT 2048
-#define CLAIM_HEADROOM                                                                             \
-    32                /* rows claimed past the soft cap, for endpoints with nothing in flight      \
-                       */
+/* rows claimed past the soft cap, for endpoints with nothing in flight */
+#define CLAIM_HEADROOM 32
 #define CLAIM_MAX 256 /* rows per claim */
 #define EP_BUCKETS 1024
 #define RESPONSE_READ_MAX (256 * 1024) /* bytes read from a receiver before we stop listening */

@@ -1211,36 +1211,36 @@ static int claim_webhooks(struct conn *c, const struct kz_op *op, char **ids, si
 {
     size_t ne = op->u.claim.n_exclude;
     const char **ex = kz_malloc((ne ? ne : 1) * sizeof(*ex));
-    char *last = kz_strdup("");
+    const char *from = ""; /* the scan resumes after this id */
+    char *skipped = NULL;  /* the last excluded id seen (ids owns the others) */
     struct bind b;
-    int rc = SQLITE_OK;
+    int rc = SQLITE_DONE;
 
     memcpy(ex, op->u.claim.exclude, ne * sizeof(*ex));
     qsort(ex, ne, sizeof(*ex), cmp_str);
     *n = 0;
     while (*n < CLAIM_WEBHOOKS_MAX) {
-        const char *id;
+        char *id;
 
         prep(c, S_CLAIM_WH_NEXT, &b);
-        b_text(&b, last);
+        b_text(&b, from);
         rc = step(&b);
-        if (rc != SQLITE_ROW) {
-            finish(&b);
-            break;
-        }
-        id = (const char *)sqlite3_column_text(b.q, 0);
-        kz_free(last);
-        last = kz_strdup(id ? id : "");
+        id = rc == SQLITE_ROW ? col_dup(b.q, 0) : NULL;
         finish(&b);
-        rc = SQLITE_OK;
         if (!id)
             break;
-        if (!bsearch(&last, ex, ne, sizeof(*ex), cmp_str))
-            ids[(*n)++] = kz_strdup(last);
+        rc = SQLITE_DONE;
+        if (bsearch(&id, ex, ne, sizeof(*ex), cmp_str)) {
+            kz_free(skipped);
+            skipped = id;
+        } else {
+            ids[(*n)++] = id;
+        }
+        from = id;
     }
-    kz_free(last);
+    kz_free(skipped);
     kz_free(ex);
-    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
 }
 
 static enum kz_err op_claim(struct conn *c, struct kz_op *op)
