@@ -21,6 +21,7 @@
 #define MAX_VALIDITY_MS INT64_C(253402300799999) /* 9999-12-31 */
 #define PUBLISH_MAX 1000
 #define RATE_SLOTS 1024
+#define RATE_PROBES 16           /* slots a key may take, from its hash on */
 #define SECRET_CHARS 43          /* 258 bits of [A-Za-z0-9_-] */
 #define AUTH_FAILURES_PER_APP 10 /* per applicationId per minute */
 #define AUTH_FAILURES_PER_IP 60  /* per client address per minute */
@@ -92,13 +93,28 @@ static int window_hit(struct rate_slot *table, const char *key, int limit, int64
 {
     uint32_t h = 2166136261u;
     const char *p;
-    struct rate_slot *s;
+    struct rate_slot *s = NULL;
     int64_t window = now / 60000;
+    size_t i, home;
     int wait;
 
     for (p = key; *p; p++)
         h = (h ^ (unsigned char)*p) * 16777619u;
-    s = &table[h % RATE_SLOTS];
+    home = h % RATE_SLOTS;
+    /* The key's slot among RATE_PROBES from its home: its own, else the first one free this
+     * minute. Only when all are taken by other keys does it share its home slot's count. */
+    for (i = 0; i < RATE_PROBES; i++) {
+        struct rate_slot *t = &table[(home + i) % RATE_SLOTS];
+
+        if (t->window == window && t->count && !strcmp(t->app_id, key)) {
+            s = t;
+            break;
+        }
+        if (!s && (t->window != window || !t->count))
+            s = t;
+    }
+    if (!s)
+        s = &table[home];
     if (s->window != window || (strcmp(s->app_id, key) && !s->count)) {
         snprintf(s->app_id, sizeof(s->app_id), "%s", key);
         s->window = window;
