@@ -91,15 +91,12 @@ void kz_api_free(struct kz_api *api)
  * share a budget only while both are active in the same minute. Caller holds api->rate_lock. */
 static int window_hit(struct rate_slot *table, const char *key, int limit, int64_t now, bool count)
 {
-    uint32_t h = 2166136261u;
-    const char *p;
+    uint32_t h = kz_hash_str(key);
     struct rate_slot *s = NULL;
     int64_t window = now / 60000;
     size_t i, home;
     int wait;
 
-    for (p = key; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
     home = h % RATE_SLOTS;
     /* The key's slot among RATE_PROBES from its home: its own, else the first one free this
      * minute. Only when all are taken by other keys does it share its home slot's count. */
@@ -197,38 +194,6 @@ static const char *category(int status)
 }
 
 /* Writes the contract's error body (CONTRACT §2). Always returns KZ_OK: the answer is ready. */
-/* Length of the valid UTF-8 sequence at `p` (at most `n` bytes), 0 when invalid. */
-static size_t utf8_seq(const unsigned char *p, size_t n)
-{
-    size_t len, i;
-    uint32_t cp;
-
-    if (p[0] < 0x80)
-        return 1;
-    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
-        len = 2;
-        cp = p[0] & 0x1f;
-    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
-        len = 3;
-        cp = p[0] & 0x0f;
-    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
-        len = 4;
-        cp = p[0] & 0x07;
-    } else {
-        return 0;
-    }
-    if (len > n)
-        return 0;
-    for (i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
 
 static enum kz_err fail(struct kz_req *req, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -243,7 +208,7 @@ static enum kz_err fail(struct kz_req *req, int status, const char *code, const 
     va_end(ap);
     /* Messages may quote client bytes (a field name, an id): keep the JSON valid UTF-8. */
     for (size_t i = 0, n = strlen(msg); i < n;) {
-        size_t k = utf8_seq((const unsigned char *)msg + i, n - i);
+        size_t k = kz_utf8_seq((const unsigned char *)msg + i, n - i);
 
         if (k) {
             i += k;
@@ -992,23 +957,12 @@ struct dlist_ctx {
 /* A receiver's answer as a JSON string: it may be any bytes, so invalid UTF-8 becomes U+FFFD. */
 static json_t *utf8_json(const char *s)
 {
-    const unsigned char *p = (const unsigned char *)s;
-    size_t n = strlen(s), i = 0;
+    size_t n = strlen(s);
     struct kz_buf b;
     json_t *v;
 
     kz_buf_init(&b, n * 3 + 1);
-    while (i < n) {
-        size_t k = utf8_seq(p + i, n - i);
-
-        if (k) {
-            kz_buf_append(&b, p + i, k);
-            i += k;
-        } else {
-            kz_buf_append(&b, "\xef\xbf\xbd", 3);
-            i++;
-        }
-    }
+    (void)kz_buf_text(&b, s, n);
     v = json_stringn(kz_buf_cstr(&b), b.len);
     kz_buf_cleanup(&b);
     return v ? v : json_string("");

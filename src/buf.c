@@ -149,6 +149,31 @@ enum kz_err kz_buf_json_str(struct kz_buf *b, const char *s, size_t len)
     return result;
 }
 
+enum kz_err kz_buf_text(struct kz_buf *b, const char *s, size_t len)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    enum kz_err result = KZ_OK;
+    size_t i = 0, run = 0; /* run: clean bytes pending a copy, ending at i */
+
+    while (i < len && !result) {
+        size_t k = u[i] ? kz_utf8_seq(u + i, len - i) : 0;
+
+        if (k) {
+            i += k;
+            run += k;
+            continue;
+        }
+        result = kz_buf_append(b, s + i - run, run);
+        run = 0;
+        if (!result)
+            result = kz_buf_append(b, "\xef\xbf\xbd", 3);
+        i++;
+    }
+    if (!result)
+        result = kz_buf_append(b, s + i - run, run);
+    return result;
+}
+
 char *kz_buf_take(struct kz_buf *b)
 {
     char *p = b->data;

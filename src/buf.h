@@ -29,6 +29,11 @@ enum kz_err kz_buf_printf(struct kz_buf *b, const char *fmt, ...)
 /** Appends `s` as a JSON string literal, quotes included (escapes ", \, controls; bytes >= 0x80
  * are copied, so `s` must already be valid UTF-8). */
 enum kz_err kz_buf_json_str(struct kz_buf *b, const char *s, size_t len);
+/** Appends `s[0..len)` as clean text: valid UTF-8 is copied, and every byte that is not part of
+ * a valid sequence, and every NUL, becomes U+FFFD. This is the one rule for text kzhook did not
+ * write (a receiver's answer, a client's bytes quoted in a message): what is stored and shown is
+ * the same on every backend. KZ_ERR_TOOBIG as kz_buf_append (b keeps what fitted). */
+enum kz_err kz_buf_text(struct kz_buf *b, const char *s, size_t len);
 /** Moves the data out (caller frees with kz_free); `b` is left empty. Returns "" copy if empty. */
 char *kz_buf_take(struct kz_buf *b);
 /** The data as a C string; "" when empty. Borrowed. */

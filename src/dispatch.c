@@ -115,37 +115,22 @@ struct kz_dispatch {
     int64_t drain_deadline;
 };
 
-static int64_t mono_us(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 static uint32_t rnd32(void)
 {
     uint32_t r = 0;
 
     if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1)
-        r = (uint32_t)mono_us();
+        r = (uint32_t)kz_mono_us();
     return r;
 }
 
 /* ==== endpoints ==== */
 
-static uint32_t hash_id(const char *s)
-{
-    uint32_t h = 2166136261u;
-
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 16777619u;
-    return h;
-}
 
 static struct ep *ep_get(struct kz_dispatch *d, const char *id, bool create)
 {
-    uint32_t b = hash_id(id) % EP_BUCKETS;
+    uint32_t b = kz_hash_str(id) % EP_BUCKETS;
     struct ep *e;
 
     for (e = d->eps[b]; e; e = e->next) {
@@ -169,7 +154,7 @@ static void ep_release(struct kz_dispatch *d, struct ep *e)
 
     if (e->inflight || e->nqueued || e->in_ring)
         return;
-    b = hash_id(e->id) % EP_BUCKETS;
+    b = kz_hash_str(e->id) % EP_BUCKETS;
     for (pp = &d->eps[b]; *pp; pp = &(*pp)->next) {
         if (*pp == e) {
             *pp = e->next;
@@ -548,7 +533,7 @@ static void start(struct kz_dispatch *d, struct ep *e, struct kz_claimed *row)
     curl_easy_setopt(x->h, CURLOPT_ERRORBUFFER, x->errbuf);
     curl_easy_setopt(x->h, CURLOPT_TCP_KEEPALIVE, 1L);
     x->ep = e;
-    x->started_us = mono_us();
+    x->started_us = kz_mono_us();
     e->inflight++;
     d->inflight++;
     atomic_fetch_add(&d->m->inflight, 1);
@@ -590,7 +575,7 @@ static void reap(struct kz_dispatch *d)
         curl_easy_getinfo(x->h, CURLINFO_RESPONSE_CODE, &status);
         curl_multi_remove_handle(d->multi, x->h);
         active_unlink(d, x);
-        kz_metrics_observe_latency(d->m, mono_us() - x->started_us);
+        kz_metrics_observe_latency(d->m, kz_mono_us() - x->started_us);
         /* A 2xx is a success even when we stopped reading an endless answer. */
         ok = status >= 200 && status <= 299 && (rc == CURLE_OK || rc == CURLE_WRITE_ERROR);
         if (!ok) {

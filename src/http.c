@@ -38,13 +38,6 @@ struct conn {
     char path[256];
 };
 
-static int64_t mono_us(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 static const char *get_header(void *conn, const char *name)
 {
@@ -121,7 +114,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         cs = kz_calloc(1, sizeof(*cs));
         cs->h = h;
         cs->c = c;
-        cs->started_us = mono_us();
+        cs->started_us = kz_mono_us();
         pthread_mutex_init(&cs->lock, NULL);
         kz_buf_init(&cs->body, KZ_BODY_MAX);
         kz_req_init(&cs->req);
@@ -243,7 +236,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
            "\"method\":\"%s\",\"path\":\"%s\",\"status\":%d,\"durationMs\":%.3f,"
            "\"applicationId\":\"%s\",\"remote\":\"%s\"%s",
            kz_log_esc(cs->method, method, sizeof(method)), kz_log_esc(cs->path, path, sizeof(path)),
-           status, (double)(mono_us() - cs->started_us) / 1000.0, cs->req.app_id, cs->req.remote_ip,
+           status, (double)(kz_mono_us() - cs->started_us) / 1000.0, cs->req.app_id, cs->req.remote_ip,
            toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : ",\"aborted\":true");
     kz_req_cleanup(&cs->req);
     kz_buf_cleanup(&cs->body);

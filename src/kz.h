@@ -50,5 +50,21 @@ _Noreturn void kz_panic(const char *file, int line, const char *fmt, ...)
 int64_t kz_now_ms(void);
 /** Monotonic clock in milliseconds, for durations and deadlines. */
 int64_t kz_mono_ms(void);
+/** Monotonic clock in microseconds (request and attempt durations). */
+int64_t kz_mono_us(void);
+
+/** The one string hash (FNV-1a, 32 bits): spreads keys over in-memory tables. Continue a hash
+ * over several pieces by passing the previous result as `h`; start with KZ_HASH_INIT. Not a
+ * defence against chosen keys: tables that hold client keys bound their probing. */
+#define KZ_HASH_INIT 2166136261u
+uint32_t kz_hash(uint32_t h, const void *p, size_t n);
+/** kz_hash of a NUL-terminated string from KZ_HASH_INIT. */
+uint32_t kz_hash_str(const char *s);
+
+/** The one UTF-8 validator: length (1..4) of the valid UTF-8 sequence at p[0..n), n >= 1, or 0
+ * when those bytes are not one (a stray continuation byte, an overlong form, a surrogate, a code
+ * point past U+10FFFF, a truncated sequence). NUL is valid UTF-8 and counts as 1; callers that
+ * cannot hold NUL (stored text, C strings) check for it themselves. */
+size_t kz_utf8_seq(const unsigned char *p, size_t n);
 
 #endif

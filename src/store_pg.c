@@ -407,19 +407,6 @@ static int next_backoff(int ms)
     return ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : ms * 2;
 }
 
-/* FNV-1a; only spreads keys over a table. */
-static size_t hash_bytes(const void *p, size_t n)
-{
-    const unsigned char *s = p;
-    uint64_t h = 1469598103934665603ULL;
-    size_t i;
-
-    for (i = 0; i < n; i++) {
-        h ^= s[i];
-        h *= 1099511628211ULL;
-    }
-    return (size_t)h;
-}
 
 /* An open-addressing map from a key (a string or an int64, not owned) to an index. */
 struct kmap {
@@ -454,7 +441,7 @@ static void kmap_cleanup(struct kmap *m)
 /* Finds string `k` (length `len`); returns its slot, which is unused when `k` is absent. */
 static size_t kmap_slot_s(const struct kmap *m, const char *k, size_t len)
 {
-    size_t i = hash_bytes(k, len) & m->mask;
+    size_t i = kz_hash(KZ_HASH_INIT, k, len) & m->mask;
 
     while (m->used[i] && (strlen(m->skey[i]) != len || memcmp(m->skey[i], k, len)))
         i = (i + 1) & m->mask;
@@ -463,7 +450,7 @@ static size_t kmap_slot_s(const struct kmap *m, const char *k, size_t len)
 
 static size_t kmap_slot_i(const struct kmap *m, int64_t k)
 {
-    size_t i = hash_bytes(&k, sizeof(k)) & m->mask;
+    size_t i = kz_hash(KZ_HASH_INIT, &k, sizeof(k)) & m->mask;
 
     while (m->used[i] && m->ikey[i] != k)
         i = (i + 1) & m->mask;
@@ -658,40 +645,6 @@ static void arr_sep(struct kz_buf *b)
         (void)kz_buf_append(b, ",", 1);
 }
 
-/* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is not one (overlongs,
- * surrogates and code points past U+10FFFF included, as PostgreSQL rejects them). */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    size_t len;
-    size_t i;
-    uint32_t cp;
-
-    if (s[0] < 0x80)
-        return s[0] ? 1 : 0;
-    if (s[0] >= 0xC2 && s[0] <= 0xDF) {
-        len = 2;
-        cp = s[0] & 0x1F;
-    } else if (s[0] >= 0xE0 && s[0] <= 0xEF) {
-        len = 3;
-        cp = s[0] & 0x0F;
-    } else if (s[0] >= 0xF0 && s[0] <= 0xF4) {
-        len = 4;
-        cp = s[0] & 0x07;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
-        return 0;
-    return len;
-}
 
 /* Appends `s[0..n)` as a quoted element. With `sanitize`, bytes that are not valid UTF-8 (and
  * NULs) become '?', for text we did not produce (a receiver's answer): PostgreSQL text must be
@@ -720,7 +673,7 @@ static void arr_strn(struct kz_buf *b, const char *s, size_t n, bool sanitize)
             continue;
         }
         if (sanitize && (u[i] >= 0x80 || !u[i])) {
-            len = utf8_seq(u + i, n - i);
+            len = u[i] ? kz_utf8_seq(u + i, n - i) : 0;
             if (!len) {
                 (void)kz_buf_append(b, s + i - run, run);
                 run = 0;

@@ -30,13 +30,7 @@ struct kz_subidx {
 
 static uint32_t key_hash(enum kz_objtype t, const char *s)
 {
-    uint32_t h = 2166136261u ^ (uint32_t)t;
-
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 16777619u;
-    }
-    return h;
+    return kz_hash(KZ_HASH_INIT ^ (uint32_t)t, s, strlen(s));
 }
 
 struct kz_subidx *kz_subidx_new(void)
