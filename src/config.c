@@ -48,6 +48,9 @@ static const struct opt opts[] = {
      OFF(max_connections_per_ip), 0, 1000000},
     {"--per-endpoint-concurrency", "KZHOOK_PER_ENDPOINT_CONCURRENCY", OPT_INT,
      OFF(per_endpoint_concurrency), 1, 1024},
+    {"--max-webhooks-per-app", "KZHOOK_MAX_WEBHOOKS_PER_APP", OPT_INT, OFF(max_webhooks_per_app),
+     1, 1000000},
+    {"--max-fanout", "KZHOOK_MAX_FANOUT", OPT_INT, OFF(max_fanout), 1, 100000000},
 };
 
 enum kz_err kz_config_parse_listen(const char *s, char *host, size_t hostlen, int *port)
@@ -183,6 +186,8 @@ enum kz_err kz_config_load(struct kz_config *cfg, int argc, char **argv, int fir
     cfg->threads = 4;
     cfg->max_connections = 4096;
     cfg->per_endpoint_concurrency = 8;
+    cfg->max_webhooks_per_app = 1000;
+    cfg->max_fanout = 100000;
 
     for (i = 0; i < KZ_ARRAY_LEN(opts); i++) {
         const char *v = getenv(opts[i].env);

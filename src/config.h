@@ -31,6 +31,8 @@ struct kz_config {
     int max_connections;
     int max_connections_per_ip;   /* 0: three quarters of max_connections */
     int per_endpoint_concurrency; /* in-flight deliveries per webhook */
+    int max_webhooks_per_app;     /* one more is 403 QuotaExceeded */
+    int max_fanout;               /* deliveries one publish request may create (413) */
     struct kz_trust *trust;       /* outbound TLS trust store, set by main at start (outbound.h) */
 };
 

@@ -24,6 +24,7 @@ const char *kz_err_str(enum kz_err e)
         [KZ_ERR_AUTH] = "unauthenticated",
         [KZ_ERR_UNSAFE] = "unsafe target",
         [KZ_ERR_PENDING] = "pending",
+        [KZ_ERR_QUOTA] = "quota exceeded",
     };
     if ((size_t)e >= KZ_ARRAY_LEN(names) || !names[e])
         return "unknown error";

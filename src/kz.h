@@ -26,6 +26,7 @@ enum kz_err {
     KZ_ERR_AUTH,
     KZ_ERR_UNSAFE,  /* a callback target failed the SSRF guard */
     KZ_ERR_PENDING, /* not an error: the answer comes later through a completion */
+    KZ_ERR_QUOTA,   /* a per-application quota is used up (webhooks, pending handshakes) */
 };
 
 /** Static text for `e`; never NULL. */

@@ -41,7 +41,8 @@ static void usage(FILE *f)
         "  --delivery-timeout DUR  --lease-margin DUR  --validation-timeout DUR  --token-ttl DUR\n"
         "  --rate-limit N\n"
         "  --tls-cert PEM --tls-key PEM  --retention DUR  --threads N  --max-connections N\n"
-        "  --max-connections-per-ip N  --per-endpoint-concurrency N\n",
+        "  --max-connections-per-ip N  --per-endpoint-concurrency N  --max-webhooks-per-app N\n"
+        "  --max-fanout N  --admin-token-file PATH\n",
         f);
 }
 
