@@ -1,5 +1,5 @@
 # kzhook — one root Makefile (STYLE rule 15). `make` builds build/kzhook.
-PKGS      := libmicrohttpd libcurl sqlite3 jansson openssl uuid libpq
+PKGS      := libmicrohttpd libcurl sqlite3 jansson openssl libpq
 BUILD     ?= build
 CC        ?= cc
 OPT       ?= -O2 -g
@@ -17,7 +17,7 @@ LIBOBJS   := $(LIBSRCS:src/%.c=$(BUILD)/obj/%.o)
 UNITSRCS  := $(wildcard tests/unit/test_*.c)
 UNITBINS  := $(UNITSRCS:tests/unit/%.c=$(BUILD)/unit/%)
 
-.PHONY: all run test check unit integration asan valgrind valgrind-quick crash-test lint format clean deps test-deps
+.PHONY: all run test check unit integration asan valgrind valgrind-quick crash-test lint format format-check clean deps test-deps
 
 all: deps $(BUILD)/kzhook
 
@@ -52,7 +52,8 @@ run: all
 	@mkdir -p kzhook-data
 	$(BUILD)/kzhook serve
 
-# The whole suite, built with clang under ASan+UBSan (CI runs exactly this): unit tests, the
+# The whole suite, built with clang under ASan+UBSan (CI runs exactly this): first `make lint`
+# (banned functions, raw allocation) and `make format-check` (clang-format), then unit tests, the
 # black-box integration suite on SQLite and again on a private PostgreSQL server. See
 # scripts/run-tests.sh.
 # Then the bounded hardening runs: every fuzz target for FUZZ_SECONDS over its corpus and
@@ -60,6 +61,7 @@ run: all
 # part of the integration suite under valgrind (make valgrind runs all of it).
 CRASH_KILLS ?= 10
 test: test-deps
+	$(MAKE) --no-print-directory lint format-check
 	$(MAKE) --no-print-directory check CC=clang BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=all"
 	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
@@ -97,11 +99,17 @@ valgrind: test-deps
 valgrind-quick:
 	$(MAKE) --no-print-directory valgrind VG_TESTS="-k test_badinput -k test_delivery.Engine"
 
+FORMAT_FILES = src/*.c src/*.h tests/unit/*.c
+
 lint:
 	@scripts/lint.sh
 
 format:
-	clang-format -i src/*.c src/*.h tests/unit/*.c
+	clang-format -i $(FORMAT_FILES)
+
+# Part of `make test`: fails when a file differs from what `make format` would write.
+format-check:
+	@clang-format --dry-run --Werror $(FORMAT_FILES) && echo "format: ok"
 
 clean:
 	rm -rf build build-asan build-fuzz
