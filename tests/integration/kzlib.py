@@ -616,6 +616,19 @@ _LIVE = set()
 _LIVE_LOCK = threading.Lock()
 
 
+# Lines that tools running kzhook write to the same stderr (ASan/UBSan reports, valgrind): their
+# own checks fail the test when they report anything.
+_FOREIGN_LINE = re.compile(r"^(==\d+==|\s*#\d+ |SUMMARY: |=+$|\S+:\d+:\d+: runtime error)")
+
+
+def _unique_keys(pairs):
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ValueError("repeated key(s) %s" % ", ".join(dup))
+    return dict(pairs)
+
+
 def kill_all():
     """Kill every kzhook process this session started that is still running."""
     with _LIVE_LOCK:
@@ -827,10 +840,30 @@ class Server:
         return rc
 
     def check_no_live_allocations(self):
-        """AssertionError when a graceful exit reported allocations still live."""
+        """AssertionError when a graceful exit reported allocations still live, or when any line
+        this server wrote to stderr (in any run) is not one JSON object with unique keys."""
         if "allocations live at exit" in self.stderr_text():
             raise AssertionError("kzhook exited with live allocations; stderr:\n%s"
                                  % self.stderr_tail())
+        self.check_log_lines()
+
+    def check_log_lines(self):
+        """Every stderr line of every run is a JSON object whose keys are unique (log parsers
+        drop or overwrite a repeated key). Lines from sanitizers or valgrind are not kzhook's
+        log and are left to their own checks."""
+        for name in sorted(os.listdir(self.dir)):
+            if not name.startswith("stderr"):
+                continue
+            for line in _read(os.path.join(self.dir, name)).splitlines():
+                if not line.strip() or _FOREIGN_LINE.match(line):
+                    continue
+                try:
+                    o = _json.loads(line, object_pairs_hook=_unique_keys)
+                except ValueError as e:
+                    raise AssertionError("%s: log line is not valid JSON with unique keys (%s): %r"
+                                         % (name, e, line[:2000]))
+                if not isinstance(o, dict):
+                    raise AssertionError("%s: log line is not a JSON object: %r" % (name, line[:2000]))
 
     def kill9(self):
         self._note("kill9")
