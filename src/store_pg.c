@@ -737,7 +737,7 @@ static void on_notice(void *arg, const char *message)
     if (!strncmp(message, "NOTICE:", 7) || !strncmp(message, "DEBUG", 5) ||
         !strncmp(message, "INFO:", 5) || !strncmp(message, "LOG:", 4))
         return;
-    kz_log("warn", "store: postgresql notice", "\"msg\":\"%s\"",
+    kz_log("warn", "store: postgresql notice", "\"notice\":\"%s\"",
            kz_log_esc(message, emsg, sizeof(emsg)));
 }
 
