@@ -132,8 +132,8 @@ static int admin_token(struct kz_ctx *ctx)
         return 1;
     }
     printf("admin token: %s\n", token);
-    printf("(shown once; only its hash is stored. Pass --admin-token or KZHOOK_ADMIN_TOKEN to set "
-           "your own.)\n");
+    printf("(shown once; only its hash is stored. Pass --admin-token-file, KZHOOK_ADMIN_TOKEN or "
+           "--admin-token to set your own.)\n");
     fflush(stdout);
     return 0;
 }
