@@ -25,6 +25,7 @@ static const struct opt opts[] = {
     {"--listen", "KZHOOK_LISTEN", OPT_LISTEN, 0, 0, 0},
     {"--db", "KZHOOK_DB", OPT_STR, OFF(db), 0, 0},
     {"--admin-token", "KZHOOK_ADMIN_TOKEN", OPT_STR, OFF(admin_token), 0, 0},
+    {"--admin-token-file", "KZHOOK_ADMIN_TOKEN_FILE", OPT_STR, OFF(admin_token_file), 0, 0},
     {"--public-url", "KZHOOK_PUBLIC_URL", OPT_STR, OFF(public_url), 0, 0},
     {"--ca-file", "KZHOOK_CA_FILE", OPT_STR, OFF(ca_file), 0, 0},
     {"--allow-private-targets", "KZHOOK_ALLOW_PRIVATE_TARGETS", OPT_BOOL,
@@ -48,8 +49,8 @@ static const struct opt opts[] = {
      OFF(max_connections_per_ip), 0, 1000000},
     {"--per-endpoint-concurrency", "KZHOOK_PER_ENDPOINT_CONCURRENCY", OPT_INT,
      OFF(per_endpoint_concurrency), 1, 1024},
-    {"--max-webhooks-per-app", "KZHOOK_MAX_WEBHOOKS_PER_APP", OPT_INT, OFF(max_webhooks_per_app),
-     1, 1000000},
+    {"--max-webhooks-per-app", "KZHOOK_MAX_WEBHOOKS_PER_APP", OPT_INT, OFF(max_webhooks_per_app), 1,
+     1000000},
     {"--max-fanout", "KZHOOK_MAX_FANOUT", OPT_INT, OFF(max_fanout), 1, 100000000},
 };
 
@@ -163,6 +164,62 @@ static enum kz_err apply(struct kz_config *cfg, const struct opt *o, const char 
     return KZ_ERR_INVALID;
 }
 
+/* Reads the admin token from cfg->admin_token_file: the whole file, less one trailing newline
+ * ("\n" or "\r\n"), so that `echo token > file` and editors that end files with a newline both
+ * work. The token must be 16..256 printable ASCII characters; anything longer than a token can
+ * be is refused before it is read whole (a wrong path such as a log file must not be loaded). */
+static enum kz_err read_token_file(struct kz_config *cfg, char *err, size_t errlen)
+{
+    char tok[KZ_ADMIN_TOKEN_FILE_MAX + 2];
+    const char *path = cfg->admin_token_file;
+    FILE *f = fopen(path, "rb");
+    size_t n, i;
+
+    if (!f) {
+        snprintf(err, errlen, "--admin-token-file %.200s: cannot read: %s", path, strerror(errno));
+        return KZ_ERR_INVALID;
+    }
+    n = fread(tok, 1, sizeof(tok), f);
+    if (ferror(f)) {
+        snprintf(err, errlen, "--admin-token-file %.200s: cannot read: %s", path, strerror(errno));
+        fclose(f);
+        return KZ_ERR_INVALID;
+    }
+    fclose(f);
+    if (n && tok[n - 1] == '\n') {
+        n--;
+        if (n && tok[n - 1] == '\r')
+            n--;
+    }
+    if (n > KZ_ADMIN_TOKEN_FILE_MAX) {
+        snprintf(err, errlen, "--admin-token-file %.200s: longer than %d bytes: not a token file?",
+                 path, KZ_ADMIN_TOKEN_FILE_MAX);
+        return KZ_ERR_INVALID;
+    }
+    if (!n) {
+        snprintf(err, errlen, "--admin-token-file %.200s is empty", path);
+        return KZ_ERR_INVALID;
+    }
+    for (i = 0; i < n; i++) {
+        if (tok[i] < 0x21 || tok[i] > 0x7e) {
+            snprintf(err, errlen,
+                     "--admin-token-file %.200s: the token must be printable ASCII without "
+                     "spaces (byte %zu is not)",
+                     path, i + 1);
+            return KZ_ERR_INVALID;
+        }
+    }
+    if (n < 16) {
+        snprintf(err, errlen, "--admin-token-file %.200s: the token must be 16..256 characters",
+                 path);
+        return KZ_ERR_INVALID;
+    }
+    tok[n] = '\0';
+    cfg->admin_token = kz_strdup(tok);
+    explicit_bzero(tok, sizeof(tok));
+    return KZ_OK;
+}
+
 enum kz_err kz_config_load(struct kz_config *cfg, int argc, char **argv, int first,
                            const char **rest, char *err, size_t errlen)
 {
@@ -251,6 +308,17 @@ enum kz_err kz_config_load(struct kz_config *cfg, int argc, char **argv, int fir
         snprintf(err, errlen, "--tls-cert and --tls-key go together");
         return KZ_ERR_INVALID;
     }
+    if (cfg->admin_token_file) {
+        if (cfg->admin_token) {
+            snprintf(err, errlen,
+                     "--admin-token and --admin-token-file (or KZHOOK_ADMIN_TOKEN and "
+                     "KZHOOK_ADMIN_TOKEN_FILE) are mutually exclusive");
+            return KZ_ERR_INVALID;
+        }
+        result = read_token_file(cfg, err, errlen);
+        if (result)
+            return result;
+    }
     if (cfg->admin_token && (strlen(cfg->admin_token) < 16 || strlen(cfg->admin_token) > 256)) {
         snprintf(err, errlen, "--admin-token must be 16..256 characters");
         return KZ_ERR_INVALID;
@@ -261,7 +329,10 @@ enum kz_err kz_config_load(struct kz_config *cfg, int argc, char **argv, int fir
 void kz_config_cleanup(struct kz_config *cfg)
 {
     kz_free(cfg->db);
+    if (cfg->admin_token)
+        explicit_bzero(cfg->admin_token, strlen(cfg->admin_token));
     kz_free(cfg->admin_token);
+    kz_free(cfg->admin_token_file);
     kz_free(cfg->public_url);
     kz_free(cfg->ca_file);
     kz_free(cfg->tls_cert);

@@ -6,15 +6,17 @@
 #include "kz.h"
 
 #define KZ_RETRY_MAX 32
+#define KZ_ADMIN_TOKEN_FILE_MAX 256 /* longest token; a bigger file is refused unread */
 
 struct kz_trust;
 
 struct kz_config {
     char listen_host[256];
     int listen_port;
-    char *db;          /* path or postgresql:// URL */
-    char *admin_token; /* NULL: generated at first start */
-    char *public_url;  /* NULL: derived from listen */
+    char *db;               /* path or postgresql:// URL */
+    char *admin_token;      /* NULL: generated at first start; filled from the file when set */
+    char *admin_token_file; /* --admin-token-file: the token's file (read at load) */
+    char *public_url;       /* NULL: derived from listen */
     char *ca_file;
     bool allow_private_targets;
     bool allow_http_callbacks;
@@ -41,6 +43,9 @@ struct kz_config {
  * Positional (non-flag) arguments are returned in `rest` (borrowed from argv, NULL-terminated,
  * caller provides room for argc - first + 1 entries) when rest is not NULL; otherwise they
  * are errors. */
+/* --admin-token-file PATH / KZHOOK_ADMIN_TOKEN_FILE fills admin_token from the file's contents
+ * (one trailing newline removed); an unreadable, empty, too short, too long or non-printable
+ * token, or the option given together with --admin-token / KZHOOK_ADMIN_TOKEN, is an error. */
 enum kz_err kz_config_load(struct kz_config *cfg, int argc, char **argv, int first,
                            const char **rest, char *err, size_t errlen);
 void kz_config_cleanup(struct kz_config *cfg);

@@ -4,6 +4,8 @@
 #include "log.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -11,13 +13,37 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
+#include <unistd.h>
+
+/* Lingering close, off the worker threads: after an answer sent before the body was read (an
+ * early 413, a refused framing), the client may still be sending. Closing a socket with unread
+ * data makes the kernel send RST, and a client then often loses the answer it has not read yet.
+ * So the socket (a dup of MHD's descriptor; MHD closes its own at once) gets its write side shut
+ * (FIN after the answer) and is read and discarded here, by one thread for all of them, until the
+ * client closes, LINGER_MS pass or LINGER_BYTES arrive. A worker never waits for a trickle. */
+#define LINGER_MAX 256
+#define LINGER_MS 2000
+#define LINGER_BYTES (4u * 1024 * 1024)
+
+struct lingering_sock {
+    int fd;
+    int64_t deadline_ms;
+    size_t bytes;
+};
 
 struct kz_http {
     struct MHD_Daemon *d;
     struct kz_api *api;
     struct kz_metrics *m;
     char *tls_cert, *tls_key; /* PEM text, owned */
+    pthread_t linger_thread;
+    bool linger_started;
+    int linger_wake[2]; /* pipe: a new socket arrived, or stop */
+    pthread_mutex_t linger_lock;
+    struct lingering_sock lingering[LINGER_MAX]; /* fd -1: free slot; guarded by linger_lock */
+    bool linger_stop;
 };
 
 /* Per-request state, created on the first callback and freed when MHD reports completion. */
@@ -28,7 +54,7 @@ struct conn {
     struct kz_buf body;
     int64_t started_us;
     bool too_big;
-    bool early;   /* answered 413 before reading the body: drain it before MHD closes */
+    bool early;   /* answered before reading the body (413, bad framing): linger, then close */
     bool handled; /* kz_api_handle has run */
     /* PENDING hand-back, see complete() */
     pthread_mutex_t lock;
@@ -37,7 +63,6 @@ struct conn {
     char method[16];
     char path[256];
 };
-
 
 static const char *get_header(void *conn, const char *name)
 {
@@ -79,7 +104,7 @@ static enum MHD_Result send_answer(struct conn *cs)
         MHD_add_response_header(r, "Retry-After", req->retry_after);
     if (req->allow)
         MHD_add_response_header(r, "Allow", req->allow);
-    if (req->status == 413)
+    if (req->status == 413 || cs->early)
         MHD_add_response_header(r, "Connection", "close");
     ok = MHD_queue_response(cs->c, (unsigned)req->status, r);
     MHD_destroy_response(r);
@@ -96,6 +121,89 @@ static void error_answer(struct conn *cs, int status, const char *code, const ch
     kz_buf_json_str(b, msg, strlen(msg));
     kz_buf_printf(b, ",\"errorCode\":\"%s\",\"errorCategoryKey\":\"%s\"}", code,
                   status >= 500 ? "ServerError" : "ClientError");
+}
+
+/* ==== request framing ==== */
+
+struct framing {
+    unsigned te;      /* Transfer-Encoding headers */
+    bool te_chunked;  /* the only one is exactly "chunked" */
+    unsigned cl;      /* Content-Length headers */
+    bool cl_conflict; /* two Content-Length values differ, or one is a list of different values */
+    char cl_first[24];
+};
+
+/* True when s[0..n) is the same decimal number as `first` (both trimmed of blanks). */
+static bool same_length(const char *s, size_t n, const char *first)
+{
+    while (n && (*s == ' ' || *s == '\t')) {
+        s++;
+        n--;
+    }
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+        n--;
+    return n == strlen(first) && !memcmp(s, first, n);
+}
+
+static enum MHD_Result framing_iter(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+    struct framing *f = cls;
+
+    (void)kind;
+    if (!value)
+        value = "";
+    if (!strcasecmp(key, "Transfer-Encoding")) {
+        f->te++;
+        f->te_chunked = f->te == 1 && !strcasecmp(value, "chunked");
+    } else if (!strcasecmp(key, "Content-Length")) {
+        const char *p = value, *comma;
+
+        /* A value may itself be a list ("5, 5") after a proxy merged duplicates. */
+        do {
+            size_t n;
+
+            comma = strchr(p, ',');
+            n = comma ? (size_t)(comma - p) : strlen(p);
+            if (!f->cl_first[0]) {
+                while (n && (*p == ' ' || *p == '\t')) {
+                    p++;
+                    n--;
+                }
+                while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+                    n--;
+                if (n >= sizeof(f->cl_first) || !n)
+                    f->cl_conflict = true;
+                else
+                    memcpy(f->cl_first, p, n);
+            } else if (!same_length(p, n, f->cl_first)) {
+                f->cl_conflict = true;
+            }
+            p = comma ? comma + 1 : p + n;
+        } while (comma);
+        f->cl++;
+    }
+    return MHD_YES;
+}
+
+/* A request whose body length two parties could read differently is refused, so that kzhook and
+ * a proxy in front of it never disagree on where the next request starts (request smuggling):
+ * Content-Length together with Transfer-Encoding, Content-Length values that differ, and a
+ * Transfer-Encoding other than a single "chunked" (the only one libmicrohttpd decodes).
+ * Returns the message of the 400, or NULL when the framing is unambiguous. */
+static const char *framing_error(struct MHD_Connection *c)
+{
+    struct framing f;
+
+    memset(&f, 0, sizeof(f));
+    MHD_get_connection_values(c, MHD_HEADER_KIND, framing_iter, &f);
+    if (f.te && f.cl)
+        return "request has both Content-Length and Transfer-Encoding";
+    if (f.cl_conflict)
+        return "request has conflicting Content-Length values";
+    if (f.te && !f.te_chunked)
+        return "unsupported Transfer-Encoding (only a single \"chunked\" is accepted)";
+    return NULL;
 }
 
 static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url,
@@ -138,6 +246,19 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
                           cs->req.remote_ip, sizeof(cs->req.remote_ip));
         }
         *con_cls = cs;
+        /* Ambiguous framing is answered before a byte of the body is read; the connection is
+         * closed after the answer (Connection: close), so nothing after it is parsed. */
+        {
+            const char *why = framing_error(c);
+
+            if (why) {
+                cs->early = true;
+                cs->handled = true;
+                cs->ready = true;
+                error_answer(cs, 400, "InvalidParameters", why);
+                return send_answer(cs);
+            }
+        }
         /* A declared body over the cap is refused before a byte of it is read; MHD closes the
          * connection after this answer. */
         if (cl && strtoull(cl, NULL, 10) > KZ_BODY_MAX) {
@@ -190,31 +311,151 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     return send_answer(cs);
 }
 
-/* After an early 413 the client may still be sending the body it announced. Closing a socket
- * with unread data makes the kernel send RST, and many clients then lose the 413 they have not
- * read yet. So read and discard what keeps arriving, briefly and boundedly (a lingering close),
- * before MHD closes the connection. */
-static void linger_drain(struct MHD_Connection *c)
+/* ==== lingering close ==== */
+
+/* Worker thread, from completed(): hands a dup of the connection's socket to the linger thread.
+ * When every slot is taken, or dup fails, MHD's plain close stands. */
+static void linger_add(struct kz_http *h, struct MHD_Connection *c)
 {
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-    char scratch[16384];
-    size_t total = 0;
-    int64_t deadline = kz_mono_ms() + 500;
+    int fd;
+    size_t i;
 
-    if (!ci || ci->connect_fd < 0)
+    if (!h->linger_started || !ci || ci->connect_fd < 0)
         return;
-    while (total < 32u * 1024 * 1024 && kz_mono_ms() < deadline) {
-        struct pollfd p = {ci->connect_fd, POLLIN, 0};
-        ssize_t n;
-
-        if (poll(&p, 1, 50) <= 0)
+    fd = fcntl(ci->connect_fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    /* FIN right after the answer: the client sees its end at once, whatever it still sends. */
+    shutdown(fd, SHUT_WR);
+    pthread_mutex_lock(&h->linger_lock);
+    for (i = 0; i < LINGER_MAX; i++) {
+        if (h->lingering[i].fd < 0) {
+            h->lingering[i].fd = fd;
+            h->lingering[i].deadline_ms = kz_mono_ms() + LINGER_MS;
+            h->lingering[i].bytes = 0;
+            fd = -1;
             break;
-        n = recv(ci->connect_fd, scratch, sizeof(scratch), MSG_DONTWAIT);
-        if (n <= 0)
-            break;
-        total += (size_t)n;
+        }
     }
+    pthread_mutex_unlock(&h->linger_lock);
+    if (fd >= 0) {
+        close(fd);
+        return;
+    }
+    if (write(h->linger_wake[1], "x", 1) < 0) {
+        /* the pipe is full: the thread is awake already */
+    }
+}
+
+/* The linger thread: reads and discards what lingering sockets still receive, closing each when
+ * its client closes, it errs, or its time or byte budget runs out. */
+static void *linger_main(void *arg)
+{
+    struct kz_http *h = arg;
+    struct pollfd p[LINGER_MAX + 1];
+    size_t slot[LINGER_MAX + 1];
+    char scratch[16384];
+
+    for (;;) {
+        size_t n = 0, i;
+        int64_t now = kz_mono_ms();
+        bool stop;
+
+        pthread_mutex_lock(&h->linger_lock);
+        stop = h->linger_stop;
+        for (i = 0; i < LINGER_MAX; i++) {
+            struct lingering_sock *l = &h->lingering[i];
+
+            if (l->fd < 0)
+                continue;
+            if (stop || now >= l->deadline_ms || l->bytes >= LINGER_BYTES) {
+                close(l->fd);
+                l->fd = -1;
+                continue;
+            }
+            p[n].fd = l->fd;
+            p[n].events = POLLIN;
+            p[n].revents = 0;
+            slot[n++] = i;
+        }
+        pthread_mutex_unlock(&h->linger_lock);
+        if (stop)
+            return NULL;
+        p[n].fd = h->linger_wake[0];
+        p[n].events = POLLIN;
+        p[n].revents = 0;
+        if (poll(p, (nfds_t)n + 1, n ? 100 : -1) < 0)
+            continue;
+        if (p[n].revents) {
+            while (read(h->linger_wake[0], scratch, sizeof(scratch)) > 0)
+                ;
+        }
+        for (i = 0; i < n; i++) {
+            ssize_t got = 0;
+            bool done = false;
+
+            if (!p[i].revents)
+                continue;
+            /* Bounded per round, so one fast sender cannot starve the others. */
+            while (got < (ssize_t)(4 * sizeof(scratch))) {
+                ssize_t r = recv(p[i].fd, scratch, sizeof(scratch), MSG_DONTWAIT);
+
+                if (r > 0) {
+                    got += r;
+                    continue;
+                }
+                done = r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+                break;
+            }
+            pthread_mutex_lock(&h->linger_lock);
+            h->lingering[slot[i]].bytes += (size_t)got;
+            if (done) {
+                close(h->lingering[slot[i]].fd);
+                h->lingering[slot[i]].fd = -1;
+            }
+            pthread_mutex_unlock(&h->linger_lock);
+        }
+    }
+}
+
+static bool linger_start(struct kz_http *h)
+{
+    size_t i;
+
+    for (i = 0; i < LINGER_MAX; i++)
+        h->lingering[i].fd = -1;
+    pthread_mutex_init(&h->linger_lock, NULL);
+    if (pipe(h->linger_wake))
+        return false;
+    for (i = 0; i < 2; i++) {
+        fcntl(h->linger_wake[i], F_SETFD, FD_CLOEXEC);
+        fcntl(h->linger_wake[i], F_SETFL, O_NONBLOCK);
+    }
+    if (pthread_create(&h->linger_thread, NULL, linger_main, h)) {
+        close(h->linger_wake[0]);
+        close(h->linger_wake[1]);
+        return false;
+    }
+    h->linger_started = true;
+    return true;
+}
+
+static void linger_stop(struct kz_http *h)
+{
+    if (!h->linger_started)
+        return;
+    pthread_mutex_lock(&h->linger_lock);
+    h->linger_stop = true;
+    pthread_mutex_unlock(&h->linger_lock);
+    if (write(h->linger_wake[1], "x", 1) < 0) {
+        /* full pipe: the thread wakes anyway */
+    }
+    pthread_join(h->linger_thread, NULL);
+    close(h->linger_wake[0]);
+    close(h->linger_wake[1]);
+    h->linger_started = false;
 }
 
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
@@ -228,7 +469,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (!cs)
         return;
     if (cs->early)
-        linger_drain(c);
+        linger_add(h, c);
     status = cs->req.status;
     if (status >= 100 && status < 600)
         atomic_fetch_add(&h->m->http_requests[status / 100], 1);
@@ -236,7 +477,8 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
            "\"method\":\"%s\",\"path\":\"%s\",\"status\":%d,\"durationMs\":%.3f,"
            "\"applicationId\":\"%s\",\"remote\":\"%s\"%s",
            kz_log_esc(cs->method, method, sizeof(method)), kz_log_esc(cs->path, path, sizeof(path)),
-           status, (double)(kz_mono_us() - cs->started_us) / 1000.0, cs->req.app_id, cs->req.remote_ip,
+           status, (double)(kz_mono_us() - cs->started_us) / 1000.0, cs->req.app_id,
+           cs->req.remote_ip,
            toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : ",\"aborted\":true");
     kz_req_cleanup(&cs->req);
     kz_buf_cleanup(&cs->body);
@@ -332,6 +574,13 @@ enum kz_err kz_http_start(struct kz_http **out, const struct kz_config *cfg, str
     per_ip = cfg->max_connections_per_ip
                  ? (unsigned int)cfg->max_connections_per_ip
                  : (unsigned int)(cfg->max_connections - cfg->max_connections / 4);
+    if (!linger_start(h)) {
+        snprintf(err, errlen, "cannot start the lingering-close thread");
+        kz_free(h->tls_cert);
+        kz_free(h->tls_key);
+        kz_free(h);
+        return KZ_ERR_IO;
+    }
     h->d = MHD_start_daemon(
         flags, (uint16_t)cfg->listen_port, NULL, NULL, handler, h, MHD_OPTION_EXTERNAL_LOGGER,
         mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &ss, MHD_OPTION_THREAD_POOL_SIZE,
@@ -342,6 +591,7 @@ enum kz_err kz_http_start(struct kz_http **out, const struct kz_config *cfg, str
         (unsigned int)1024, cfg->tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, h->tls_cert,
         MHD_OPTION_HTTPS_MEM_KEY, h->tls_key, MHD_OPTION_END);
     if (!h->d) {
+        linger_stop(h);
         snprintf(err, errlen, "cannot listen on %s:%d (address in use, or bad TLS files?)",
                  cfg->listen_host, cfg->listen_port);
         kz_free(h->tls_cert);
@@ -365,6 +615,7 @@ void kz_http_stop(struct kz_http *h)
         return;
     if (h->d)
         MHD_stop_daemon(h->d);
+    linger_stop(h);
     kz_free(h->tls_cert);
     kz_free(h->tls_key);
     kz_free(h);

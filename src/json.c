@@ -1,8 +1,12 @@
 /* json.c — lenient JSON accessors over jansson (see json.h). */
 #include "json.h"
+#include "alloc.h"
 
-#include <stdio.h>
 #include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ASCII-only case folding: locale-independent, so "I" never folds to a dotless i. */
@@ -149,40 +153,156 @@ enum kz_err kz_json_str(const json_t *v, size_t maxlen, const char **out, size_t
 }
 
 static json_t *parse(const char *body, size_t len, size_t flags, char *err, size_t errlen);
+static json_t *finish(json_t *doc, json_error_t *jerr, char *err, size_t errlen);
 
 json_t *kz_json_parse(const char *body, size_t len, char *err, size_t errlen)
 {
     return parse(body, len, 0, err, errlen);
 }
 
+/* Length of the number token at p[i] (a '-' or digit outside a string): every byte that can
+ * belong to a JSON number. Whether the token is well formed is left to jansson. */
+static size_t number_len(const char *p, size_t i, size_t n)
+{
+    size_t j = i;
+
+    while (j < n && ((p[j] >= '0' && p[j] <= '9') || p[j] == '-' || p[j] == '+' || p[j] == '.' ||
+                     p[j] == 'e' || p[j] == 'E'))
+        j++;
+    return j - i;
+}
+
+/* True when t[0..len) is exactly one JSON number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+static bool number_well_formed(const char *t, size_t len)
+{
+    size_t i = 0, d;
+
+    if (i < len && t[i] == '-')
+        i++;
+    if (i < len && t[i] == '0') {
+        i++;
+    } else {
+        for (d = i; i < len && t[i] >= '0' && t[i] <= '9'; i++)
+            ;
+        if (i == d)
+            return false;
+    }
+    if (i < len && t[i] == '.') {
+        for (d = ++i; i < len && t[i] >= '0' && t[i] <= '9'; i++)
+            ;
+        if (i == d)
+            return false;
+    }
+    if (i < len && (t[i] == 'e' || t[i] == 'E')) {
+        i++;
+        if (i < len && (t[i] == '+' || t[i] == '-'))
+            i++;
+        for (d = i; i < len && t[i] >= '0' && t[i] <= '9'; i++)
+            ;
+        if (i == d)
+            return false;
+    }
+    return i == len;
+}
+
+/* True when the well-formed number at t[0..len) is beyond the range of a double, jansson's one
+ * reason to refuse a well-formed number ("real number overflow"): the same strtod test it
+ * makes. t[len] must be writable (it is restored). */
+static bool number_overflows(char *t, size_t len)
+{
+    char saved = t[len];
+    double v;
+
+    t[len] = '\0';
+    errno = 0;
+    v = strtod(t, NULL);
+    t[len] = saved;
+    return errno == ERANGE && (v == HUGE_VAL || v == -HUGE_VAL);
+}
+
 json_t *kz_json_parse_lenient_numbers(const char *body, size_t len, char *err, size_t errlen)
 {
-    return parse(body, len, JSON_DECODE_INT_AS_REAL, err, errlen);
+    json_t *doc;
+    json_error_t jerr;
+    char *copy;
+    size_t i;
+    bool in_str = false;
+
+    if (!body || !len)
+        return parse(body, len, JSON_DECODE_INT_AS_REAL, err, errlen);
+    /* Fast path: almost every body has only numbers a double holds. */
+    doc = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, &jerr);
+    if (doc || json_error_code(&jerr) != json_error_numeric_overflow)
+        return finish(doc, &jerr, err, errlen);
+    /* The caller delivers the raw bytes, so a number beyond a double (1e400, a 400-digit
+     * integer) must not refuse the document: parse a copy in which each such number is
+     * replaced by the largest power of ten a double holds, of the same sign, padded with
+     * spaces to the same length so that positions in any other error stay exact. The tree
+     * then compares such values as +-1e308. Every overflowing token is at least "1e309" long,
+     * so the replacement always fits. */
+    copy = kz_malloc(len + 1);
+    memcpy(copy, body, len);
+    copy[len] = '\0';
+    for (i = 0; i < len; i++) {
+        char c = copy[i];
+        size_t tl;
+
+        if (in_str) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_str = false;
+            continue;
+        }
+        if (c == '"') {
+            in_str = true;
+            continue;
+        }
+        if (c != '-' && !(c >= '0' && c <= '9'))
+            continue;
+        tl = number_len(copy, i, len);
+        if (number_well_formed(copy + i, tl) && number_overflows(copy + i, tl)) {
+            const char *rep = c == '-' ? "-1e308" : "1e308";
+            size_t rl = strlen(rep);
+
+            KZ_ASSERT(rl <= tl);
+            memcpy(copy + i, rep, rl);
+            memset(copy + i + rl, ' ', tl - rl);
+        }
+        i += tl - 1;
+    }
+    doc = parse(copy, len, JSON_DECODE_INT_AS_REAL, err, errlen);
+    kz_free(copy);
+    return doc;
+}
+
+/* The checks every parse shares, on jansson's result `doc` (consumed on failure). */
+static json_t *finish(json_t *doc, json_error_t *jerr, char *err, size_t errlen)
+{
+    /* Without JSON_DECODE_ANY jansson already refuses scalar top levels; we check again so the
+     * contract does not depend on that default. */
+    if (doc && !json_is_object(doc) && !json_is_array(doc)) {
+        json_decref(doc);
+        doc = NULL;
+        snprintf(jerr->text, sizeof(jerr->text), "%s", "top level must be an object or array");
+        jerr->line = 1;
+        jerr->column = 1;
+    }
+    if (!doc && err && errlen)
+        snprintf(err, errlen, "%s (line %d, column %d)", jerr->text, jerr->line, jerr->column);
+    return doc;
 }
 
 static json_t *parse(const char *body, size_t len, size_t flags, char *err, size_t errlen)
 {
     json_error_t jerr;
-    json_t *doc;
 
     if (!body) {
         body = "";
         len = 0;
     }
-    /* JSON_DISABLE_EOF_CHECK is deliberately absent: trailing garbage is an error. Without
-     * JSON_DECODE_ANY jansson already refuses scalar top levels; we check again below so the
-     * contract does not depend on that default. */
-    doc = json_loadb(body, len, JSON_REJECT_DUPLICATES | flags, &jerr);
-    if (doc && !json_is_object(doc) && !json_is_array(doc)) {
-        json_decref(doc);
-        doc = NULL;
-        snprintf(jerr.text, sizeof(jerr.text), "%s", "top level must be an object or array");
-        jerr.line = 1;
-        jerr.column = 1;
-    }
-    if (!doc && err && errlen)
-        snprintf(err, errlen, "%s (line %d, column %d)", jerr.text, jerr.line, jerr.column);
-    return doc;
+    /* JSON_DISABLE_EOF_CHECK is deliberately absent: trailing garbage is an error. */
+    return finish(json_loadb(body, len, JSON_REJECT_DUPLICATES | flags, &jerr), &jerr, err, errlen);
 }
 
 struct dump_ctx {

@@ -54,6 +54,13 @@ static void fatal(const char *what, const char *detail)
     kz_log("fatal", what, "\"error\":\"%s\"", kz_log_esc(detail, esc, sizeof(esc)));
 }
 
+/* The metrics refresher's backlog count (metrics.h): the store's, off the API threads. */
+static enum kz_err backlog_count(void *arg, int64_t now, int64_t *due, int64_t *scheduled,
+                                 int64_t *inflight)
+{
+    return kz_store_backlog(arg, now, due, scheduled, inflight);
+}
+
 /* Everything a running command holds; one of these per process (STYLE rule 10). */
 struct kz_ctx {
     struct kz_config cfg;
@@ -132,8 +139,8 @@ static int admin_token(struct kz_ctx *ctx)
         return 1;
     }
     printf("admin token: %s\n", token);
-    printf("(shown once; only its hash is stored. Pass --admin-token or KZHOOK_ADMIN_TOKEN to set "
-           "your own.)\n");
+    printf("(shown once; only its hash is stored. Pass --admin-token-file, KZHOOK_ADMIN_TOKEN or "
+           "--admin-token to set your own.)\n");
     fflush(stdout);
     return 0;
 }
@@ -228,6 +235,10 @@ static int serve(struct kz_ctx *ctx)
         goto out;
     }
     kz_store_on_notify(ctx->st, on_notify, ctx);
+    if (kz_metrics_refresher_start(&ctx->metrics, backlog_count, ctx->st)) {
+        fatal("cannot start the metrics refresher", "out of resources");
+        goto out;
+    }
     hooks.wake_dispatch = wake;
     hooks.arg = ctx->dispatch;
     ctx->api = kz_api_new(&ctx->cfg, ctx->st, ctx->idx, &ctx->metrics, ctx->admin_hash, &hooks);
@@ -287,6 +298,7 @@ out:
         kz_store_on_notify(ctx->st, NULL, NULL);
     kz_dispatch_stop(ctx->dispatch, 0);
     ctx->dispatch = NULL;
+    kz_metrics_refresher_stop(&ctx->metrics);
     ctx_close(ctx);
     return rc;
 }

@@ -1,5 +1,116 @@
 /* metrics.c — Prometheus text rendering of struct kz_metrics. */
 #include "metrics.h"
+#include "alloc.h"
+
+#include <errno.h>
+#include <time.h>
+
+struct kz_metrics_refresher {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond; /* signalled by stop */
+    bool stop;
+    kz_metrics_backlog_fn fn;
+    void *arg;
+    struct kz_metrics *m;
+};
+
+/* The refresher thread. The wait uses CLOCK_MONOTONIC so a wall-clock step neither stalls nor
+ * hurries it. */
+static void *refresher_main(void *p)
+{
+    struct kz_metrics_refresher *r = p;
+    struct kz_metrics *m = r->m;
+
+    pthread_mutex_lock(&r->lock);
+    while (!r->stop) {
+        int64_t due = 0, sched = 0, inflight = 0, t0, took, interval;
+        struct timespec until;
+        enum kz_err e;
+
+        pthread_mutex_unlock(&r->lock);
+        t0 = kz_mono_us();
+        e = r->fn(r->arg, kz_now_ms(), &due, &sched, &inflight);
+        took = kz_mono_us() - t0;
+        if (!e) {
+            atomic_store(&m->backlog_due, (long long)due);
+            atomic_store(&m->backlog_scheduled, (long long)sched);
+            atomic_store(&m->backlog_inflight, (long long)inflight);
+            atomic_store(&m->backlog_at_ms, (long long)kz_now_ms());
+        }
+        atomic_store(&m->backlog_query_us, (long long)took);
+        interval = took / 100; /* 10 x the duration, in ms */
+        if (interval < 1000)
+            interval = 1000;
+        if (interval > 300000)
+            interval = 300000;
+        atomic_store(&m->backlog_interval_ms, (long long)interval);
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += interval / 1000;
+        until.tv_nsec += (interval % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&r->lock);
+        while (!r->stop && pthread_cond_timedwait(&r->cond, &r->lock, &until) != ETIMEDOUT)
+            ;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return NULL;
+}
+
+enum kz_err kz_metrics_refresher_start(struct kz_metrics *m, kz_metrics_backlog_fn fn, void *arg)
+{
+    struct kz_metrics_refresher *r = kz_calloc(1, sizeof(*r));
+    pthread_condattr_t ca;
+
+    KZ_ASSERT(!m->refresher);
+    r->fn = fn;
+    r->arg = arg;
+    r->m = m;
+    pthread_mutex_init(&r->lock, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    if (pthread_create(&r->thread, NULL, refresher_main, r)) {
+        pthread_cond_destroy(&r->cond);
+        pthread_mutex_destroy(&r->lock);
+        kz_free(r);
+        return KZ_ERR_NOMEM;
+    }
+    m->refresher = r;
+    return KZ_OK;
+}
+
+void kz_metrics_refresher_stop(struct kz_metrics *m)
+{
+    struct kz_metrics_refresher *r = m ? m->refresher : NULL;
+
+    if (!r)
+        return;
+    pthread_mutex_lock(&r->lock);
+    r->stop = true;
+    pthread_cond_signal(&r->cond);
+    pthread_mutex_unlock(&r->lock);
+    pthread_join(r->thread, NULL);
+    pthread_cond_destroy(&r->cond);
+    pthread_mutex_destroy(&r->lock);
+    kz_free(r);
+    m->refresher = NULL;
+}
+
+int64_t kz_metrics_backlog_get(struct kz_metrics *m, int64_t *due, int64_t *scheduled,
+                               int64_t *inflight)
+{
+    int64_t at = atomic_load(&m->backlog_at_ms);
+
+    *due = atomic_load(&m->backlog_due);
+    *scheduled = atomic_load(&m->backlog_scheduled);
+    *inflight = atomic_load(&m->backlog_inflight);
+    return at ? kz_now_ms() - at : -1;
+}
 
 const double kz_metrics_lat_bounds[KZ_LAT_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                                       0.25,  0.5,    1,     2.5,  5,     10,   30};
@@ -55,6 +166,12 @@ enum kz_err kz_metrics_render(const struct kz_metrics *m, struct kz_buf *out, in
                        "# TYPE kzhook_backlog gauge\n"
                        "kzhook_backlog{state=\"due\"} %lld\n"
                        "kzhook_backlog{state=\"scheduled\"} %lld\n"
+                       "# HELP kzhook_backlog_age_seconds Age of the backlog snapshot (refreshed "
+                       "off the API threads).\n"
+                       "# TYPE kzhook_backlog_age_seconds gauge\n"
+                       "kzhook_backlog_age_seconds %.3f\n"
+                       "# TYPE kzhook_backlog_query_seconds gauge\n"
+                       "kzhook_backlog_query_seconds %.6f\n"
                        "# TYPE kzhook_webhooks gauge\n"
                        "kzhook_webhooks{state=\"active\"} %zu\n"
                        "kzhook_webhooks{state=\"inactive\"} %zu\n"
@@ -67,7 +184,10 @@ enum kz_err kz_metrics_render(const struct kz_metrics *m, struct kz_buf *out, in
                        LD(m->events_accepted), LD(m->events_duplicate), LD(m->deliveries_created),
                        LD(m->attempts_succeeded), LD(m->attempts_failed), LD(m->deliveries_dead),
                        LD(m->deliveries_skipped), LD(m->webhooks_disabled), LD(m->inflight),
-                       (long long)due, (long long)scheduled, webhooks - webhooks_inactive,
+                       (long long)due, (long long)scheduled,
+                       LD(m->backlog_at_ms) ? (double)(kz_now_ms() - LD(m->backlog_at_ms)) / 1e3
+                                            : 0.0,
+                       (double)LD(m->backlog_query_us) / 1e6, webhooks - webhooks_inactive,
                        webhooks_inactive, LD(m->store_batches), LD(m->store_busy));
     for (i = 0; i < KZ_LAT_BUCKETS; i++) {
         cum += LD(m->lat_bucket[i]);

@@ -266,16 +266,30 @@ static enum kz_addr_class classify_v6(const unsigned char *b)
 {
     static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
     static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+    static const unsigned char nat64_local[6] = {0, 0x64, 0xff, 0x9b, 0, 0x01};
+    static const unsigned char siit[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0};
 
     if (all_zero(b, 16))
         return KZ_ADDR_UNSPECIFIED;
     if (all_zero(b, 15) && b[15] == 1)
         return KZ_ADDR_LOOPBACK;
-    /* Addresses that carry an IPv4 address reach (or name) that IPv4 host. */
+    /* Addresses that carry an IPv4 address reach (or name) that IPv4 host: IPv4-compatible
+     * ::/96, IPv4-mapped ::ffff:0:0/96 and the well-known NAT64 prefix 64:ff9b::/96 are judged
+     * by the IPv4 address they carry. */
     if (all_zero(b, 12) || !memcmp(b, mapped, 12) || !memcmp(b, nat64, 12))
         return classify_v4(be32(b + 12));
+    /* Translated forms whose IPv4 target cannot be read reliably from the address are refused
+     * whatever they carry: the local-use NAT64 prefix 64:ff9b:1::/48 (RFC 8215; the operator
+     * picks where in it the IPv4 address sits), SIIT ::ffff:0:0:0/96 (RFC 2765,
+     * ::ffff:0:a.b.c.d, distinct from IPv4-mapped ::ffff:a.b.c.d), Teredo 2001::/32 (the client
+     * address is obfuscated, the server address is any IPv4 host) and 6to4 2002::/16 (relays
+     * forward to the embedded IPv4 address from wherever they sit). */
+    if (!memcmp(b, nat64_local, 6) || !memcmp(b, siit, 12))
+        return KZ_ADDR_RESERVED;
+    if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0 && b[3] == 0)
+        return KZ_ADDR_RESERVED;
     if (b[0] == 0x20 && b[1] == 0x02)
-        return classify_v4(be32(b + 2));
+        return KZ_ADDR_RESERVED;
     if ((b[0] & 0xfe) == 0xfc)
         return KZ_ADDR_PRIVATE;
     if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80)

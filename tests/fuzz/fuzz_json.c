@@ -9,7 +9,7 @@
  *  - kz_json_dump() output re-parses to an equal value; with a tight limit it fails with
  *    KZ_ERR_TOOBIG and leaves the buffer byte-for-byte as it was;
  *  - on failure the message is NUL-terminated within the buffer; on success the buffer is
- *    untouched. Every kz_malloc is freed again (kz_alloc_live() back to its start value). */
+ *    untouched; kz_json_parse_lenient_numbers() accepts whatever kz_json_parse() does. Every kz_malloc is freed again (kz_alloc_live() back to its start value). */
 #include "fuzz_common.h"
 
 #include "alloc.h"
@@ -279,6 +279,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     /* Same bytes with err NULL and a NULL body. */
     doc = kz_json_parse((const char *)data, size, NULL, 0);
+    /* The publish reader accepts at least what the strict one does (it also takes numbers a
+     * double cannot hold, rewriting them only in its private copy). */
+    {
+        json_t *lenient = kz_json_parse_lenient_numbers((const char *)data, size, NULL, 0);
+
+        FUZZ_CHECK(!doc || lenient, "%s", "lenient-number parse refused what the strict accepted");
+        json_decref(lenient);
+    }
     json_decref(doc);
     FUZZ_CHECK(!kz_json_parse(NULL, 0, NULL, 0), "%s", "an empty body parsed");
     FUZZ_CHECK(kz_json_get(NULL, "a") == NULL, "%s", "kz_json_get(NULL)");

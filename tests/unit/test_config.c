@@ -5,7 +5,10 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <stdlib.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 
@@ -17,6 +20,7 @@ static void clear_env(void)
     unsetenv("KZHOOK_ALLOW_PRIVATE_TARGETS");
     unsetenv("KZHOOK_DB");
     unsetenv("KZHOOK_ADMIN_TOKEN");
+    unsetenv("KZHOOK_ADMIN_TOKEN_FILE");
 }
 
 static void defaults(void **state)
@@ -114,6 +118,111 @@ static void errors(void **state)
     clear_env();
 }
 
+/* Writes `len` bytes to a fresh temporary file; returns its path in `path` (size >= 64). */
+static void write_tmp(char *path, const char *data, size_t len)
+{
+    int fd;
+
+    snprintf(path, 64, "/tmp/kz-test-token-XXXXXX");
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, data, len), (ssize_t)len);
+    close(fd);
+}
+
+/* Loads `serve --admin-token-file PATH` (or the variable when `via_env`). */
+static enum kz_err load_file(struct kz_config *c, const char *path, bool via_env, char *err)
+{
+    char *argv[] = {"serve", "--admin-token-file", (char *)path};
+
+    if (via_env) {
+        setenv("KZHOOK_ADMIN_TOKEN_FILE", path, 1);
+        return kz_config_load(c, 1, argv, 1, NULL, err, 256);
+    }
+    return kz_config_load(c, 3, argv, 1, NULL, err, 256);
+}
+
+static void admin_token_file(void **state)
+{
+    static const struct {
+        const char *data;
+        const char *want; /* NULL: refused, with the message containing `why` */
+        const char *why;
+    } cases[] = {
+        {"0123456789abcdef\n", "0123456789abcdef", NULL},
+        {"0123456789abcdef", "0123456789abcdef", NULL},
+        {"0123456789abcdef\r\n", "0123456789abcdef", NULL},
+        {"", NULL, "empty"},
+        {"\n", NULL, "empty"},
+        {"0123456789abcdef\n\n", NULL, "printable"},
+        {"0123456789 abcdef", NULL, "printable"},
+        {"short-token\n", NULL, "16..256"},
+    };
+    struct kz_config c;
+    char err[256], path[64], big[400];
+    size_t i;
+    int env;
+
+    (void)state;
+    for (env = 0; env < 2; env++) {
+        for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+            enum kz_err e;
+
+            clear_env();
+            err[0] = '\0';
+            write_tmp(path, cases[i].data, strlen(cases[i].data));
+            e = load_file(&c, path, env, err);
+            unlink(path);
+            if (cases[i].want) {
+                if (e)
+                    fail_msg("case %zu: %s", i, err);
+                assert_string_equal(c.admin_token, cases[i].want);
+            } else {
+                assert_int_equal(e, KZ_ERR_INVALID);
+                if (!strstr(err, cases[i].why) || !strstr(err, path))
+                    fail_msg("case %zu: message \"%s\" lacks \"%s\" or the path", i, err,
+                             cases[i].why);
+            }
+            kz_config_cleanup(&c);
+        }
+    }
+    clear_env();
+    /* 256 characters are the most a token has; one more is refused without reading it all. */
+    memset(big, 'k', sizeof(big));
+    big[256] = '\n';
+    write_tmp(path, big, 257);
+    assert_int_equal(load_file(&c, path, false, err), KZ_OK);
+    assert_int_equal(strlen(c.admin_token), 256);
+    kz_config_cleanup(&c);
+    unlink(path);
+    write_tmp(path, big, sizeof(big));
+    assert_int_equal(load_file(&c, path, false, err), KZ_ERR_INVALID);
+    assert_non_null(strstr(err, "longer than 256"));
+    kz_config_cleanup(&c);
+    unlink(path);
+    /* Unreadable. */
+    assert_int_equal(load_file(&c, "/nonexistent/kz-token", false, err), KZ_ERR_INVALID);
+    assert_non_null(strstr(err, "cannot read"));
+    kz_config_cleanup(&c);
+    /* Mutually exclusive with the token itself, whichever way each is given. */
+    write_tmp(path, "0123456789abcdef\n", 17);
+    {
+        char *both[] = {"serve", "--admin-token", "0123456789abcdefXX", "--admin-token-file", path};
+
+        assert_int_equal(kz_config_load(&c, 5, both, 1, NULL, err, sizeof(err)), KZ_ERR_INVALID);
+        assert_non_null(strstr(err, "mutually exclusive"));
+        kz_config_cleanup(&c);
+        setenv("KZHOOK_ADMIN_TOKEN", "0123456789abcdefXX", 1);
+        assert_int_equal(load_file(&c, path, false, err), KZ_ERR_INVALID);
+        assert_non_null(strstr(err, "mutually exclusive"));
+        kz_config_cleanup(&c);
+        assert_int_equal(load_file(&c, path, true, err), KZ_ERR_INVALID);
+        kz_config_cleanup(&c);
+    }
+    unlink(path);
+    clear_env();
+}
+
 static void listen_parsing(void **state)
 {
     char host[64];
@@ -134,10 +243,9 @@ static void listen_parsing(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(defaults),
-        cmocka_unit_test(env_then_flags),
-        cmocka_unit_test(errors),
-        cmocka_unit_test(listen_parsing),
+        cmocka_unit_test(defaults),         cmocka_unit_test(env_then_flags),
+        cmocka_unit_test(errors),           cmocka_unit_test(listen_parsing),
+        cmocka_unit_test(admin_token_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,6 +5,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <string.h>
 
 #include "alloc.h"
@@ -480,6 +481,87 @@ static void raw_is(const char *doc, long index, const char *key, const char *wan
     assert_memory_equal(v.p, want, v.len);
 }
 
+/* ==== kz_json_parse_lenient_numbers: numbers beyond a double ==== */
+
+/* A publish body's numbers keep their spelling with no limit (README): a number a double cannot
+ * hold is accepted, and the raw bytes of the member are what was written. */
+static void test_lenient_huge_numbers(void **state)
+{
+    static const char *bodies[] = {
+        "{\"data\":{\"a\":1e400}}",
+        "{\"data\":{\"a\":-1E+400,\"b\":[2e308,-1.8e308]}}",
+        "{\"data\":{\"s\":\"1e400 \\\" 1e400\",\"n\":1e99999999999999999999}}",
+        "[{\"data\":1e400},{\"data\":{\"x\":1e-400}}]",
+    };
+    char big[1200], err[160];
+    size_t i, n;
+    json_t *doc;
+
+    (void)state;
+    for (i = 0; i < KZ_ARRAY_LEN(bodies); i++) {
+        doc = kz_json_parse_lenient_numbers(bodies[i], strlen(bodies[i]), err, sizeof(err));
+        if (!doc)
+            fail_msg("%s refused: %s", bodies[i], err);
+        json_decref(doc);
+    }
+    raw_is(bodies[0], -1, "data", "{\"a\":1e400}");
+    raw_is(bodies[1], -1, "data", "{\"a\":-1E+400,\"b\":[2e308,-1.8e308]}");
+    raw_is(bodies[2], -1, "data", "{\"s\":\"1e400 \\\" 1e400\",\"n\":1e99999999999999999999}");
+    raw_is(bodies[3], 0, "data", "1e400");
+
+    /* The tree holds such a value as the largest power of ten of the same sign; strings keep
+     * their bytes. */
+    doc = kz_json_parse_lenient_numbers(bodies[2], strlen(bodies[2]), NULL, 0);
+    assert_non_null(doc);
+    assert_true(json_real_value(json_object_get(json_object_get(doc, "data"), "n")) == 1e308);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(doc, "data"), "s")),
+                        "1e400 \" 1e400");
+    json_decref(doc);
+    doc = kz_json_parse_lenient_numbers(bodies[1], strlen(bodies[1]), NULL, 0);
+    assert_true(json_real_value(json_object_get(json_object_get(doc, "data"), "a")) == -1e308);
+    json_decref(doc);
+
+    /* A 1000-digit integer and a 1000-digit fraction. */
+    n = (size_t)snprintf(big, sizeof(big), "{\"data\":{\"i\":");
+    for (i = 0; i < 500; i++)
+        big[n++] = (char)('1' + i % 9);
+    memcpy(big + n, ",\"f\":0.", 7);
+    n += 7;
+    for (i = 0; i < 500; i++)
+        big[n++] = (char)('1' + i % 9);
+    memcpy(big + n, "}}", 3);
+    doc = kz_json_parse_lenient_numbers(big, strlen(big), err, sizeof(err));
+    if (!doc)
+        fail_msg("long numbers refused: %s", err);
+    json_decref(doc);
+    assert_int_equal(kz_json_raw_member(big, strlen(big), -1, "data", &(struct kz_str){0}), KZ_OK);
+}
+
+/* Only well-formed numbers are rewritten: malformed ones stay errors, and an error elsewhere in
+ * the document reports the same position as the strict parser. */
+static void test_lenient_huge_numbers_still_strict(void **state)
+{
+    static const char *bad[] = {
+        "{\"a\":01e400}",        "{\"a\":1e400e}",  "{\"a\":1e400.5}",  "{\"a\":--1e400}",
+        "{\"a\":1e400,}",        "{\"a\":1e400 1}", "{\"a\":+1e400}",   "{\"a\":1.e400}",
+        "{\"a\":1e400,\"a\":1}", "1e400",           "{\"a\":nul1e400}",
+    };
+    char err[160], err2[160];
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < KZ_ARRAY_LEN(bad); i++) {
+        json_t *doc = kz_json_parse_lenient_numbers(bad[i], strlen(bad[i]), err, sizeof(err));
+
+        if (doc)
+            fail_msg("%s accepted", bad[i]);
+    }
+    /* Same column as the strict parser on a body without the huge number. */
+    assert_null(kz_json_parse_lenient_numbers("{\"a\":1e400, x}", 14, err, sizeof(err)));
+    assert_null(kz_json_parse_lenient_numbers("{\"a\":1e300, x}", 14, err2, sizeof(err2)));
+    assert_string_equal(err, err2);
+}
+
 static void test_raw_member(void **state)
 {
     (void)state;
@@ -579,6 +661,8 @@ int main(void)
         cmocka_unit_test_teardown(test_dump_invalid, check_no_leak),
         cmocka_unit_test_teardown(test_roundtrip, check_no_leak),
         cmocka_unit_test_teardown(test_raw_member, check_no_leak),
+        cmocka_unit_test_teardown(test_lenient_huge_numbers, check_no_leak),
+        cmocka_unit_test_teardown(test_lenient_huge_numbers_still_strict, check_no_leak),
         cmocka_unit_test_teardown(test_array_offsets, check_no_leak),
         cmocka_unit_test_teardown(test_minify, check_no_leak),
     };
