@@ -1,14 +1,15 @@
 /* dispatch.c — the delivery engine: claim, send, complete.
  *
- * One thread owns everything here: the CURLM, the easy handles, the endpoint table and the
- * queues. Other threads touch only `wake` (an atomic) and the claim/complete hand-offs, which
- * store.c's writer fills in its done() callbacks under `lock`. */
+ * One thread owns everything here: the CURLM, the easy handles and the scheduler (sched.c: the
+ * endpoint table, the queues and every cap). Other threads touch only `wake` (an atomic) and the
+ * claim/complete hand-offs, which store.c's writer fills in its done() callbacks under `lock`. */
 #include "dispatch.h"
 #include "alloc.h"
 #include "envelope.h"
 #include "log.h"
 #include "outbound.h"
 #include "retry.h"
+#include "sched.h"
 #include "sign.h"
 
 #include <curl/curl.h>
@@ -21,39 +22,10 @@
 #include <strings.h>
 #include <time.h>
 
-/* Transfers at once, all endpoints. Past the soft cap only endpoints with nothing in flight may
- * start one (so many slow endpoints cannot starve an idle fast one); the hard cap bounds sockets.
- */
-#define SOFT_INFLIGHT 512
-#define HARD_INFLIGHT 2048
-/* rows claimed past the soft cap, for endpoints with nothing in flight */
-#define CLAIM_HEADROOM 32
-#define CLAIM_MAX 256 /* rows per claim */
-#define EP_BUCKETS 1024
 #define RESPONSE_READ_MAX (256 * 1024) /* bytes read from a receiver before we stop listening */
 #define IDLE_POLL_MS 1000
 #define COMPLETE_RETRY_MS 1000 /* a COMPLETE the store refused is tried again after this */
 #define COMPLETE_TRIES 120     /* then its rows are left to their lease (sent again) */
-
-struct ep;
-
-/* A claimed delivery waiting for a free slot at its endpoint. */
-struct queued {
-    struct queued *next;
-    struct kz_claimed row;
-};
-
-/* Per-webhook scheduling state: at most cfg->per_endpoint_concurrency transfers at once; the
- * rest wait here, so a slow endpoint holds only its own slots. */
-struct ep {
-    struct ep *next;    /* hash chain */
-    struct ep *rr_next; /* ring of endpoints with queued work */
-    char id[40];
-    int inflight;
-    struct queued *head, *tail;
-    size_t nqueued;
-    bool in_ring;
-};
 
 struct xfer {
     struct kz_dispatch *d;
@@ -67,7 +39,7 @@ struct xfer {
     int64_t delivery_id;
     int attempts;                 /* made before this one */
     char errbuf[CURL_ERROR_SIZE]; /* libcurl's detailed reason for a failed transfer */
-    struct ep *ep;
+    struct kz_sched_ep *ep;       /* while running */
     struct xfer *next_free;
     struct xfer *prev_active, *next_active; /* list of running transfers */
 };
@@ -88,7 +60,6 @@ struct cbatch {
 struct kz_dispatch {
     const struct kz_config *cfg;
     struct kz_store *st;
-    struct kz_subidx *idx;
     struct kz_metrics *m;
     CURLM *multi;
     pthread_t thread;
@@ -102,11 +73,7 @@ struct kz_dispatch {
     int completes_busy;    /* COMPLETE ops submitted, not yet done */
     struct cbatch *failed; /* COMPLETEs the store refused, to submit again */
     /* dispatcher-thread-only state */
-    struct ep *eps[EP_BUCKETS];
-    struct ep *ring; /* last endpoint served in the ring */
-    size_t ring_len;
-    size_t queued_total;
-    int inflight;
+    struct kz_sched *sched;
     struct xfer *free_xfers;
     struct xfer *active;  /* running transfers */
     struct cbatch *batch; /* completions being collected */
@@ -115,7 +82,6 @@ struct kz_dispatch {
     int64_t drain_deadline;
 };
 
-
 static uint32_t rnd32(void)
 {
     uint32_t r = 0;
@@ -123,60 +89,6 @@ static uint32_t rnd32(void)
     if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1)
         r = (uint32_t)kz_mono_us();
     return r;
-}
-
-/* ==== endpoints ==== */
-
-
-static struct ep *ep_get(struct kz_dispatch *d, const char *id, bool create)
-{
-    uint32_t b = kz_hash_str(id) % EP_BUCKETS;
-    struct ep *e;
-
-    for (e = d->eps[b]; e; e = e->next) {
-        if (!strcmp(e->id, id))
-            return e;
-    }
-    if (!create)
-        return NULL;
-    e = kz_calloc(1, sizeof(*e));
-    snprintf(e->id, sizeof(e->id), "%s", id);
-    e->next = d->eps[b];
-    d->eps[b] = e;
-    return e;
-}
-
-/* Frees `e` when nothing refers to it any more. */
-static void ep_release(struct kz_dispatch *d, struct ep *e)
-{
-    uint32_t b;
-    struct ep **pp;
-
-    if (e->inflight || e->nqueued || e->in_ring)
-        return;
-    b = kz_hash_str(e->id) % EP_BUCKETS;
-    for (pp = &d->eps[b]; *pp; pp = &(*pp)->next) {
-        if (*pp == e) {
-            *pp = e->next;
-            kz_free(e);
-            return;
-        }
-    }
-}
-
-static void ring_add(struct kz_dispatch *d, struct ep *e)
-{
-    if (e->in_ring)
-        return;
-    e->in_ring = true;
-    d->ring_len++;
-    if (!d->ring) {
-        e->rr_next = e;
-        d->ring = e;
-    } else {
-        e->rr_next = d->ring->rr_next;
-        d->ring->rr_next = e;
-    }
 }
 
 /* ==== completions ==== */
@@ -481,8 +393,10 @@ static void record_skip(struct kz_dispatch *d, const struct kz_claimed *row, con
     atomic_fetch_add(&d->m->deliveries_skipped, 1);
 }
 
-/* Builds and starts the attempt for `row`; consumes nothing (the caller frees the row). */
-static void start(struct kz_dispatch *d, struct ep *e, struct kz_claimed *row)
+/* Builds and starts the attempt for `row`, whose slot at endpoint `e` kz_sched_next() took: the
+ * slot is given back when the transfer ends, or here when it cannot start. Consumes nothing
+ * (the caller frees the row). */
+static void start(struct kz_dispatch *d, struct kz_sched_ep *e, struct kz_claimed *row)
 {
     struct xfer *x = xfer_get(d);
     struct kz_target t;
@@ -501,6 +415,7 @@ static void start(struct kz_dispatch *d, struct ep *e, struct kz_claimed *row)
         record(d, row->delivery_id, row->wh.id, row->attempts, 0, "could not build the request",
                NULL, -1, false);
         xfer_put(d, x);
+        kz_sched_done(d->sched, e);
         return;
     }
     memset(&t, 0, sizeof(t)); /* no pinned address: the open-socket guard checks every connect */
@@ -508,6 +423,7 @@ static void start(struct kz_dispatch *d, struct ep *e, struct kz_claimed *row)
         record(d, row->delivery_id, row->wh.id, row->attempts, 0, "invalid callback URL", NULL, -1,
                false);
         xfer_put(d, x);
+        kz_sched_done(d->sched, e);
         return;
     }
     snprintf(ts, sizeof(ts), "%lld", (long long)now_s);
@@ -534,18 +450,14 @@ static void start(struct kz_dispatch *d, struct ep *e, struct kz_claimed *row)
     curl_easy_setopt(x->h, CURLOPT_TCP_KEEPALIVE, 1L);
     x->ep = e;
     x->started_us = kz_mono_us();
-    e->inflight++;
-    d->inflight++;
-    atomic_fetch_add(&d->m->inflight, 1);
     if (!curl_multi_add_handle(d->multi, x->h)) {
         active_link(d, x);
+        atomic_fetch_add(&d->m->inflight, 1);
     } else {
-        e->inflight--;
-        d->inflight--;
-        atomic_fetch_sub(&d->m->inflight, 1);
         record(d, row->delivery_id, row->wh.id, row->attempts, 0, "could not start the request",
                NULL, -1, false);
         xfer_put(d, x);
+        kz_sched_done(d->sched, e);
     }
 }
 
@@ -587,84 +499,33 @@ static void reap(struct kz_dispatch *d)
             else
                 snprintf(err, sizeof(err), "%s", curl_reason(x, rc));
         }
-        record(d, x->delivery_id, x->ep->id, x->attempts, (int)status, ok ? NULL : err, &x->resp,
-               x->retry_after_ms, ok);
-        x->ep->inflight--;
-        d->inflight--;
+        record(d, x->delivery_id, kz_sched_ep_id(x->ep), x->attempts, (int)status, ok ? NULL : err,
+               &x->resp, x->retry_after_ms, ok);
         atomic_fetch_sub(&d->m->inflight, 1);
-        if (x->ep->nqueued)
-            ring_add(d, x->ep);
-        else
-            ep_release(d, x->ep);
+        kz_sched_done(d->sched, x->ep);
         xfer_put(d, x);
     }
 }
 
-/* Rows an endpoint may hold claimed but unsent: enough to keep its slots busy between claims,
- * few enough that a slow endpoint holds little in memory. */
-static size_t queue_target(const struct kz_dispatch *d)
-{
-    size_t t = 4 * (size_t)d->cfg->per_endpoint_concurrency;
-
-    return t < 32 ? 32 : t;
-}
-
-static void ring_remove_next(struct kz_dispatch *d, struct ep *prev)
-{
-    struct ep *e = prev->rr_next;
-
-    if (e == prev)
-        d->ring = NULL;
-    else
-        prev->rr_next = e->rr_next;
-    e->in_ring = false;
-    e->rr_next = NULL;
-    d->ring_len--;
-}
-
-/* Starts queued deliveries round-robin across endpoints while slots are free; true when it
- * started any. Endpoints with no work, or at their own cap, leave the ring (they come back when
- * a transfer of theirs ends or work arrives); endpoints held back only by the global caps stay. */
+/* Starts queued deliveries while the scheduler allows (sched.h: round-robin across
+ * applications, then their endpoints, within every cap); true when it started any. */
 static bool start_queued(struct kz_dispatch *d)
 {
-    int cap = d->cfg->per_endpoint_concurrency;
-    bool progress = true, started = false;
+    struct kz_claimed row;
+    struct kz_sched_ep *e;
+    bool started = false;
 
-    while (progress && d->ring) {
-        size_t i, n = d->ring_len;
-
-        progress = false;
-        for (i = 0; i < n && d->ring; i++) {
-            struct ep *prev = d->ring, *e = prev->rr_next;
-            struct queued *q;
-
-            if (!e->nqueued || e->inflight >= cap) {
-                ring_remove_next(d, prev);
-                ep_release(d, e);
-                continue;
-            }
-            d->ring = e;
-            if (d->inflight >= HARD_INFLIGHT || (d->inflight >= SOFT_INFLIGHT && e->inflight))
-                continue;
-            q = e->head;
-            e->head = q->next;
-            if (!e->head)
-                e->tail = NULL;
-            e->nqueued--;
-            d->queued_total--;
-            if (e->nqueued == queue_target(d) / 2) {
-                /* It was excluded from claims: refill it now. A claim in flight may have been
-                 * built while it was still excluded, so the request outlives that claim. */
-                d->next_poll = 0;
-                d->refill = true;
-            }
-            start(d, e, &q->row);
-            kz_webhook_cleanup(&q->row.wh);
-            kz_event_cleanup(&q->row.ev);
-            kz_free(q);
-            progress = true;
-            started = true;
-        }
+    while (kz_sched_next(d->sched, &row, &e)) {
+        start(d, e, &row);
+        kz_webhook_cleanup(&row.wh);
+        kz_event_cleanup(&row.ev);
+        started = true;
+    }
+    if (kz_sched_take_refill(d->sched)) {
+        /* An endpoint excluded from claims ran low: refill it now. A claim in flight may have
+         * been built while it was still excluded, so the request outlives that claim. */
+        d->next_poll = 0;
+        d->refill = true;
     }
     return started;
 }
@@ -683,57 +544,24 @@ static void claim_done(struct kz_op *op, void *arg)
     curl_multi_wakeup(d->multi);
 }
 
-/* Endpoints whose queue is full: claiming more for them would only hold their rows in memory
- * while other endpoints wait. The ids are copied (one block: pointers, then the strings): the
- * claim runs on the writer thread while this thread may free endpoints. */
-static const char **exclude_list(struct kz_dispatch *d, size_t *n)
-{
-    size_t i, k = 0, count = 0, target = queue_target(d);
-    const char **ids;
-    char *text;
-    struct ep *e;
-
-    for (i = 0; i < EP_BUCKETS; i++) {
-        for (e = d->eps[i]; e; e = e->next)
-            count += e->nqueued >= target;
-    }
-    *n = count;
-    if (!count)
-        return NULL;
-    ids = kz_malloc(count * (sizeof(*ids) + sizeof(e->id)));
-    text = (char *)(ids + count);
-    for (i = 0; i < EP_BUCKETS; i++) {
-        for (e = d->eps[i]; e; e = e->next) {
-            if (e->nqueued < target)
-                continue;
-            memcpy(text + k * sizeof(e->id), e->id, sizeof(e->id));
-            ids[k] = text + k * sizeof(e->id);
-            k++;
-        }
-    }
-    return ids;
-}
-
 static void claim_start(struct kz_dispatch *d)
 {
     int64_t now = kz_now_ms();
-    size_t room = d->inflight < SOFT_INFLIGHT ? (size_t)(SOFT_INFLIGHT - d->inflight) : 0;
+    size_t room = kz_sched_claim_room(d->sched);
     enum kz_err e;
 
-    if (room < CLAIM_HEADROOM && d->inflight < HARD_INFLIGHT)
-        room = CLAIM_HEADROOM;
-    if (room > CLAIM_MAX)
-        room = CLAIM_MAX;
-    if (d->queued_total >= room)
+    if (!room)
         return;
-    room -= d->queued_total;
     d->refill = false; /* this claim's exclude list is built from the queues as they are now */
     memset(&d->claim, 0, sizeof(d->claim));
     d->claim.type = KZ_OP_CLAIM;
     d->claim.u.claim.now = now;
     d->claim.u.claim.lease_until = now + d->cfg->delivery_timeout_ms + d->cfg->lease_margin_ms;
     d->claim.u.claim.limit = room;
-    d->claim.u.claim.exclude = exclude_list(d, &d->claim.u.claim.n_exclude);
+    /* Endpoints with a full queue, and those of applications with work enough for their share
+     * of the slots: claiming more for them would only hold rows in memory while others wait.
+     * The list is a copy: the claim runs on the writer thread while this one changes. */
+    d->claim.u.claim.exclude = kz_sched_exclude(d->sched, &d->claim.u.claim.n_exclude);
     d->claim.done = claim_done;
     d->claim.arg = d;
     d->claim_busy = true;
@@ -758,7 +586,7 @@ static void claim_finish(struct kz_dispatch *d)
     d->claim_busy = false;
     if (getenv("KZ_DISPATCH_DEBUG"))
         kz_log("debug", "claimed", "\"rows\":%zu,\"limit\":%zu,\"inflight\":%d,\"queued\":%zu", n,
-               op->u.claim.limit, d->inflight, d->queued_total);
+               op->u.claim.limit, kz_sched_inflight(d->sched), kz_sched_queued(d->sched));
     if (op->result) {
         kz_log("error", "claim failed", "\"error\":\"%s\"", kz_err_str(op->result));
         d->next_poll = now + 500;
@@ -767,25 +595,12 @@ static void claim_finish(struct kz_dispatch *d)
     }
     for (i = 0; i < n; i++) {
         struct kz_claimed *row = &op->u.claim.out[i];
-        struct queued *q;
-        struct ep *e;
 
         if (!row->wh.active || row->wh.validity_ms <= now) {
             record_skip(d, row, row->wh.active ? "webhook expired" : "webhook inactive");
             continue;
         }
-        q = kz_calloc(1, sizeof(*q));
-        q->row = *row;
-        memset(row, 0, sizeof(*row)); /* ownership moved to q */
-        e = ep_get(d, q->row.wh.id, true);
-        if (e->tail)
-            e->tail->next = q;
-        else
-            e->head = q;
-        e->tail = q;
-        e->nqueued++;
-        d->queued_total++;
-        ring_add(d, e);
+        kz_sched_push(d->sched, row); /* takes the row's contents */
     }
     if (n == op->u.claim.limit || d->refill) {
         d->next_poll = 0; /* a full batch (there is probably more), or a queue asked for more */
@@ -808,30 +623,18 @@ static void claim_finish(struct kz_dispatch *d)
 /* Hands every queued (claimed, unsent) delivery back to the store as due now. */
 static void hand_back_queued(struct kz_dispatch *d)
 {
-    size_t i;
+    struct kz_claimed row;
 
-    for (i = 0; i < EP_BUCKETS; i++) {
-        struct ep *e;
+    while (kz_sched_pop(d->sched, &row)) {
+        struct kz_attempt *a = batch_add(d);
 
-        for (e = d->eps[i]; e; e = e->next) {
-            while (e->head) {
-                struct queued *q = e->head;
-                struct kz_attempt *a = batch_add(d);
-
-                e->head = q->next;
-                a->delivery_id = q->row.delivery_id;
-                snprintf(a->webhook_id, sizeof(a->webhook_id), "%s", q->row.wh.id);
-                a->attempts = q->row.attempts;
-                a->state = KZ_D_PENDING;
-                a->next_attempt_at = kz_now_ms();
-                kz_webhook_cleanup(&q->row.wh);
-                kz_event_cleanup(&q->row.ev);
-                kz_free(q);
-                e->nqueued--;
-                d->queued_total--;
-            }
-            e->tail = NULL;
-        }
+        a->delivery_id = row.delivery_id;
+        snprintf(a->webhook_id, sizeof(a->webhook_id), "%s", row.wh.id);
+        a->attempts = row.attempts;
+        a->state = KZ_D_PENDING;
+        a->next_attempt_at = kz_now_ms();
+        kz_webhook_cleanup(&row.wh);
+        kz_event_cleanup(&row.ev);
     }
 }
 
@@ -854,7 +657,7 @@ static void *run(void *arg)
             claim_finish(d);
         if (stopping) {
             hand_back_queued(d);
-            if (!d->inflight || now >= d->drain_deadline)
+            if (!kz_sched_inflight(d->sched) || now >= d->drain_deadline)
                 break;
         } else {
             start_queued(d);
@@ -862,14 +665,14 @@ static void *run(void *arg)
              * the rows that caused the wake were committed. */
             if (!d->claim_busy && atomic_exchange(&d->wake, false))
                 d->next_poll = 0;
-            if (!d->claim_busy && now >= d->next_poll && d->inflight < HARD_INFLIGHT)
+            if (!d->claim_busy && now >= d->next_poll)
                 claim_start(d);
         }
         curl_multi_perform(d->multi, &running);
         reap(d);
         /* Slots freed by finished transfers go to queued work before we sleep; transfers that
          * finish meanwhile are reaped too, so nothing waits for the next poll. */
-        while (!stopping && d->ring && start_queued(d)) {
+        while (!stopping && start_queued(d)) {
             curl_multi_perform(d->multi, &running);
             reap(d);
         }
@@ -901,24 +704,25 @@ void kz_dispatch_wake(void *arg)
 }
 
 enum kz_err kz_dispatch_start(struct kz_dispatch **out, const struct kz_config *cfg,
-                              struct kz_store *st, struct kz_subidx *idx, struct kz_metrics *m)
+                              struct kz_store *st, struct kz_metrics *m)
 {
     struct kz_dispatch *d = kz_calloc(1, sizeof(*d));
 
     d->cfg = cfg;
     d->st = st;
-    d->idx = idx;
     d->m = m;
     d->multi = curl_multi_init();
     if (!d->multi) {
         kz_free(d);
         return KZ_ERR_NOMEM;
     }
-    curl_multi_setopt(d->multi, CURLMOPT_MAXCONNECTS, (long)SOFT_INFLIGHT);
+    d->sched = kz_sched_new(cfg->per_endpoint_concurrency);
+    curl_multi_setopt(d->multi, CURLMOPT_MAXCONNECTS, (long)KZ_SCHED_SOFT);
     curl_multi_setopt(d->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
     pthread_mutex_init(&d->lock, NULL);
     pthread_cond_init(&d->cond, NULL);
     if (pthread_create(&d->thread, NULL, run, d)) {
+        kz_sched_free(d->sched);
         curl_multi_cleanup(d->multi);
         kz_free(d);
         return KZ_ERR_NOMEM;
@@ -929,8 +733,6 @@ enum kz_err kz_dispatch_start(struct kz_dispatch **out, const struct kz_config *
 
 void kz_dispatch_stop(struct kz_dispatch *d, int64_t drain_ms)
 {
-    size_t i;
-
     if (!d)
         return;
     d->drain_deadline = kz_now_ms() + drain_ms;
@@ -947,28 +749,20 @@ void kz_dispatch_stop(struct kz_dispatch *d, int64_t drain_ms)
         claim_finish(d);
     hand_back_queued(d);
     /* Transfers still running after the drain time are abandoned and handed back unchanged. */
-    for (i = 0; i < EP_BUCKETS; i++) {
-        struct ep *e;
-
-        for (e = d->eps[i]; e; e = e->next)
-            e->in_ring = false;
-    }
     while (d->active) {
         struct xfer *x = d->active;
         struct kz_attempt *a = batch_add(d);
 
         active_unlink(d, x);
         curl_multi_remove_handle(d->multi, x->h);
-        {
-            a->delivery_id = x->delivery_id;
-            snprintf(a->webhook_id, sizeof(a->webhook_id), "%s", x->ep->id);
-            a->attempts = x->attempts;
-            a->state = KZ_D_PENDING;
-            a->next_attempt_at = kz_now_ms();
-            x->ep->inflight--;
-            atomic_fetch_sub(&d->m->inflight, 1);
-            xfer_put(d, x);
-        }
+        a->delivery_id = x->delivery_id;
+        snprintf(a->webhook_id, sizeof(a->webhook_id), "%s", kz_sched_ep_id(x->ep));
+        a->attempts = x->attempts;
+        a->state = KZ_D_PENDING;
+        a->next_attempt_at = kz_now_ms();
+        atomic_fetch_sub(&d->m->inflight, 1);
+        kz_sched_done(d->sched, x->ep);
+        xfer_put(d, x);
     }
     flush_completions(d);
     pthread_mutex_lock(&d->lock);
@@ -984,14 +778,7 @@ void kz_dispatch_stop(struct kz_dispatch *d, int64_t drain_ms)
                "\"count\":%zu", b->n);
         batch_free(b);
     }
-    for (i = 0; i < EP_BUCKETS; i++) {
-        while (d->eps[i]) {
-            struct ep *e = d->eps[i];
-
-            d->eps[i] = e->next;
-            kz_free(e);
-        }
-    }
+    kz_sched_free(d->sched);
     while (d->free_xfers) {
         struct xfer *x = d->free_xfers;
 

@@ -1,6 +1,7 @@
-/* dispatch.h — the delivery engine (CONTRACT §6): one thread that owns a libcurl multi handle,
- * claims due deliveries from the store in batches (with a lease), sends them with keep-alive
- * connection reuse and per-endpoint concurrency caps, and hands completions back to the store
+/* dispatch.h — the delivery engine (README.md, "Publishing and delivery"): one thread that
+ * owns a libcurl multi handle, claims due deliveries from the store in batches (with a lease),
+ * sends them with keep-alive connection reuse under the scheduler's caps (sched.h: slots shared
+ * fairly between applications, then their endpoints), and hands completions back to the store
  * in batches. The backlog lives in the store; memory is bounded by the claim size.
  *
  * Threads: kz_dispatch_start/stop from main only; kz_dispatch_wake from any thread. */
@@ -10,12 +11,13 @@
 #include "config.h"
 #include "metrics.h"
 #include "store.h"
-#include "subidx.h"
 
 struct kz_dispatch;
 
+/** Starts the dispatcher thread on `st`. Borrows `cfg`, `st` and `m`, which must outlive
+ * kz_dispatch_stop(). */
 enum kz_err kz_dispatch_start(struct kz_dispatch **out, const struct kz_config *cfg,
-                              struct kz_store *st, struct kz_subidx *idx, struct kz_metrics *m);
+                              struct kz_store *st, struct kz_metrics *m);
 /** Deliveries may have become due: claim now rather than at the next poll. `d` is a
  * struct kz_dispatch *, typed void * to serve as a hook. */
 void kz_dispatch_wake(void *d);

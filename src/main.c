@@ -230,7 +230,7 @@ static int serve(struct kz_ctx *ctx)
             kz_log("info", "released deliveries in flight at the last stop", "\"count\":%lld",
                    (long long)op.u.release.released);
     }
-    if (kz_dispatch_start(&ctx->dispatch, &ctx->cfg, ctx->st, ctx->idx, &ctx->metrics)) {
+    if (kz_dispatch_start(&ctx->dispatch, &ctx->cfg, ctx->st, &ctx->metrics)) {
         fatal("cannot start the delivery engine", "out of resources");
         goto out;
     }

@@ -25,11 +25,15 @@ int64_t kz_retry_delay_ms(const int64_t *schedule, size_t n, unsigned retry, uin
 /**
  * Parses the value of a Retry-After response header into milliseconds from `now_ms` (epoch ms):
  *  - delta-seconds: ASCII digits only, capped at KZ_RETRY_AFTER_MAX_MS ("120" -> 120000);
- *  - an IMF-fixdate HTTP date such as "Sun, 06 Nov 1994 08:49:37 GMT" (exact format, names
- *    case-sensitive, fields range-checked, the weekday must match the date): the time left
- *    until then, 0 when it has passed, capped at KZ_RETRY_AFTER_MAX_MS.
+ *  - an HTTP-date in any of the three forms of RFC 9110 section 5.6.7, read by libcurl's
+ *    curl_getdate() after an exact shape check (names case-sensitive, GMT only, the day must
+ *    exist in its month, four-digit years from 1583; the weekday is not compared with the date):
+ *    IMF-fixdate "Sun, 06 Nov 1994 08:49:37 GMT", RFC 850 "Sunday, 06-Nov-94 08:49:37 GMT"
+ *    (two-digit years as curl_getdate() reads them) and asctime "Sun Nov  6 08:49:37 1994".
+ *    The result is the time left until then, 0 when it has passed, capped at
+ *    KZ_RETRY_AFTER_MAX_MS. No clock is read: curl_getdate() ignores its `now` argument.
  * Leading and trailing spaces, tabs, CR and LF are ignored. Returns -1 for NULL, an empty value
- * or anything else (negative numbers, fractions, the obsolete RFC 850 and asctime formats).
+ * or anything else (negative numbers, fractions, other date shapes).
  */
 int64_t kz_retry_after_parse(const char *value, int64_t now_ms);
 

@@ -6,8 +6,10 @@
  * Checked:
  *  - kz_retry_after_parse() returns -1 or 0..KZ_RETRY_AFTER_MAX_MS;
  *  - an all-digit value (after trimming) is min(value, cap) seconds, computed independently;
- *  - an accepted date is exactly an IMF-fixdate: formatting the instant back gives the same 29
- *    bytes (leap second :60 aside), and the result is that instant minus now, clamped;
+ *  - an accepted date is exactly one of the three HTTP-date forms (IMF-fixdate, RFC 850,
+ *    asctime): formatting the instant back in that form gives the same bytes after the weekday
+ *    (leap second :60 aside; the weekday is not compared with the date), and the result is that
+ *    instant minus now, clamped;
  *  - kz_retry_delay_ms() and kz_retry_honour() with a schedule taken from the input stay in
  *    [0.8, 1.2] x the scheduled delay (at least 1, saturating), or the Retry-After capped at the
  *    last entry, and -1 past the last retry. */
@@ -33,10 +35,12 @@ static bool ows(char c)
     return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
 
-/* Formats `epoch` (seconds) as an IMF-fixdate with a 4-digit year; false outside 0000..9999. */
-static bool imf(int64_t epoch, char out[30])
+/* Formats `epoch` (seconds) without its weekday, in the form of the `len`-byte date `b`:
+ * IMF-fixdate (29 bytes) ", 06 Nov 1994 08:49:37 GMT", asctime (24) " Nov  6 08:49:37 1994"
+ * (the day padded as in `b`), else RFC 850 ", 06-Nov-94 08:49:37 GMT". False outside
+ * 0000..9999. */
+static bool back(int64_t epoch, const char *b, size_t len, char out[40])
 {
-    static const char *const wd[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
     static const char *const mo[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                      "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
     time_t t = (time_t)epoch;
@@ -44,8 +48,16 @@ static bool imf(int64_t epoch, char out[30])
 
     if (!gmtime_r(&t, &tm) || tm.tm_year + 1900 < 0 || tm.tm_year + 1900 > 9999)
         return false;
-    snprintf(out, 30, "%s, %02d %s %04d %02d:%02d:%02d GMT", wd[tm.tm_wday], tm.tm_mday,
-             mo[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    if (len == 29)
+        snprintf(out, 40, ", %02d %s %04d %02d:%02d:%02d GMT", tm.tm_mday, mo[tm.tm_mon],
+                 tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    else if (len == 24 && b[3] == ' ')
+        snprintf(out, 40,
+                 b[8] == ' ' ? " %s %2d %02d:%02d:%02d %04d" : " %s %02d %02d:%02d:%02d %04d",
+                 mo[tm.tm_mon], tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_year + 1900);
+    else
+        snprintf(out, 40, ", %02d-%s-%02d %02d:%02d:%02d GMT", tm.tm_mday, mo[tm.tm_mon],
+                 (tm.tm_year + 1900) % 100, tm.tm_hour, tm.tm_min, tm.tm_sec);
     return true;
 }
 
@@ -53,7 +65,7 @@ static void check_after(const char *v, int64_t now)
 {
     const int64_t cap = KZ_RETRY_AFTER_MAX_MS;
     int64_t r = kz_retry_after_parse(v, now);
-    const char *b = v, *e = v + strlen(v);
+    const char *b = v, *e = v + strlen(v), *sec;
     size_t len;
 
     FUZZ_CHECK(r == -1 || (r >= 0 && r <= cap), "Retry-After \"%.80s\" -> %" PRId64, v, r);
@@ -85,16 +97,22 @@ static void check_after(const char *v, int64_t now)
     }
     if (r < 0)
         return;
-    /* Accepted as a date: it must be a real IMF-fixdate. */
-    FUZZ_CHECK(len == 29, "date \"%.80s\" of %zu bytes accepted", v, len);
-    if (r > 0 && r < cap && memcmp(b + 22, ":60", 3)) {
+    /* Accepted as a date: one of the three forms, and it names the instant the result gives. */
+    FUZZ_CHECK(len == 29 || (len == 24 && b[3] == ' ') || (len >= 30 && len <= 33),
+               "date \"%.80s\" of %zu bytes accepted", v, len);
+    /* The seconds field: bytes 23-24 of an IMF-fixdate, 17-18 of asctime, 6-5 from the end of
+     * RFC 850 (" GMT" ends it). */
+    sec = len == 29 ? b + 23 : len == 24 ? b + 17 : b + len - 6;
+    if (r > 0 && r < cap && memcmp(sec, "60", 2)) {
         int64_t at = now + r;
-        char back[30];
+        char out[40];
+        const char *rest = memchr(b, len == 24 ? ' ' : ',', len);
 
         FUZZ_CHECK(at % 1000 == 0, "date result %" PRId64 " + now %" PRId64 " is not whole seconds",
                    r, now);
-        FUZZ_CHECK(imf(at / 1000, back) && !memcmp(back, b, 29),
-                   "\"%.29s\" accepted, but that instant is \"%s\"", b, back);
+        FUZZ_CHECK(rest && back(at / 1000, b, len, out) &&
+                       strlen(out) == len - (size_t)(rest - b) && !memcmp(out, rest, strlen(out)),
+                   "\"%.*s\" accepted, but that instant is \"%s\"", (int)len, b, out);
     }
 }
 

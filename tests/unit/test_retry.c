@@ -121,8 +121,6 @@ static void test_after_invalid(void **state)
         "0x10",
         "1e3",
         "five",
-        "Sunday, 06-Nov-94 08:49:37 GMT",
-        "Sun Nov  6 08:49:37 1994",
         "sun, 06 nov 1994 08:49:37 gmt",
         "Sun, 06 Nov 1994 08:49:37 UTC",
         "Sun, 06 Nov 1994 08:49:37 GMTx",
@@ -133,7 +131,35 @@ static void test_after_invalid(void **state)
         "Sun, 06 Nov 1994 8:49:37 GMT",
         "Sun, 06-Nov-1994 08:49:37 GMT",
         "Sun, 06 Nov 1994 08.49.37 GMT",
-        "Mon, 06 Nov 1994 08:49:37 GMT", /* wrong weekday */
+        "Xyz, 06 Nov 1994 08:49:37 GMT", /* no such weekday */
+        "06 Nov 1994 08:49:37 GMT",      /* curl_getdate alone takes these */
+        "1994-11-06 08:49:37",
+        "Sun, 06 Nov 1994 08:49:37 +0000",
+        "Thu, 30 Feb 2023 00:00:00 GMT",
+        "Sun, 06 Nov 0099 08:49:37 GMT", /* curl_getdate would read 1999 */
+        "Fri, 31 Dec 1582 00:00:00 GMT", /* before curl_getdate's range */
+        /* RFC 850 */
+        "Sunday, 06-Nov-94 08:49:37 UTC",
+        "Sunday, 06-Nov-1994 08:49:37 GMT",
+        "Sun, 06-Nov-94 08:49:37 GMT",
+        "sunday, 06-Nov-94 08:49:37 GMT",
+        "Sunday,06-Nov-94 08:49:37 GMT ",
+        "Sunday, 6-Nov-94 08:49:37 GMT",
+        "Sunday, 06 Nov 94 08:49:37 GMT",
+        "Sunday, 31-Nov-94 08:49:37 GMT",
+        "Sunday, 29-Feb-95 08:49:37 GMT",
+        "Sunday, 06-Nov-94 24:49:37 GMT",
+        "Funday, 06-Nov-94 08:49:37 GMT",
+        /* asctime */
+        "Sun Nov 6 08:49:37 1994",
+        "Sun Nov  6 08:49:37 94",
+        "Sun Nov  6 08:49:37 1994 GMT",
+        "Sun Nov  0 08:49:37 1994",
+        "Sun Nov 31 08:49:37 1994",
+        "Sun Now  6 08:49:37 1994",
+        "Sun Nov  6 08:49:61 1994",
+        "Sun Nov  6 8:49:37 1994 ",
+        "Sun,Nov  6 08:49:37 1994",
         "Sun, 06 Now 1994 08:49:37 GMT", /* no such month */
         "Sun, 00 Nov 1994 08:49:37 GMT", /* day 0 */
         "Wed, 31 Nov 1994 08:49:37 GMT", /* November has 30 days */
@@ -173,6 +199,34 @@ static void test_after_date(void **state)
     assert_int_equal(kz_retry_after_parse("Sun, 06 Nov 1994 09:50:38 GMT", RFC_EPOCH_MS), 3661000);
     /* A leap second is accepted. */
     assert_int_equal(kz_retry_after_parse("Sun, 06 Nov 1994 08:49:60 GMT", RFC_EPOCH_MS), 23000);
+    /* The weekday is not compared with the date (curl_getdate does not). */
+    assert_int_equal(kz_retry_after_parse("Mon, 06 Nov 1994 08:49:38 GMT", RFC_EPOCH_MS), 1000);
+}
+
+/* The obsolete forms RFC 9110 section 5.6.7 still requires recipients to accept. */
+static void test_after_date_rfc850(void **state)
+{
+    (void)state;
+    assert_int_equal(kz_retry_after_parse("Sunday, 06-Nov-94 08:49:37 GMT", RFC_EPOCH_MS - 5000),
+                     5000);
+    assert_int_equal(kz_retry_after_parse("\tSunday, 06-Nov-94 08:49:37 GMT \r\n", RFC_EPOCH_MS),
+                     0);
+    assert_int_equal(kz_retry_after_parse("Wednesday, 09-Nov-94 08:49:37 GMT", RFC_EPOCH_MS),
+                     3 * 86400000);
+    assert_int_equal(
+        kz_retry_after_parse("Tuesday, 29-Feb-00 00:00:00 GMT", INT64_C(951782400000) - 1), 1);
+}
+
+static void test_after_date_asctime(void **state)
+{
+    (void)state;
+    assert_int_equal(kz_retry_after_parse("Sun Nov  6 08:49:37 1994", RFC_EPOCH_MS - 5000), 5000);
+    assert_int_equal(kz_retry_after_parse("Sun Nov 06 08:49:37 1994", RFC_EPOCH_MS - 5000), 5000);
+    assert_int_equal(kz_retry_after_parse("Thu Nov 10 08:49:38 1994", RFC_EPOCH_MS),
+                     4 * 86400000 + 1000);
+    assert_int_equal(kz_retry_after_parse(" Sun Nov  6 08:49:37 1994\r\n", RFC_EPOCH_MS + 1), 0);
+    assert_int_equal(kz_retry_after_parse("Fri Dec 31 23:59:59 9999", RFC_EPOCH_MS),
+                     KZ_RETRY_AFTER_MAX_MS);
 }
 
 static void test_after_date_calendar(void **state)
@@ -180,7 +234,7 @@ static void test_after_date_calendar(void **state)
     (void)state;
     /* Epoch, leap days, and a date before 1970 (negative day numbers). */
     assert_int_equal(kz_retry_after_parse("Thu, 01 Jan 1970 00:00:00 GMT", -1000), 1000);
-    assert_int_equal(kz_retry_after_parse("Wed, 31 Dec 1969 23:59:59 GMT", -5000), 4000);
+    assert_int_equal(kz_retry_after_parse("Wed, 31 Dec 1969 23:59:58 GMT", -5000), 3000);
     assert_int_equal(kz_retry_after_parse("Thu, 29 Feb 2024 00:00:00 GMT", INT64_C(1709164800000)),
                      0);
     assert_int_equal(kz_retry_after_parse("Fri, 01 Mar 2024 00:00:00 GMT", INT64_C(1709164800000)),
@@ -255,6 +309,8 @@ int main(void)
         cmocka_unit_test(test_after_seconds),
         cmocka_unit_test(test_after_invalid),
         cmocka_unit_test(test_after_date),
+        cmocka_unit_test(test_after_date_rfc850),
+        cmocka_unit_test(test_after_date_asctime),
         cmocka_unit_test(test_after_date_calendar),
         cmocka_unit_test(test_after_date_cap),
         cmocka_unit_test(test_honour),
