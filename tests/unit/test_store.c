@@ -52,6 +52,7 @@ static const char *pg_dir;
 
 struct fx {
     enum backend be;
+    int64_t live0;  /* allocations live before the test: a failed one may leak its own */
     char dir[64];   /* a fresh temporary directory, on both backends */
     char path[160]; /* the SQLite file, in a sub-directory the store must create */
     struct kz_store *st;
@@ -189,9 +190,11 @@ static void open_store(const struct fx *f, struct kz_store **st, size_t queue_ma
 
 static struct fx *fx_new(enum backend be)
 {
+    int64_t live0 = kz_alloc_live();
     struct fx *f = kz_calloc(1, sizeof(*f));
 
     f->be = be;
+    f->live0 = live0;
     snprintf(f->dir, sizeof(f->dir), "/tmp/kzstore-XXXXXX");
     if (!mkdtemp(f->dir)) {
         kz_free(f);
@@ -264,12 +267,13 @@ static void rm_tree(const char *dir)
 static int teardown(void **state)
 {
     struct fx *f = *state;
+    int64_t live0 = f->live0;
 
     kz_store_close(f->st);
     kz_store_close(f->pg);
     rm_tree(f->dir);
     kz_free(f);
-    assert_int_equal(kz_alloc_live(), 0);
+    assert_int_equal(kz_alloc_live(), live0);
     return 0;
 }
 
@@ -2851,6 +2855,10 @@ static const char *shown(const char *s, char *out, size_t n)
 
     if (!s)
         return "(null)";
+    if (strlen(s) > 120) { /* a long answer: its end is what differs */
+        o = (size_t)snprintf(out, n, "[%zu bytes...]", strlen(s) - 40);
+        s += strlen(s) - 40;
+    }
     for (; *s && o + 5 < n; s++) {
         unsigned char c = (unsigned char)*s;
 
@@ -2885,14 +2893,17 @@ static char *expected_text(const char *s, size_t len, size_t max)
     return out;
 }
 
-static void assert_text(const char *backend, const char *what, const char *got, const char *want)
+/* Adds a line to `report` unless `got` is `want` (NULL: none). */
+static void check_text(struct kz_buf *report, const char *backend, const char *what,
+                       const char *got, const char *want)
 {
     char g[512], w[512];
 
-    if (!got || strcmp(got, want))
-        fail_msg("%s: %s is \"%s\" (%zu bytes), want \"%s\" (%zu bytes)", backend, what,
-                 shown(got, g, sizeof(g)), got ? strlen(got) : 0, shown(want, w, sizeof(w)),
-                 strlen(want));
+    if (got == want || (got && want && !strcmp(got, want)))
+        return;
+    (void)kz_buf_printf(report, "  %s: %s is \"%s\" (%zu bytes), want \"%s\" (%zu bytes)\n",
+                        backend, what, shown(got, g, sizeof(g)), got ? strlen(got) : 0,
+                        shown(want, w, sizeof(w)), want ? strlen(want) : 0);
 }
 
 #define RC "\xef\xbf\xbd" /* U+FFFD */
@@ -2921,6 +2932,8 @@ static void test_both_delivery_log_odd_text(void **state)
     char *near1 = kz_malloc(KZ_RESPONSE_KEEP);
     char *near2 = kz_malloc(KZ_RESPONSE_KEEP);
     struct rows got[2];
+    struct kz_buf report;
+    static char msg[16384];
     size_t i, s;
 
     /* 1: the bytes PostgreSQL text cannot hold (invalid UTF-8, NUL) beside valid ones */
@@ -2995,6 +3008,8 @@ static void test_both_delivery_log_odd_text(void **state)
         }
     }
 
+    /* every difference is listed, on both backends, before the test fails */
+    kz_buf_init(&report, 1 << 20);
     for (s = 0; s < 2; s++)
         rows_of(st[s], "wh-1", &got[s]);
     for (i = 0; i < KZ_ARRAY_LEN(cases); i++) {
@@ -3003,36 +3018,50 @@ static void test_both_delivery_log_odd_text(void **state)
             cases[i].err ? expected_text(cases[i].err, strlen(cases[i].err), 1024) : NULL;
         char evid[16], what[64];
 
-        /* the rule as written by hand agrees with kz_buf_text */
-        if (cases[i].want_resp)
-            assert_text("expected_text", "case response", want_resp, cases[i].want_resp);
-        if (cases[i].want_err)
-            assert_text("expected_text", "case error", want_err, cases[i].want_err);
-        assert_true(strlen(want_resp) <= KZ_RESPONSE_KEEP);
         snprintf(evid, sizeof(evid), "odd-%zu", i);
+        /* the rule as written by hand agrees with kz_buf_text */
+        snprintf(what, sizeof(what), "%s response", evid);
+        if (cases[i].want_resp)
+            check_text(&report, "expected_text", what, want_resp, cases[i].want_resp);
+        snprintf(what, sizeof(what), "%s error", evid);
+        if (cases[i].want_err)
+            check_text(&report, "expected_text", what, want_err, cases[i].want_err);
+        assert_true(strlen(want_resp) <= KZ_RESPONSE_KEEP);
         for (s = 0; s < 2; s++) {
             const struct row *r = row_find(&got[s], evid);
 
             assert_non_null(r);
             assert_int_equal(r->status, 502);
             snprintf(what, sizeof(what), "%s last_response", evid);
-            assert_text(names[s], what, r->resp, want_resp);
+            check_text(&report, names[s], what, r->resp, want_resp);
             snprintf(what, sizeof(what), "%s last_error", evid);
-            if (want_err)
-                assert_text(names[s], what, r->err, want_err);
-            else if (r->err)
-                fail_msg("%s: %s is \"%s\", want none", names[s], what, r->err);
+            check_text(&report, names[s], what, r->err, want_err);
         }
         kz_free(want_resp);
         kz_free(want_err);
     }
     /* the near-limit cases, spelled out */
-    assert_int_equal(strlen(row_find(&got[0], "odd-2")->resp), KZ_RESPONSE_KEEP - 2);
-    assert_int_equal(strlen(row_find(&got[0], "odd-3")->resp), KZ_RESPONSE_KEEP - 1);
+    for (s = 0; s < 2; s++) {
+        const char *r2 = row_find(&got[s], "odd-2")->resp;
+        const char *r3 = row_find(&got[s], "odd-3")->resp;
+
+        if (!r2 || strlen(r2) != KZ_RESPONSE_KEEP - 2 || !r3 || strlen(r3) != KZ_RESPONSE_KEEP - 1)
+            (void)kz_buf_printf(&report,
+                                "  %s: near-limit answers are %zu and %zu bytes, want %d"
+                                " and %d\n",
+                                names[s], r2 ? strlen(r2) : 0, r3 ? strlen(r3) : 0,
+                                KZ_RESPONSE_KEEP - 2, KZ_RESPONSE_KEEP - 1);
+    }
     for (s = 0; s < 2; s++)
         rows_free(&got[s]);
+    snprintf(msg, sizeof(msg), "%s", kz_buf_cstr(&report));
+    kz_buf_cleanup(&report);
     kz_free(near1);
     kz_free(near2);
+    if (*msg) {
+        fprintf(stderr, "the delivery log does not show the clean text:\n%s", msg);
+        fail_msg("the delivery log does not show the clean text (listed above)");
+    }
 }
 
 /* ==== property: SQLite and PostgreSQL answer alike ==== */
