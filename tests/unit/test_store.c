@@ -1,8 +1,28 @@
-/* test_store.c — the store against real SQLite files in a temporary directory: every op and read,
- * group commit, back-pressure, migrations and durability across reopen.
+/* test_store.c — the store (src/store.h) on both backends: every test that is not about one
+ * backend runs once on a real SQLite file in a temporary directory and once on a real PostgreSQL
+ * database, and its name ends in [sqlite] or [pg]. Covered: every op and read, publish sets
+ * (duplicates inside one batch, an invalid op failing alone), claims with exclusions, group
+ * commit, back-pressure, migrations (also under concurrent opens), durability across reopen,
+ * and throughput figures. The tests named sqlite_only_… or pg_only_… exercise what only one
+ * backend has: SQLite's file lock and query plans; PostgreSQL's SKIP LOCKED claims from two
+ * stores, lock timeouts, NOTIFY between stores, and reconnects after the server goes away.
+ * The tests named both_… open one store of each kind side by side and assert that the API shows
+ * the same thing on both: the odd-text rule of the delivery log, and a seeded property test of
+ * publish/claim/complete (KZ_TEST_SEED=N repeats a run; the seed is printed).
  *
- * Includes store_sqlite.c to reach its statement table (query-plan checks); store.c comes from
- * the library. */
+ * PostgreSQL comes from KZ_TEST_PG_URL, a database this test may wipe (it drops the store's
+ * tables before every PostgreSQL test). Without it every [pg] and both_… test is reported
+ * SKIPPED, with a banner on stderr; `make test` (scripts/run-tests.sh) always provides one. With
+ * KZ_TEST_PG_DIR (the directory given to scripts/pg-test-server.sh) the server is also stopped
+ * and restarted mid-test. KZ_TEST_FILTER picks tests by cmocka pattern, e.g. "*[sqlite]".
+ *
+ *   D=$(mktemp -d); scripts/pg-test-server.sh start $D
+ *   KZ_TEST_PG_URL=$(scripts/pg-test-server.sh createdb $D kzunit) KZ_TEST_PG_DIR=$D \
+ *       build/unit/test_store
+ *   scripts/pg-test-server.sh stop $D
+ *
+ * Includes store_sqlite.c to reach its statement table and migration list (query plans, schema
+ * version); store.c and store_pg.c come from the library. */
 #include "../../src/store_sqlite.c"
 
 #include <stdarg.h>
@@ -11,35 +31,214 @@
 #include <cmocka.h>
 
 #include <dirent.h>
-#include <stdatomic.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <libpq-fe.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+extern char **environ;
 
 #define T0 1700000000000LL /* a fixed "now" for deterministic schedules */
+#define PG_READ_MAX 4      /* read connections of the PostgreSQL backend at most (store_pg.c) */
+
+enum backend { B_SQLITE = 1, B_PG = 2 };
+
+static const char *pg_url;
+static const char *pg_dir;
 
 struct fx {
-    char dir[64];
-    char path[160];
+    enum backend be;
+    int64_t live0;  /* allocations live before the test: a failed one may leak its own */
+    char dir[64];   /* a fresh temporary directory, on both backends */
+    char path[160]; /* the SQLite file, in a sub-directory the store must create */
     struct kz_store *st;
+    struct kz_store *pg; /* both_… tests: the PostgreSQL store beside the SQLite one in `st` */
 };
+
+static const char *be_name(enum backend be)
+{
+    return be == B_PG ? "pg" : "sqlite";
+}
+
+/* ==== direct SQL (another "process") ==== */
+
+static PGconn *sql_conn(void)
+{
+    PGconn *c = PQconnectdb(pg_url);
+
+    if (PQstatus(c) != CONNECTION_OK)
+        fail_msg("cannot connect to %s: %s", pg_url, PQerrorMessage(c));
+    return c;
+}
+
+static void sql_exec(const char *sql)
+{
+    PGconn *c = sql_conn();
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", sql, PQerrorMessage(c));
+    PQclear(r);
+    PQfinish(c);
+}
+
+static int64_t sql_int(const char *sql)
+{
+    PGconn *c = sql_conn();
+    PGresult *r = PQexec(c, sql);
+    int64_t v = -1;
+
+    if (PQresultStatus(r) != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", sql, PQerrorMessage(c));
+    if (PQntuples(r) && !PQgetisnull(r, 0, 0))
+        v = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    PQfinish(c);
+    return v;
+}
+
+static void reset_db(void)
+{
+    sql_exec("SET client_min_messages = warning;"
+             "DROP TABLE IF EXISTS schema_version, meta, applications, access_tokens, webhooks,"
+             " events, deliveries CASCADE");
+}
+
+/* The first column of the first row of `sql` on the SQLite file `path` (read-only), -1 if none. */
+static int64_t count_rows(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *q = NULL;
+    int64_t n = -1;
+
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) != SQLITE_OK)
+        fail_msg("%s: %s", sql, sqlite3_errmsg(db));
+    if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_type(q, 0) != SQLITE_NULL)
+        n = sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return n;
+}
+
+static void sqlite_exec(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    char *msg = NULL;
+
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
+        fail_msg("%s: %s", sql, msg ? msg : "?");
+    sqlite3_free(msg);
+    sqlite3_close(db);
+}
+
+/* The same query on the fixture's backend, from another connection. */
+static int64_t db_int(const struct fx *f, const char *sql)
+{
+    return f->be == B_PG ? sql_int(sql) : count_rows(f->path, sql);
+}
+
+static void db_exec(const struct fx *f, const char *sql)
+{
+    if (f->be == B_PG)
+        sql_exec(sql);
+    else
+        sqlite_exec(f->path, sql);
+}
+
+/* Runs scripts/pg-test-server.sh `cmd` on KZ_TEST_PG_DIR (from the repository root, where
+ * make runs the tests), its output discarded. */
+static void server(const char *cmd)
+{
+    char *argv[] = {(char *)"scripts/pg-test-server.sh", (char *)cmd, (char *)pg_dir, NULL};
+    posix_spawn_file_actions_t fa;
+    pid_t pid;
+    int status = -1;
+    int rc;
+
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+    rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc)
+        fail_msg("%s: %s", argv[0], strerror(rc));
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status))
+        fail_msg("%s %s %s: status %d", argv[0], cmd, pg_dir, status);
+}
 
 /* ==== fixture ==== */
 
-static void open_store(struct fx *f, size_t queue_max)
+static const char *url(const struct fx *f)
+{
+    return f->be == B_PG ? pg_url : f->path;
+}
+
+static void open_store(const struct fx *f, struct kz_store **st, size_t queue_max)
 {
     char err[256];
 
-    assert_int_equal(kz_store_open(&f->st, f->path, queue_max, err, sizeof(err)), KZ_OK);
+    if (kz_store_open(st, url(f), queue_max, err, sizeof(err)))
+        fail_msg("kz_store_open(%s): %s", be_name(f->be), err);
 }
 
-static int setup(void **state)
+static struct fx *fx_new(enum backend be)
 {
+    int64_t live0 = kz_alloc_live();
     struct fx *f = kz_calloc(1, sizeof(*f));
 
+    f->be = be;
+    f->live0 = live0;
     snprintf(f->dir, sizeof(f->dir), "/tmp/kzstore-XXXXXX");
-    if (!mkdtemp(f->dir))
-        return -1;
+    if (!mkdtemp(f->dir)) {
+        kz_free(f);
+        return NULL;
+    }
     /* a missing sub-directory: the store must create it */
     snprintf(f->path, sizeof(f->path), "%s/data/kz.db", f->dir);
-    open_store(f, 10000);
+    return f;
+}
+
+static int setup_sqlite(void **state)
+{
+    struct fx *f = fx_new(B_SQLITE);
+
+    if (!f)
+        return -1;
+    open_store(f, &f->st, 10000);
+    *state = f;
+    return 0;
+}
+
+static int setup_pg(void **state)
+{
+    struct fx *f = fx_new(B_PG);
+
+    if (!f)
+        return -1;
+    reset_db();
+    open_store(f, &f->st, 10000);
+    *state = f;
+    return 0;
+}
+
+/* both_… tests: `st` is a SQLite store, `pg` a PostgreSQL one, both empty. */
+static int setup_both(void **state)
+{
+    struct fx *f = fx_new(B_SQLITE);
+    struct fx p = {.be = B_PG};
+
+    if (!f)
+        return -1;
+    reset_db();
+    open_store(f, &f->st, 10000);
+    open_store(&p, &f->pg, 10000);
     *state = f;
     return 0;
 }
@@ -68,14 +267,23 @@ static void rm_tree(const char *dir)
 static int teardown(void **state)
 {
     struct fx *f = *state;
+    int64_t live0 = f->live0;
 
     kz_store_close(f->st);
+    kz_store_close(f->pg);
     rm_tree(f->dir);
     kz_free(f);
-    assert_int_equal(kz_alloc_live(), 0);
+    assert_int_equal(kz_alloc_live(), live0);
     return 0;
 }
 
+/* What a [pg] or both_… test runs instead when KZ_TEST_PG_URL is unset. */
+static void pg_unavailable(void **state)
+{
+    (void)state;
+    print_message("KZ_TEST_PG_URL is not set: PostgreSQL test SKIPPED\n");
+    skip();
+}
 /* ==== helpers ==== */
 
 static enum kz_err exec(struct kz_store *st, struct kz_op *op)
@@ -122,6 +330,22 @@ static int64_t add_webhook(struct kz_store *st, const char *id, const char *app,
     return op.webhooks_version;
 }
 
+static void fill_item(struct kz_publish_item *it, const char *event_id, int64_t created_at,
+                      const char *const *ids, const bool *active, size_t n)
+{
+    memset(it, 0, sizeof(*it));
+    it->ev.event_id = (char *)event_id;
+    it->ev.event_type = KZ_EV_SURVEYRESPONSE;
+    it->ev.group_id = (char *)"g1";
+    it->ev.action_id = (char *)"a1";
+    it->ev.from_user = (char *)"+15550100";
+    it->ev.data_json = (char *)"{\"k\":1,\"s\":\"q\\\"uo{te},\\\\\"}";
+    it->ev.created_at = created_at;
+    it->webhook_ids = ids;
+    it->target_active = active;
+    it->n_targets = n;
+}
+
 /* Publishes one event to `n` webhooks, all active unless `skip` has a bit set for target i. */
 static struct kz_publish_item publish(struct kz_store *st, const char *event_id, int64_t created_at,
                                       const char *const *ids, size_t n, unsigned skip)
@@ -134,17 +358,7 @@ static struct kz_publish_item publish(struct kz_store *st, const char *event_id,
     assert_true(n <= 16);
     for (i = 0; i < n; i++)
         active[i] = !(skip & (1u << i));
-    memset(&it, 0, sizeof(it));
-    it.ev.event_id = (char *)event_id;
-    it.ev.event_type = KZ_EV_SURVEYRESPONSE;
-    it.ev.group_id = (char *)"g1";
-    it.ev.action_id = (char *)"a1";
-    it.ev.from_user = (char *)"+15550100";
-    it.ev.data_json = (char *)"{\"k\":1}";
-    it.ev.created_at = created_at;
-    it.webhook_ids = ids;
-    it.target_active = active;
-    it.n_targets = n;
+    fill_item(&it, event_id, created_at, ids, active, n);
     op.u.publish.items = &it;
     op.u.publish.n = 1;
     assert_int_equal(exec(st, &op), KZ_OK);
@@ -187,7 +401,6 @@ static struct kz_op complete(struct kz_store *st, int64_t delivery_id, const cha
     return op;
 }
 
-/* Collects a delivery_list page. */
 struct dlist {
     size_t n;
     int64_t id[64];
@@ -196,6 +409,8 @@ struct dlist {
     int64_t next_at[64];
     int status[64];
     char err0[64];
+    char resp0[64];
+    size_t resp_len0;
     char event_id0[KZ_ID_MAX + 1];
 };
 
@@ -205,6 +420,8 @@ static void dlist_add(void *arg, const struct kz_delivery *d)
 
     if (l->n == 0) {
         snprintf(l->err0, sizeof(l->err0), "%s", d->last_error ? d->last_error : "");
+        snprintf(l->resp0, sizeof(l->resp0), "%s", d->last_response ? d->last_response : "");
+        l->resp_len0 = d->last_response ? strlen(d->last_response) : 0;
         snprintf(l->event_id0, sizeof(l->event_id0), "%s", d->event_id);
     }
     if (l->n < 64) {
@@ -239,21 +456,115 @@ static int64_t meta_version(struct kz_store *st)
     return v;
 }
 
+struct counter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+    int failed;
+};
+
+static void count_done(struct kz_op *op, void *arg)
+{
+    struct counter *c = arg;
+
+    pthread_mutex_lock(&c->mu);
+    c->done++;
+    if (op->result)
+        c->failed++;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static void counter_wait(struct counter *c, int n)
+{
+    pthread_mutex_lock(&c->mu);
+    while (c->done < n)
+        pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* A done() that parks the writer until the test lets it go, so that the ops submitted meanwhile
+ * land in one batch. */
+struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool entered, open;
+};
+
+static void gate_done(struct kz_op *op, void *arg)
+{
+    struct gate *g = arg;
+
+    (void)op;
+    pthread_mutex_lock(&g->mu);
+    g->entered = true;
+    pthread_cond_broadcast(&g->cv);
+    while (!g->open)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Parks the writer of `st` inside the done() of a META_SET. */
+static void gate_close(struct kz_store *st, struct gate *g, struct kz_op *first)
+{
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    g->entered = false;
+    g->open = false;
+    memset(first, 0, sizeof(*first));
+    first->type = KZ_OP_META_SET;
+    first->u.meta.key = "gate";
+    first->u.meta.value = "v";
+    first->done = gate_done;
+    first->arg = g;
+    assert_int_equal(kz_store_submit(st, first), KZ_OK);
+    pthread_mutex_lock(&g->mu);
+    while (!g->entered)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void gate_open(struct gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->open = true;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void gate_destroy(struct gate *g)
+{
+    pthread_cond_destroy(&g->cv);
+    pthread_mutex_destroy(&g->mu);
+}
+
+static void counter_init(struct counter *c)
+{
+    memset(c, 0, sizeof(*c));
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+}
+
+static void counter_destroy(struct counter *c)
+{
+    pthread_cond_destroy(&c->cv);
+    pthread_mutex_destroy(&c->mu);
+}
 /* ==== open, migrations, durability ==== */
 
-static int64_t count_rows(const char *path, const char *sql)
+/* The schema is at the newest version of this binary, each migration recorded once: on SQLite
+ * the count is the length of its migration list; on PostgreSQL versions 1..N are each there
+ * once (schema_newer_than_binary shows N + 1 is refused, so N is this binary's newest). */
+static void assert_schema_current(const struct fx *f)
 {
-    sqlite3 *db = NULL;
-    sqlite3_stmt *q = NULL;
-    int64_t n = -1;
+    int64_t n = db_int(f, "SELECT count(*) FROM schema_version");
 
-    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &q, NULL), SQLITE_OK);
-    if (sqlite3_step(q) == SQLITE_ROW)
-        n = sqlite3_column_int64(q, 0);
-    sqlite3_finalize(q);
-    sqlite3_close(db);
-    return n;
+    assert_true(n >= 1);
+    assert_int_equal(db_int(f, "SELECT count(DISTINCT version) FROM schema_version"), n);
+    assert_int_equal(db_int(f, "SELECT MIN(version) FROM schema_version"), 1);
+    assert_int_equal(db_int(f, "SELECT MAX(version) FROM schema_version"), n);
+    if (f->be == B_SQLITE)
+        assert_int_equal(n, (int64_t)KZ_ARRAY_LEN(migrations));
 }
 
 static void test_reopen_idempotent_and_durable(void **state)
@@ -263,21 +574,21 @@ static void test_reopen_idempotent_and_durable(void **state)
     struct kz_app app;
     struct kz_buf b;
     struct stat sb;
+    int64_t versions;
 
     add_app(f->st, "app-1", T0);
     add_webhook(f->st, "wh-1", "app-1", "g1");
     publish(f->st, "ev-1", T0, ids, 1, 0);
+    versions = db_int(f, "SELECT count(*) FROM schema_version");
     kz_store_close(f->st);
     f->st = NULL;
-    open_store(f, 100);
+    open_store(f, &f->st, 100);
     kz_store_close(f->st);
     f->st = NULL;
-    open_store(f, 100);
+    open_store(f, &f->st, 100);
 
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM schema_version"),
-                     (int64_t)KZ_ARRAY_LEN(migrations));
-    assert_int_equal(count_rows(f->path, "SELECT MAX(version) FROM schema_version"),
-                     (int64_t)KZ_ARRAY_LEN(migrations));
+    assert_schema_current(f);
+    assert_int_equal(db_int(f, "SELECT count(*) FROM schema_version"), versions);
     assert_int_equal(kz_store_app_get(f->st, "app-1", &app), KZ_OK);
     assert_string_equal(app.name, "app name");
     assert_int_equal(app.created_at, T0);
@@ -289,55 +600,119 @@ static void test_reopen_idempotent_and_durable(void **state)
     assert_int_equal(kz_store_meta_get(f->st, "no-such-key", &b), KZ_ERR_NOTFOUND);
     kz_buf_cleanup(&b);
     assert_int_equal(kz_store_ping(f->st), KZ_OK);
-    assert_int_equal(stat(f->path, &sb), 0);
-    assert_int_equal(sb.st_mode & 0777, 0600);
+    if (f->be == B_SQLITE) { /* the database file is the owner's only */
+        assert_int_equal(stat(f->path, &sb), 0);
+        assert_int_equal(sb.st_mode & 0777, 0600);
+    }
 }
 
+/* Bad URLs and arguments fail at once, whatever backend the fixture runs on. */
 static void test_open_errors(void **state)
 {
     struct fx *f = *state;
     struct kz_store *st = NULL;
     char err[256];
     char path[200];
+    int64_t t0 = kz_mono_ms();
+    int fd;
 
-    /* A PostgreSQL URL selects the PostgreSQL backend; nothing listens on port 1. */
+    /* A PostgreSQL URL selects the PostgreSQL backend; nothing listens on port 1: refused at
+     * once */
     assert_int_equal(kz_store_open(&st, "postgresql://u@127.0.0.1:1/db", 10, err, sizeof(err)),
                      KZ_ERR_DB);
     assert_non_null(strstr(err, "PostgreSQL"));
     assert_int_equal(kz_store_open(&st, "postgres://u@127.0.0.1:1/db", 10, err, sizeof(err)),
                      KZ_ERR_DB);
+    assert_null(st);
+    assert_true(kz_mono_ms() - t0 < 3000);
     assert_int_equal(kz_store_open(&st, ":memory:", 10, err, sizeof(err)), KZ_ERR_INVALID);
     assert_int_equal(kz_store_open(&st, "", 10, err, sizeof(err)), KZ_ERR_INVALID);
-    assert_int_equal(kz_store_open(&st, f->path, 0, err, sizeof(err)), KZ_ERR_INVALID);
+    assert_int_equal(kz_store_open(&st, url(f), 0, err, sizeof(err)), KZ_ERR_INVALID);
     /* the parent is a file, not a directory */
-    snprintf(path, sizeof(path), "%s/x.db", f->path);
+    snprintf(path, sizeof(path), "%s/file", f->dir);
+    fd = open(path, O_WRONLY | O_CREAT, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    snprintf(path, sizeof(path), "%s/file/x.db", f->dir);
     assert_int_not_equal(kz_store_open(&st, path, 10, err, sizeof(err)), KZ_OK);
     assert_null(st);
     kz_store_close(NULL);
+    assert_int_equal(kz_store_ping(f->st), KZ_OK);
 }
 
+struct open_arg {
+    const char *url;
+    struct kz_store *st;
+    enum kz_err e;
+    char err[256];
+};
+
+static void *open_thread(void *p)
+{
+    struct open_arg *a = p;
+
+    a->e = kz_store_open(&a->st, a->url, 100, a->err, sizeof(a->err));
+    return NULL;
+}
+
+/* Nodes (or a node and the CLI) starting together on an empty database migrate it exactly once
+ * (PostgreSQL: an advisory lock; SQLite: the write lock). */
+static void test_concurrent_open_migrates_once(void **state)
+{
+    struct fx *f = *state;
+    struct open_arg args[3];
+    pthread_t th[3];
+    int i;
+
+    kz_store_close(f->st);
+    f->st = NULL;
+    if (f->be == B_PG) {
+        reset_db();
+    } else {
+        rm_tree(f->dir);
+        assert_int_equal(mkdir(f->dir, 0700), 0);
+    }
+    memset(args, 0, sizeof(args));
+    for (i = 0; i < 3; i++) {
+        args[i].url = url(f);
+        assert_int_equal(pthread_create(&th[i], NULL, open_thread, &args[i]), 0);
+    }
+    for (i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+        if (args[i].e)
+            fail_msg("open %d: %s", i, args[i].err);
+    }
+    assert_schema_current(f);
+    assert_int_equal(db_int(f, "SELECT count(*) FROM meta WHERE key = 'webhooks_version'"), 1);
+    add_app(args[0].st, "app-1", T0);
+    add_webhook(args[1].st, "wh-1", "app-1", "g1");
+    assert_int_equal(meta_version(args[2].st), 1);
+    for (i = 0; i < 3; i++)
+        kz_store_close(args[i].st);
+    open_store(f, &f->st, 100);
+}
+
+/* A database migrated by a newer kzhook is refused with a message saying so, and nothing is
+ * left held (PostgreSQL: the advisory lock is given back; SQLite: the file is not locked). */
 static void test_schema_newer_than_binary(void **state)
 {
     struct fx *f = *state;
     struct kz_store *st = NULL;
-    sqlite3 *db = NULL;
     char err[256];
+    char sql[128];
+    int64_t n = db_int(f, "SELECT MAX(version) FROM schema_version");
 
-    kz_store_close(f->st);
-    f->st = NULL;
-    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "INSERT INTO schema_version VALUES (999)", NULL, NULL, NULL),
-                     SQLITE_OK);
-    sqlite3_close(db);
-    assert_int_equal(kz_store_open(&st, f->path, 10, err, sizeof(err)), KZ_ERR_DB);
+    snprintf(sql, sizeof(sql), "INSERT INTO schema_version VALUES (%lld)", (long long)n + 1);
+    db_exec(f, sql);
+    assert_int_equal(kz_store_open(&st, url(f), 10, err, sizeof(err)), KZ_ERR_DB);
     assert_non_null(strstr(err, "newer"));
-    db = NULL;
-    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    assert_int_equal(
-        sqlite3_exec(db, "DELETE FROM schema_version WHERE version = 999", NULL, NULL, NULL),
-        SQLITE_OK);
-    sqlite3_close(db);
-    open_store(f, 100);
+    assert_null(st);
+    snprintf(sql, sizeof(sql), "DELETE FROM schema_version WHERE version = %lld", (long long)n + 1);
+    db_exec(f, sql);
+    assert_int_equal(kz_store_open(&st, url(f), 10, err, sizeof(err)), KZ_OK);
+    kz_store_close(st);
+    assert_int_equal(kz_store_ping(f->st), KZ_OK);
+    assert_schema_current(f);
 }
 
 /* ==== meta, apps, tokens ==== */
@@ -611,6 +986,46 @@ static void test_app_delete_cascades(void **state)
 
 /* ==== publish ==== */
 
+/* Runs `op` on a store of the fixture's database opened in a child process, so that a store
+ * that crashes on it fails this test instead of ending the whole run. The fixture's store is
+ * closed meanwhile (no threads while forking) and opened again. Returns the op's result. */
+static enum kz_err exec_isolated(struct fx *f, struct kz_op *op)
+{
+    pid_t pid;
+    int status = 0;
+
+    kz_store_close(f->st);
+    f->st = NULL;
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct kz_store *st = NULL;
+        char err[256];
+        enum kz_err e;
+
+        /* cmocka's handlers must not catch a crash on the writer thread */
+        signal(SIGSEGV, SIG_DFL);
+        signal(SIGBUS, SIG_DFL);
+        signal(SIGILL, SIG_DFL);
+        signal(SIGFPE, SIG_DFL);
+        e = kz_store_open(&st, url(f), 10, err, sizeof(err));
+        if (!e)
+            e = kz_store_exec(st, op);
+        kz_store_close(st);
+        _exit(100 + (int)e); /* below 100: the process ended some other way (a sanitizer) */
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    open_store(f, &f->st, 10000);
+    if (WIFSIGNALED(status))
+        fail_msg("%s store: the writer crashed (signal %d) on this op", be_name(f->be),
+                 WTERMSIG(status));
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) < 100)
+        fail_msg("%s store: the process ended with status %d on this op", be_name(f->be),
+                 WEXITSTATUS(status));
+    return (enum kz_err)(WEXITSTATUS(status) - 100);
+}
+
 static void test_publish_and_idempotency(void **state)
 {
     struct fx *f = *state;
@@ -619,14 +1034,14 @@ static void test_publish_and_idempotency(void **state)
     struct kz_publish_item items[3];
     bool act[3] = {true, true, true};
     struct kz_op op = {.type = KZ_OP_PUBLISH};
+    struct kz_op cl;
     struct dlist l;
     size_t i;
 
     add_app(f->st, "app-1", T0);
     for (i = 0; i < 3; i++)
         add_webhook(f->st, ids[i], "app-1", "g1");
-    /* wh-2 inactive: skipped */
-    it = publish(f->st, "ev-1", T0, ids, 3, 1u << 1);
+    it = publish(f->st, "ev-1", T0, ids, 3, 1u << 1); /* wh-2 inactive: skipped */
     assert_false(it.duplicate);
     assert_int_equal(it.deliveries, 3);
     assert_true(it.seq > 0);
@@ -638,6 +1053,14 @@ static void test_publish_and_idempotency(void **state)
     assert_int_equal(l.state[0], KZ_D_PENDING);
     assert_int_equal(l.next_at[0], T0); /* due at once */
     assert_int_equal(l.attempts[0], 0);
+    /* every stored field survives the array literals (quotes, braces, backslashes) */
+    claim(f->st, &cl, T0, 1, NULL, 0);
+    assert_int_equal(cl.u.claim.n_out, 1);
+    assert_string_equal(cl.u.claim.out[0].ev.data_json, "{\"k\":1,\"s\":\"q\\\"uo{te},\\\\\"}");
+    assert_string_equal(cl.u.claim.out[0].ev.from_user, "+15550100");
+    assert_null(cl.u.claim.out[0].ev.from_user_pic);
+    assert_int_equal(cl.u.claim.out[0].ev.seq, it.seq);
+    kz_claim_cleanup(&cl);
 
     /* republished in another batch, with other targets: the original answer, nothing new */
     again = publish(f->st, "ev-1", T0 + 5, ids, 1, 0);
@@ -646,15 +1069,10 @@ static void test_publish_and_idempotency(void **state)
     assert_int_equal(again.deliveries, 3);
     assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 10).n, 1);
 
-    /* a duplicate inside one batch */
+    /* a duplicate inside one op */
     memset(items, 0, sizeof(items));
-    for (i = 0; i < 3; i++) {
-        items[i].ev.event_id = (char *)(i == 1 ? "ev-x" : "ev-y");
-        items[i].ev.created_at = T0;
-        items[i].webhook_ids = ids;
-        items[i].target_active = act;
-        items[i].n_targets = i + 1;
-    }
+    for (i = 0; i < 3; i++)
+        fill_item(&items[i], i == 1 ? "ev-x" : "ev-y", T0, ids, act, i + 1);
     op.u.publish.items = items;
     op.u.publish.n = 3;
     assert_int_equal(exec(f->st, &op), KZ_OK);
@@ -680,9 +1098,112 @@ static void test_publish_and_idempotency(void **state)
     op.u.publish.items = items;
     op.u.publish.n = 1;
     assert_int_equal(exec(f->st, &op), KZ_ERR_INVALID);
+    op.u.publish.items = NULL; /* n items promised, none given */
+    assert_int_equal(exec_isolated(f, &op), KZ_ERR_INVALID);
 }
 
-/* A failing op in the middle of a batch is rolled back alone (savepoints). */
+/* Many PUBLISH ops in one batch become one set: duplicates across ops and against stored events
+ * are reported per item; an invalid op (no event_id) and an op the server rejects (invalid
+ * UTF-8) fail alone; a webhook delete in the same batch still removes deliveries published
+ * before it; the batch is one transaction. */
+static void test_publish_batch_set(void **state)
+{
+    struct fx *f = *state;
+    static const char *const ids[] = {"wh-1", "wh-2"};
+    static const char *const wh3[] = {"wh-3"};
+    static const char *const wh13[] = {"wh-1", "wh-3"};
+    static const bool act[] = {true, false};
+    struct gate g;
+    struct kz_op first;
+    struct counter cnt;
+    struct kz_op ops[8];
+    struct kz_publish_item items[8][2];
+    char bad_utf8[] = {'e', 'v', '-', (char)0xff, '\0'};
+    uint64_t b0, o0, b1, o1;
+    struct dlist l;
+    int i;
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    add_webhook(f->st, "wh-2", "app-1", "g1");
+    add_webhook(f->st, "wh-3", "app-1", "g1");
+    publish(f->st, "ev-old", T0, ids, 1, 0);
+
+    counter_init(&cnt);
+    gate_close(f->st, &g, &first);
+    memset(ops, 0, sizeof(ops));
+    memset(items, 0, sizeof(items));
+    /* 0: ev-a, ev-b | 1: ev-b (dup of op 0), ev-old (stored) | 2: no event_id (invalid)
+     * 3: ev-c | 4: invalid UTF-8 (server rejects) | 5: ev-a again, ev-d | 6: delete wh-3
+     * 7: ev-e to wh-3 (after the delete: the event is stored, no delivery row for a webhook that no
+     * longer exists) */
+    fill_item(&items[0][0], "ev-a", T0 + 1, ids, act, 2);
+    fill_item(&items[0][1], "ev-b", T0 + 2, ids, act, 1);
+    fill_item(&items[1][0], "ev-b", T0 + 3, ids, act, 2);
+    fill_item(&items[1][1], "ev-old", T0 + 3, ids, act, 2);
+    fill_item(&items[2][0], NULL, T0, ids, act, 1);
+    fill_item(&items[3][0], "ev-c", T0 + 4, ids, act, 2);
+    fill_item(&items[4][0], bad_utf8, T0 + 5, ids, act, 1);
+    fill_item(&items[5][0], "ev-a", T0 + 6, ids, act, 1);
+    fill_item(&items[5][1], "ev-d", T0 + 7, ids + 1, act, 1);
+    for (i = 0; i < 8; i++) {
+        ops[i].type = KZ_OP_PUBLISH;
+        ops[i].u.publish.items = items[i];
+        ops[i].u.publish.n = (i == 0 || i == 1 || i == 5) ? 2 : 1;
+        ops[i].done = count_done;
+        ops[i].arg = &cnt;
+    }
+    fill_item(&items[7][0], "ev-e", T0 + 8, wh3, act, 1);
+    /* and a delivery to wh-3 from op 3, published before the delete: deleted with it */
+    items[3][0].webhook_ids = wh13;
+    ops[6].type = KZ_OP_WEBHOOK_DELETE;
+    ops[6].u.del.id = "wh-3";
+    ops[6].u.del.app_id = "";
+    for (i = 0; i < 8; i++)
+        assert_int_equal(kz_store_submit(f->st, &ops[i]), KZ_OK);
+    kz_store_stats(f->st, &b0, &o0);
+    gate_open(&g);
+    counter_wait(&cnt, 8);
+    kz_store_stats(f->st, &b1, &o1);
+    assert_int_equal(b1 - b0, 1); /* the gate op's batch, then one batch of 8 */
+
+    assert_int_equal(ops[0].result, KZ_OK);
+    assert_false(items[0][0].duplicate);
+    assert_false(items[0][1].duplicate);
+    assert_true(items[0][0].seq < items[0][1].seq);
+    assert_int_equal(items[0][0].deliveries, 2);
+    assert_int_equal(ops[1].result, KZ_OK);
+    assert_true(items[1][0].duplicate);
+    assert_int_equal(items[1][0].seq, items[0][1].seq);
+    assert_int_equal(items[1][0].deliveries, 1);
+    assert_true(items[1][1].duplicate);
+    assert_int_equal(items[1][1].deliveries, 1);
+    assert_int_equal(ops[2].result, KZ_ERR_INVALID);
+    assert_int_equal(ops[3].result, KZ_OK);
+    assert_int_equal(ops[4].result, KZ_ERR_INVALID);
+    assert_int_equal(items[4][0].seq, 0);
+    assert_int_equal(ops[5].result, KZ_OK);
+    assert_true(items[5][0].duplicate);
+    assert_int_equal(items[5][0].seq, items[0][0].seq);
+    assert_false(items[5][1].duplicate);
+    assert_int_equal(ops[6].result, KZ_OK);
+    assert_int_equal(ops[7].result, KZ_OK);
+    assert_false(items[7][0].duplicate);
+
+    /* wh-1: ev-old, ev-a, ev-b, ev-c; wh-2: ev-a (skipped), ev-d (pending) */
+    l = list_deliveries(f->st, "wh-1", -1, 0, 10);
+    assert_int_equal(l.n, 4);
+    l = list_deliveries(f->st, "wh-2", -1, 0, 10);
+    assert_int_equal(l.n, 2);
+    assert_int_equal(l.state[0], KZ_D_PENDING); /* newest first: ev-d */
+    assert_int_equal(l.state[1], KZ_D_SKIPPED);
+    assert_int_equal(list_deliveries(f->st, "wh-3", -1, 0, 10).n, 0); /* deleted; ev-e adds none */
+    assert_int_equal(db_int(f, "SELECT count(*) FROM events"), 6);
+    assert_int_equal(db_int(f, "SELECT n_deliveries FROM events WHERE event_id = 'ev-c'"), 2);
+    gate_destroy(&g);
+    counter_destroy(&cnt);
+}
+
 static void test_failed_op_rolls_back_alone(void **state)
 {
     struct fx *f = *state;
@@ -745,18 +1266,23 @@ static void test_claim_order_limit_exclude_lease(void **state)
     /* full rows */
     assert_string_equal(r[0].wh.callback_url, "https://example.com/hook");
     assert_string_equal(r[0].wh.signing_secret, "whsec_c2VjcmV0");
-    assert_string_equal(r[0].ev.data_json, "{\"k\":1}");
+    assert_string_equal(r[0].ev.data_json, "{\"k\":1,\"s\":\"q\\\"uo{te},\\\\\"}");
     assert_string_equal(r[0].ev.group_id, "g1");
     assert_null(r[0].ev.action_package_id);
     assert_int_equal(r[0].ev.event_type, KZ_EV_SURVEYRESPONSE);
     assert_int_equal(r[0].ev.created_at, T0 + 10);
     assert_int_equal(r[0].created_at, T0 + 10);
     assert_int_equal(r[0].attempts, 0);
+    assert_true(r[0].wh.active);
+    assert_int_equal(r[0].wh.event_mask, 0x1ffff);
 
     l = list_deliveries(f->st, "wh-1", KZ_D_PENDING, 0, 10); /* pending includes inflight */
     assert_int_equal(l.n, 4);
     kz_claim_cleanup(&op);
     assert_null(op.u.claim.out);
+    assert_int_equal(db_int(f, "SELECT count(*) FROM deliveries WHERE state = 1 AND lease_until = "
+                               "1700000031000"),
+                     3);
 
     /* claimed rows are leased: not claimed again; wh-2 excluded */
     claim(f->st, &op, T0 + 1000, 10, excl, 1);
@@ -796,9 +1322,115 @@ static void test_claim_order_limit_exclude_lease(void **state)
     assert_int_equal(op.u.release.released, 5);
 }
 
-/* With exclusions the claim goes webhook by webhook (deliveries_pending): the excluded ones'
- * rows are never returned however many come first, the others share the limit, each oldest
- * first, and rows not yet due or whose webhook is gone stay. */
+/* Two stores (two nodes) claim a backlog concurrently: SKIP LOCKED hands each row to exactly
+ * one of them. */
+#define SL_EVENTS 600
+#define SL_TARGETS 4
+
+struct sl_arg {
+    struct kz_store *st;
+    int64_t *ids;
+    size_t n;
+    size_t claims;
+};
+
+static void *sl_thread(void *p)
+{
+    struct sl_arg *a = p;
+    struct kz_op op;
+    size_t i;
+
+    for (;;) {
+        memset(&op, 0, sizeof(op));
+        op.type = KZ_OP_CLAIM;
+        op.u.claim.now = T0 + 1000;
+        op.u.claim.lease_until = T0 + 60000;
+        op.u.claim.limit = 7;
+        if (kz_store_exec(a->st, &op))
+            return (void *)1;
+        a->claims++;
+        if (!op.u.claim.n_out)
+            break;
+        for (i = 0; i < op.u.claim.n_out; i++)
+            a->ids[a->n++] = op.u.claim.out[i].delivery_id;
+        kz_claim_cleanup(&op);
+    }
+    return NULL;
+}
+
+static int cmp_i64(const void *x, const void *y)
+{
+    int64_t a = *(const int64_t *)x;
+    int64_t b = *(const int64_t *)y;
+
+    return (a > b) - (a < b);
+}
+
+static void test_pg_only_claim_skip_locked_two_nodes(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[SL_TARGETS] = {"wh-1", "wh-2", "wh-3", "wh-4"};
+    bool act[SL_TARGETS] = {true, true, true, true};
+    struct kz_publish_item *items = kz_calloc(SL_EVENTS, sizeof(*items));
+    char(*evid)[16] = kz_calloc(SL_EVENTS, sizeof(*evid));
+    struct kz_op op = {.type = KZ_OP_PUBLISH};
+    struct sl_arg a[4];
+    pthread_t th[4];
+    struct kz_store *other = NULL;
+    int64_t *all;
+    size_t total = 0;
+    void *ret;
+    int i;
+
+    add_app(f->st, "app-1", T0);
+    for (i = 0; i < SL_TARGETS; i++)
+        add_webhook(f->st, ids[i], "app-1", "g1");
+    for (i = 0; i < SL_EVENTS; i++) {
+        snprintf(evid[i], sizeof(evid[i]), "sl-%d", i);
+        fill_item(&items[i], evid[i], T0 + (i % 50), ids, act, SL_TARGETS);
+    }
+    op.u.publish.items = items;
+    op.u.publish.n = SL_EVENTS;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    open_store(f, &other, 1000);
+
+    memset(a, 0, sizeof(a));
+    for (i = 0; i < 4; i++) { /* two claimers per node: a node's claims queue on its writer */
+        a[i].st = i % 2 ? other : f->st;
+        a[i].ids = kz_calloc(SL_EVENTS * SL_TARGETS, sizeof(int64_t));
+        assert_int_equal(pthread_create(&th[i], NULL, sl_thread, &a[i]), 0);
+    }
+    for (i = 0; i < 4; i++) {
+        pthread_join(th[i], &ret);
+        assert_null(ret);
+    }
+    all = kz_calloc(SL_EVENTS * SL_TARGETS, sizeof(int64_t));
+    for (i = 0; i < 4; i++) {
+        assert_true(total + a[i].n <= SL_EVENTS * SL_TARGETS);
+        memcpy(all + total, a[i].ids, a[i].n * sizeof(int64_t));
+        total += a[i].n;
+    }
+    print_message("skip locked: node A %zu + %zu rows, node B %zu + %zu rows\n", a[0].n, a[2].n,
+                  a[1].n, a[3].n);
+    assert_int_equal(total, SL_EVENTS * SL_TARGETS);
+    qsort(all, total, sizeof(int64_t), cmp_i64);
+    for (i = 1; i < (int)total; i++)
+        assert_true(all[i] != all[i - 1]);
+    assert_true(a[1].n + a[3].n > 0 && a[0].n + a[2].n > 0);
+    assert_int_equal(db_int(f, "SELECT count(*) FROM deliveries WHERE state = 1"),
+                     SL_EVENTS * SL_TARGETS);
+    kz_store_close(other);
+    for (i = 0; i < 4; i++)
+        kz_free(a[i].ids);
+    kz_free(all);
+    kz_free(items);
+    kz_free(evid);
+}
+
+/* The SQLite store's exclusion test on PostgreSQL, whose claim walks deliveries_due filtering
+ * `webhook_id <> ALL(excluded)`: the same results (the excluded ones' rows are never returned
+ * however many come first, the others are claimed oldest first, rows not yet due or whose
+ * webhook is gone stay). */
 static void test_claim_with_exclusions_shares_the_limit(void **state)
 {
     struct fx *f = *state;
@@ -943,6 +1575,66 @@ static void test_complete_retry_success_dead(void **state)
     assert_string_equal(l.err0, "connection refused");
 }
 
+/* Several attempts in one op (one statement): a repeated id applies once, a row no longer
+ * inflight is ignored, two dead webhooks are disabled with one version bump. */
+static void test_complete_many(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1", "wh-2", "wh-3"};
+    struct kz_attempt a[5];
+    struct kz_op op, cl;
+    struct kz_webhook w;
+    struct dlist l;
+    int64_t v;
+    int i;
+
+    add_app(f->st, "app-1", T0);
+    for (i = 0; i < 3; i++)
+        add_webhook(f->st, ids[i], "app-1", "g1");
+    publish(f->st, "ev-1", T0, ids, 3, 0);
+    publish(f->st, "ev-2", T0 + 1, ids, 1, 0);
+    claim(f->st, &cl, T0 + 10, 3, NULL, 0); /* ev-1 x3; ev-2 stays pending */
+    assert_int_equal(cl.u.claim.n_out, 3);
+    v = meta_version(f->st);
+    memset(a, 0, sizeof(a));
+    for (i = 0; i < 3; i++) {
+        a[i].delivery_id = cl.u.claim.out[i].delivery_id;
+        snprintf(a[i].webhook_id, sizeof(a[i].webhook_id), "%s", cl.u.claim.out[i].wh.id);
+        a[i].state = i == 0 ? KZ_D_SUCCEEDED : KZ_D_DEAD;
+        a[i].attempts = 3;
+        a[i].status = i == 0 ? 200 : 0;
+        a[i].error = i == 0 ? NULL : "boom";
+    }
+    a[3] = a[0]; /* repeated: the first wins */
+    a[3].state = KZ_D_DEAD;
+    a[4].delivery_id = 999999; /* unknown: ignored */
+    snprintf(a[4].webhook_id, sizeof(a[4].webhook_id), "wh-1");
+    a[4].state = KZ_D_DEAD;
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_COMPLETE;
+    op.u.complete.items = a;
+    op.u.complete.n = 5;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.webhooks_version, v + 1);
+    kz_claim_cleanup(&cl);
+    assert_int_equal(kz_store_webhook_get(f->st, "wh-1", &w), KZ_OK);
+    assert_true(w.active);
+    kz_webhook_cleanup(&w);
+    assert_int_equal(kz_store_webhook_get(f->st, "wh-3", &w), KZ_OK);
+    assert_false(w.active);
+    kz_webhook_cleanup(&w);
+    l = list_deliveries(f->st, "wh-1", -1, 0, 10);
+    assert_int_equal(l.n, 2);
+    assert_int_equal(l.state[1], KZ_D_SUCCEEDED);
+    assert_int_equal(l.state[0], KZ_D_PENDING); /* ev-2 untouched */
+    assert_int_equal(list_deliveries(f->st, "wh-2", KZ_D_DEAD, 0, 10).n, 1);
+    /* again: nothing is inflight any more, nothing changes */
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.webhooks_version, v + 1);
+    op.u.complete.n = 0;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+}
+
 static void test_complete_truncates_response(void **state)
 {
     struct fx *f = *state;
@@ -950,7 +1642,7 @@ static void test_complete_truncates_response(void **state)
     char *big = kz_malloc(KZ_RESPONSE_KEEP + 100);
     struct kz_attempt a;
     struct kz_op op;
-    int64_t len;
+    struct dlist l;
 
     add_app(f->st, "app-1", T0);
     add_webhook(f->st, "wh-1", "app-1", "g1");
@@ -973,9 +1665,16 @@ static void test_complete_truncates_response(void **state)
     op.u.complete.items = &a;
     op.u.complete.n = 1;
     assert_int_equal(exec(f->st, &op), KZ_OK);
+    /* cut at a character boundary, on disk and in the log (the odd-text rule is
+     * both_delivery_log_odd_text's) */
+    assert_int_equal(db_int(f, f->be == B_PG
+                                   ? "SELECT octet_length(last_response) FROM deliveries"
+                                   : "SELECT length(CAST(last_response AS BLOB)) FROM deliveries"),
+                     KZ_RESPONSE_KEEP - 1);
+    l = list_deliveries(f->st, "wh-1", -1, 0, 10);
+    assert_int_equal(l.resp_len0, KZ_RESPONSE_KEEP - 1);
+    assert_int_equal(l.status[0], 200);
     kz_free(big);
-    len = count_rows(f->path, "SELECT length(CAST(last_response AS BLOB)) FROM deliveries");
-    assert_int_equal(len, KZ_RESPONSE_KEEP - 1);
 
     a.state = KZ_D_INFLIGHT; /* not an outcome */
     assert_int_equal(exec(f->st, &op), KZ_ERR_INVALID);
@@ -1026,8 +1725,6 @@ static void test_replay(void **state)
     assert_int_equal(op.u.replay.requeued, 0);
 }
 
-/* ==== delivery log ==== */
-
 static void test_delivery_list_filter_and_cursor(void **state)
 {
     struct fx *f = *state;
@@ -1076,8 +1773,6 @@ static void test_delivery_list_filter_and_cursor(void **state)
     assert_int_equal(total, 19);
 }
 
-/* ==== prune, backlog, next_due ==== */
-
 static void test_prune(void **state)
 {
     struct fx *f = *state;
@@ -1102,7 +1797,7 @@ static void test_prune(void **state)
                  i == 9 ? KZ_D_DEAD : KZ_D_SUCCEEDED, 1, 0, 200);
     kz_claim_cleanup(&op);
     publish(f->st, "new-1", kz_now_ms() + 100000, ids, 2, 0); /* inside the window */
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM events"), 7);
+    assert_int_equal(db_int(f, "SELECT count(*) FROM events"), 7);
 
     memset(&op, 0, sizeof(op));
     op.type = KZ_OP_PRUNE;
@@ -1116,15 +1811,45 @@ static void test_prune(void **state)
     assert_int_equal(op.u.prune.pruned, 1); /* 9 succeeded in all */
     assert_int_equal(exec(f->st, &op), KZ_OK);
     assert_int_equal(op.u.prune.pruned, 0);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM deliveries"), 3);
+    assert_int_equal(db_int(f, "SELECT count(*) FROM deliveries"), 3);
     /* old-4 (dead delivery left) and new-1 stay; old-0..3 and old-none are gone */
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM events"), 2);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM events WHERE event_id"
-                                         " IN ('old-4', 'new-1')"),
+    assert_int_equal(db_int(f, "SELECT count(*) FROM events"), 2);
+    assert_int_equal(db_int(f, "SELECT count(*) FROM events WHERE event_id IN ('old-4', 'new-1')"),
                      2);
     op.u.prune.limit = 0;
     assert_int_equal(exec(f->st, &op), KZ_OK);
     assert_int_equal(op.u.prune.pruned, 0);
+}
+
+/* The orphan sweep is bounded by `limit` events per call and reaches every orphan. */
+static void test_prune_sweep_bounded(void **state)
+{
+    struct fx *f = *state;
+    struct kz_op op;
+    char evid[32];
+    int calls = 0;
+    int i;
+
+    for (i = 0; i < 25; i++) {
+        snprintf(evid, sizeof(evid), "orphan-%d", i);
+        publish(f->st, evid, T0 + i, NULL, 0, 0);
+    }
+    publish(f->st, "recent", kz_now_ms(), NULL, 0, 0);
+    for (;;) {
+        int64_t before = db_int(f, "SELECT count(*) FROM events");
+
+        memset(&op, 0, sizeof(op));
+        op.type = KZ_OP_PRUNE;
+        op.u.prune.before = T0 + 1000;
+        op.u.prune.limit = 10;
+        assert_int_equal(exec(f->st, &op), KZ_OK);
+        assert_true(before - db_int(f, "SELECT count(*) FROM events") <= 10);
+        calls++;
+        if (db_int(f, "SELECT count(*) FROM events") == 1)
+            break;
+        assert_true(calls < 10);
+    }
+    assert_int_equal(calls, 3);
 }
 
 static void test_backlog_next_due(void **state)
@@ -1148,26 +1873,7 @@ static void test_backlog_next_due(void **state)
     assert_int_equal(at, T0 + 20);
 }
 
-/* ==== writer: group commit and back-pressure ==== */
-
-struct counter {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int done;
-    int failed;
-};
-
-static void count_done(struct kz_op *op, void *arg)
-{
-    struct counter *c = arg;
-
-    pthread_mutex_lock(&c->mu);
-    c->done++;
-    if (op->result)
-        c->failed++;
-    pthread_cond_broadcast(&c->cv);
-    pthread_mutex_unlock(&c->mu);
-}
+/* ==== writer ==== */
 
 #define GC_THREADS 8
 #define GC_PER_THREAD 25
@@ -1193,12 +1899,7 @@ static void *gc_thread(void *p)
         struct kz_op *op = &a->ops[i];
 
         snprintf(a->evid[i], sizeof(a->evid[i]), "gc-%d-%d", a->t, i);
-        memset(&a->items[i], 0, sizeof(a->items[i]));
-        a->items[i].ev.event_id = a->evid[i];
-        a->items[i].ev.created_at = T0;
-        a->items[i].webhook_ids = gc_ids;
-        a->items[i].target_active = gc_active;
-        a->items[i].n_targets = 1;
+        fill_item(&a->items[i], a->evid[i], T0, gc_ids, gc_active, 1);
         memset(op, 0, sizeof(*op));
         op->type = KZ_OP_PUBLISH;
         op->u.publish.items = &a->items[i];
@@ -1214,7 +1915,7 @@ static void *gc_thread(void *p)
 static void test_group_commit_batches(void **state)
 {
     struct fx *f = *state;
-    struct counter cnt = {.done = 0};
+    struct counter cnt;
     struct gc_arg *args = kz_calloc(GC_THREADS, sizeof(*args));
     pthread_t th[GC_THREADS];
     uint64_t b0, o0, b1, o1;
@@ -1223,8 +1924,7 @@ static void test_group_commit_batches(void **state)
 
     add_app(f->st, "app-1", T0);
     add_webhook(f->st, "wh-1", "app-1", "g1");
-    pthread_mutex_init(&cnt.mu, NULL);
-    pthread_cond_init(&cnt.cv, NULL);
+    counter_init(&cnt);
     kz_store_stats(f->st, &b0, &o0);
     for (i = 0; i < GC_THREADS; i++) {
         args[i].st = f->st;
@@ -1236,10 +1936,7 @@ static void test_group_commit_batches(void **state)
         pthread_join(th[i], &ret);
         assert_null(ret);
     }
-    pthread_mutex_lock(&cnt.mu);
-    while (cnt.done < GC_THREADS * GC_PER_THREAD)
-        pthread_cond_wait(&cnt.cv, &cnt.mu);
-    pthread_mutex_unlock(&cnt.mu);
+    counter_wait(&cnt, GC_THREADS * GC_PER_THREAD);
     assert_int_equal(cnt.failed, 0);
     kz_store_stats(f->st, &b1, &o1);
     assert_int_equal(o1 - o0, GC_THREADS * GC_PER_THREAD);
@@ -1247,31 +1944,648 @@ static void test_group_commit_batches(void **state)
                   (unsigned long long)(b1 - b0));
     assert_true(b1 - b0 < o1 - o0);
     assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 1000).n, GC_THREADS * GC_PER_THREAD);
-    pthread_cond_destroy(&cnt.cv);
-    pthread_mutex_destroy(&cnt.mu);
+    counter_destroy(&cnt);
     kz_free(args);
 }
 
-/* A done() that parks the writer until the test lets it go, so that the queue can fill. */
-struct gate {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool entered, open;
-};
-
-static void gate_done(struct kz_op *op, void *arg)
+static void test_close_drains(void **state)
 {
-    struct gate *g = arg;
+    struct fx *f = *state;
+    struct counter cnt;
+    struct kz_op ops[50];
+    struct kz_buf b;
+    int i;
 
-    (void)op;
-    pthread_mutex_lock(&g->mu);
-    g->entered = true;
-    pthread_cond_broadcast(&g->cv);
-    while (!g->open)
-        pthread_cond_wait(&g->cv, &g->mu);
-    pthread_mutex_unlock(&g->mu);
+    counter_init(&cnt);
+    for (i = 0; i < 50; i++) {
+        memset(&ops[i], 0, sizeof(ops[i]));
+        ops[i].type = KZ_OP_META_SET;
+        ops[i].u.meta.key = "last";
+        ops[i].u.meta.value = i == 49 ? "49" : "x";
+        ops[i].done = count_done;
+        ops[i].arg = &cnt;
+        assert_int_equal(kz_store_submit(f->st, &ops[i]), KZ_OK);
+    }
+    kz_store_close(f->st);
+    f->st = NULL;
+    assert_int_equal(cnt.done, 50);
+    assert_int_equal(cnt.failed, 0);
+    open_store(f, &f->st, 100);
+    kz_buf_init(&b, 16);
+    assert_int_equal(kz_store_meta_get(f->st, "last", &b), KZ_OK);
+    assert_string_equal(kz_buf_cstr(&b), "49");
+    kz_buf_cleanup(&b);
+    counter_destroy(&cnt);
 }
 
+static void test_version_seen_across_processes(void **state)
+{
+    struct fx *f = *state;
+    struct kz_op op = {.type = KZ_OP_META_SET};
+    int64_t v = meta_version(f->st);
+
+    db_exec(f, f->be == B_PG ? "UPDATE meta SET value = (value::bigint + 10)::text"
+                               " WHERE key = 'webhooks_version'"
+                             : "UPDATE meta SET value = CAST(value AS INTEGER) + 10"
+                               " WHERE key = 'webhooks_version'");
+    assert_int_equal(meta_version(f->st), v + 10);
+    op.u.meta.key = "k";
+    op.u.meta.value = "v";
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.webhooks_version, v + 10);
+    add_app(f->st, "app-1", T0);
+    assert_int_equal(add_webhook(f->st, "wh-1", "app-1", "g1"), v + 11);
+}
+
+/* A row another session holds locked makes the op that needs it wait; a lock timeout fails that
+ * op alone (KZ_ERR_BUSY), and the rest of the batch commits. */
+static void test_pg_only_lock_timeout_busy_alone(void **state)
+{
+    struct fx *f = *state;
+    PGconn *c = sql_conn();
+    PGresult *r;
+    struct kz_op op = {.type = KZ_OP_META_SET};
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    db_exec(f, "DO $$BEGIN EXECUTE format('ALTER DATABASE %I SET lock_timeout = 300',"
+               " current_database()); END$$");
+    kz_store_close(f->st);
+    open_store(f, &f->st, 100); /* new sessions pick the setting up */
+    r = PQexec(c, "BEGIN; SELECT 1 FROM webhooks WHERE id = 'wh-1' FOR UPDATE");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_WEBHOOK_ACTIVE;
+    op.u.active.id = "wh-1";
+    op.u.active.flag = false;
+    assert_int_equal(exec(f->st, &op), KZ_ERR_BUSY);
+    r = PQexec(c, "ROLLBACK");
+    PQclear(r);
+    PQfinish(c);
+    db_exec(f, "DO $$BEGIN EXECUTE format('ALTER DATABASE %I RESET lock_timeout',"
+               " current_database()); END$$");
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+}
+
+#define RD_THREADS 12
+
+struct rd_arg {
+    struct kz_store *st;
+    int failures;
+};
+
+static void *rd_thread(void *p)
+{
+    struct rd_arg *a = p;
+    struct kz_webhook w;
+    int64_t due, sched, infl;
+    int i;
+
+    for (i = 0; i < 50; i++) {
+        struct dlist l;
+
+        memset(&l, 0, sizeof(l));
+        if (kz_store_webhook_get(a->st, "wh-1", &w))
+            a->failures++;
+        else
+            kz_webhook_cleanup(&w);
+        if (kz_store_delivery_list(a->st, "wh-1", -1, 0, 10, dlist_add, &l))
+            a->failures++;
+        if (kz_store_backlog(a->st, T0, &due, &sched, &infl))
+            a->failures++;
+    }
+    return NULL;
+}
+
+/* How many of this process's descriptors are open on `path`. */
+static int open_files(const char *path)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    char real[PATH_MAX], p[300], target[PATH_MAX];
+    int n = 0;
+
+    assert_non_null(realpath(path, real));
+    assert_non_null(d);
+    while ((e = readdir(d))) {
+        ssize_t k;
+
+        snprintf(p, sizeof(p), "/proc/self/fd/%s", e->d_name);
+        k = readlink(p, target, sizeof(target) - 1);
+        if (k <= 0)
+            continue;
+        target[k] = '\0';
+        n += !strcmp(target, real);
+    }
+    closedir(d);
+    return n;
+}
+
+static void test_concurrent_reads(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1"};
+    struct rd_arg args[RD_THREADS];
+    pthread_t th[RD_THREADS];
+    char evid[32];
+    int i;
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    for (i = 0; i < RD_THREADS; i++) {
+        args[i].st = f->st;
+        args[i].failures = 0;
+        assert_int_equal(pthread_create(&th[i], NULL, rd_thread, &args[i]), 0);
+    }
+    for (i = 0; i < 100; i++) {
+        snprintf(evid, sizeof(evid), "ev-%d", i);
+        publish(f->st, evid, T0, ids, 1, 0);
+    }
+    for (i = 0; i < RD_THREADS; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].failures, 0);
+    }
+    assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 1000).n, 100);
+    /* the readers shared a bounded pool: the writer's connection and READ_MAX more at most */
+    if (f->be == B_PG)
+        assert_true(db_int(f, "SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+                              " 'kzhook' AND datname = current_database()") <= 1 + PG_READ_MAX);
+    else
+        assert_true(open_files(f->path) <= 1 + READ_MAX);
+}
+
+/* ==== notifications ==== */
+
+struct notes {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int webhooks, due;
+};
+
+static void on_note(void *arg, int what)
+{
+    struct notes *n = arg;
+
+    pthread_mutex_lock(&n->mu);
+    if (what == KZ_NOTIFY_WEBHOOKS)
+        n->webhooks++;
+    else if (what == KZ_NOTIFY_DUE)
+        n->due++;
+    pthread_cond_broadcast(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+}
+
+/* Waits up to `ms` for the counts to reach at least (w, d); returns whether they did. */
+static bool notes_wait(struct notes *n, int w, int d, int ms)
+{
+    int64_t end = kz_mono_ms() + ms;
+    bool ok;
+
+    pthread_mutex_lock(&n->mu);
+    while (!(n->webhooks >= w && n->due >= d) && kz_mono_ms() < end) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 20 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&n->cv, &n->mu, &ts);
+    }
+    ok = n->webhooks >= w && n->due >= d;
+    pthread_mutex_unlock(&n->mu);
+    return ok;
+}
+
+static void notes_init(struct notes *n)
+{
+    memset(n, 0, sizeof(*n));
+    pthread_mutex_init(&n->mu, NULL);
+    pthread_cond_init(&n->cv, NULL);
+}
+
+static void test_pg_only_notify_other_node(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1"};
+    struct kz_store *other = NULL;
+    struct notes mine, theirs;
+    struct kz_op op;
+
+    notes_init(&mine);
+    notes_init(&theirs);
+    open_store(f, &other, 100);
+    kz_store_on_notify(f->st, on_note, &mine);
+    kz_store_on_notify(other, on_note, &theirs);
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    assert_true(notes_wait(&theirs, 1, 0, 5000));
+    publish(f->st, "ev-1", T0, ids, 1, 0);
+    assert_true(notes_wait(&theirs, 1, 1, 5000));
+    publish(f->st, "ev-2", T0, ids, 1, 1); /* skipped only: nothing became due */
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_META_SET;
+    op.u.meta.key = "k";
+    op.u.meta.value = "v";
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    /* the other direction: a release on `other` that freed rows */
+    claim(f->st, &op, T0, 10, NULL, 0);
+    kz_claim_cleanup(&op);
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_RELEASE;
+    op.u.release.all = true;
+    op.u.release.now = T0;
+    assert_int_equal(exec(other, &op), KZ_OK);
+    assert_int_equal(op.u.release.released, 1);
+    assert_true(notes_wait(&mine, 0, 1, 5000));
+    usleep(200 * 1000);
+    pthread_mutex_lock(&theirs.mu);
+    assert_int_equal(theirs.webhooks, 1);
+    assert_int_equal(theirs.due, 1);
+    pthread_mutex_unlock(&theirs.mu);
+    pthread_mutex_lock(&mine.mu);
+    assert_int_equal(mine.webhooks, 0); /* its own changes are not reported */
+    assert_int_equal(mine.due, 1);
+    pthread_mutex_unlock(&mine.mu);
+
+    kz_store_on_notify(other, NULL, NULL);
+    add_webhook(f->st, "wh-2", "app-1", "g1");
+    usleep(200 * 1000);
+    pthread_mutex_lock(&theirs.mu);
+    assert_int_equal(theirs.webhooks, 1); /* removed: not called */
+    pthread_mutex_unlock(&theirs.mu);
+    kz_store_close(other);
+    kz_store_on_notify(f->st, NULL, NULL);
+}
+
+/* ==== connection loss ==== */
+
+/* Every server session of the store is killed (as a server restart does): the next read and the
+ * next write notice, reconnect at once and succeed; the notify thread reconnects too. */
+static void test_pg_only_reconnect_after_terminate(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1"};
+    struct notes n;
+    struct kz_app a;
+    int64_t killed;
+
+    notes_init(&n);
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    kz_store_on_notify(f->st, on_note, &n);
+    assert_int_equal(kz_store_app_get(f->st, "app-1", &a), KZ_OK); /* a pooled read conn */
+    kz_app_cleanup(&a);
+    killed = db_int(f, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                       " WHERE application_name = 'kzhook' AND datname = current_database()");
+    assert_true(killed >= 3); /* writer, reader, listener */
+    usleep(100 * 1000);
+    assert_int_equal(kz_store_app_get(f->st, "app-1", &a), KZ_OK);
+    kz_app_cleanup(&a);
+    publish(f->st, "ev-1", T0, ids, 1, 0);
+    assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 10).n, 1);
+    /* the listener reports both kinds after it reconnects */
+    assert_true(notes_wait(&n, 1, 1, 5000));
+    kz_store_on_notify(f->st, NULL, NULL);
+}
+
+/* The server stops: reads and writes fail fast with KZ_ERR_DB and nothing is half-done; the
+ * server comes back (same port): everything works again without reopening the store. Needs
+ * KZ_TEST_PG_DIR. */
+static void test_pg_only_server_down_and_back(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1"};
+    struct kz_publish_item it;
+    bool act[] = {true};
+    struct kz_op op;
+    struct notes n;
+    struct kz_app a;
+    int64_t t0, t1;
+    int i;
+    enum kz_err e = KZ_ERR_DB;
+
+    if (!pg_dir) {
+        print_message("KZ_TEST_PG_DIR unset: server stop/start not exercised\n");
+        skip();
+    }
+    notes_init(&n);
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    kz_store_on_notify(f->st, on_note, &n);
+    server("stop");
+
+    t0 = kz_mono_ms();
+    for (i = 0; i < 5; i++) {
+        assert_int_equal(kz_store_app_get(f->st, "app-1", &a), KZ_ERR_DB);
+        assert_int_equal(kz_store_ping(f->st), KZ_ERR_DB);
+        fill_item(&it, "ev-down", T0, ids, act, 1);
+        memset(&op, 0, sizeof(op));
+        op.type = KZ_OP_PUBLISH;
+        op.u.publish.items = &it;
+        op.u.publish.n = 1;
+        assert_int_equal(exec(f->st, &op), KZ_ERR_DB);
+        assert_int_equal(it.seq, 0);
+    }
+    t1 = kz_mono_ms();
+    print_message("server down: 5 x (2 reads + 1 publish) failed in %lld ms\n",
+                  (long long)(t1 - t0));
+    assert_true(t1 - t0 < 2000);
+
+    server("start");
+    t0 = kz_mono_ms();
+    /* within one backoff period (<= 5 s) both sides are back */
+    while (kz_mono_ms() - t0 < 12000) {
+        fill_item(&it, "ev-up", T0, ids, act, 1);
+        memset(&op, 0, sizeof(op));
+        op.type = KZ_OP_PUBLISH;
+        op.u.publish.items = &it;
+        op.u.publish.n = 1;
+        e = exec(f->st, &op);
+        if (!e)
+            break;
+        usleep(100 * 1000);
+    }
+    assert_int_equal(e, KZ_OK);
+    print_message("server back: first write ok after %lld ms\n", (long long)(kz_mono_ms() - t0));
+    assert_false(it.duplicate); /* the publishes made while down were not committed */
+    while ((e = kz_store_app_get(f->st, "app-1", &a)) && kz_mono_ms() - t0 < 12000)
+        usleep(100 * 1000);
+    assert_int_equal(e, KZ_OK);
+    kz_app_cleanup(&a);
+    assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 10).n, 1);
+    assert_true(notes_wait(&n, 1, 1, 12000));
+
+    /* and a plain restart (pg_ctl restart) */
+    server("restart");
+    publish(f->st, "ev-after-restart", T0, ids, 1, 0);
+    assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 10).n, 2);
+    kz_store_on_notify(f->st, NULL, NULL);
+}
+
+/* ==== throughput (figures printed, loose floor asserted) ==== */
+
+#define PERF_TARGETS 3
+static const char *const perf_ids[PERF_TARGETS] = {"wh-1", "wh-2", "wh-3"};
+static const bool perf_active[PERF_TARGETS] = {true, true, true};
+
+static void perf_setup(struct kz_store *st)
+{
+    int i;
+
+    add_app(st, "app-1", T0);
+    for (i = 0; i < PERF_TARGETS; i++)
+        add_webhook(st, perf_ids[i], "app-1", "g1");
+}
+
+static void test_perf_batches_of_1000(void **state)
+{
+    struct fx *f = *state;
+    struct kz_publish_item *items = kz_calloc(1000, sizeof(*items));
+    char(*evid)[24] = kz_calloc(1000, sizeof(*evid));
+    struct kz_op op;
+    int64_t t0;
+    double secs;
+    int b;
+    int i;
+
+    perf_setup(f->st);
+    t0 = kz_mono_ms();
+    for (b = 0; b < 10; b++) {
+        for (i = 0; i < 1000; i++) {
+            snprintf(evid[i], sizeof(evid[i]), "pb-%d-%d", b, i);
+            fill_item(&items[i], evid[i], T0 + i, perf_ids, perf_active, PERF_TARGETS);
+        }
+        memset(&op, 0, sizeof(op));
+        op.type = KZ_OP_PUBLISH;
+        op.u.publish.items = items;
+        op.u.publish.n = 1000;
+        assert_int_equal(exec(f->st, &op), KZ_OK);
+    }
+    secs = (double)(kz_mono_ms() - t0) / 1000.0;
+    print_message(
+        "perf: 10 x PUBLISH(1000 events x %d targets): %.0f events/s (%.0f deliveries/s)\n",
+        PERF_TARGETS, 10000 / secs, 10000 * PERF_TARGETS / secs);
+    assert_int_equal(db_int(f, "SELECT count(*) FROM deliveries"), 10000 * PERF_TARGETS);
+    kz_free(items);
+    kz_free(evid);
+}
+
+#define PT_THREADS 32
+#define PT_PER_THREAD 300
+
+struct pt_arg {
+    struct kz_store *st;
+    int node, t;
+    int failures;
+};
+
+static void *pt_thread(void *p)
+{
+    struct pt_arg *a = p;
+    struct kz_publish_item it;
+    char evid[48];
+    struct kz_op op;
+    int i;
+
+    for (i = 0; i < PT_PER_THREAD; i++) {
+        snprintf(evid, sizeof(evid), "pt-%d-%d-%d", a->node, a->t, i);
+        fill_item(&it, evid, T0 + i, perf_ids, perf_active, PERF_TARGETS);
+        memset(&op, 0, sizeof(op));
+        op.type = KZ_OP_PUBLISH;
+        op.u.publish.items = &it;
+        op.u.publish.n = 1;
+        if (kz_store_exec(a->st, &op) || it.duplicate)
+            a->failures++;
+    }
+    return NULL;
+}
+
+/* 32 threads each publishing single events (kz_store_exec) on `nodes` stores. */
+static double perf_threads(struct kz_store **st, int nodes, int run)
+{
+    struct pt_arg a[PT_THREADS];
+    pthread_t th[PT_THREADS];
+    uint64_t b0[2] = {0, 0}, o0[2] = {0, 0}, b1[2] = {0, 0}, o1[2] = {0, 0};
+    int64_t t0;
+    double secs;
+    int i;
+
+    for (i = 0; i < nodes; i++)
+        kz_store_stats(st[i], &b0[i], &o0[i]);
+    t0 = kz_mono_ms();
+    for (i = 0; i < PT_THREADS; i++) {
+        a[i].st = st[i % nodes];
+        a[i].node = run * 10 + i % nodes;
+        a[i].t = i;
+        a[i].failures = 0;
+        assert_int_equal(pthread_create(&th[i], NULL, pt_thread, &a[i]), 0);
+    }
+    for (i = 0; i < PT_THREADS; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(a[i].failures, 0);
+    }
+    secs = (double)(kz_mono_ms() - t0) / 1000.0;
+    for (i = 0; i < nodes; i++)
+        kz_store_stats(st[i], &b1[i], &o1[i]);
+    print_message("perf: %d threads x %d single-event PUBLISH on %d node(s): %.0f events/s, "
+                  "average batch %.1f ops\n",
+                  PT_THREADS, PT_PER_THREAD, nodes, PT_THREADS * PT_PER_THREAD / secs,
+                  (double)(o1[0] - o0[0] + o1[1] - o0[1]) /
+                      (double)(b1[0] - b0[0] + b1[1] - b0[1]));
+    return PT_THREADS * PT_PER_THREAD / secs;
+}
+
+static void test_perf_threads(void **state)
+{
+    struct fx *f = *state;
+    struct kz_store *st[1] = {f->st};
+    double one;
+
+    perf_setup(f->st);
+    one = perf_threads(st, 1, 1);
+    assert_int_equal(db_int(f, "SELECT count(*) FROM events"), PT_THREADS * PT_PER_THREAD);
+    assert_true(one > 500); /* a floor that only catches a broken group commit */
+}
+
+/* The same load split over two nodes (two stores, 16 threads each) sharing the server. */
+static void test_pg_only_perf_threads_two_nodes(void **state)
+{
+    struct fx *f = *state;
+    struct kz_store *st[2] = {f->st, NULL};
+    double two;
+
+    perf_setup(f->st);
+    open_store(f, &st[1], 10000);
+    two = perf_threads(st, 2, 2);
+    kz_store_close(st[1]);
+    assert_int_equal(db_int(f, "SELECT count(*) FROM events"), PT_THREADS * PT_PER_THREAD);
+    assert_true(two > 500);
+}
+
+/* Open loop, as the HTTP API drives the store: publishes are submitted without waiting (done()
+ * answers the client), so the in-flight count is the number of concurrent clients, not threads.
+ * Two nodes, each keeping OL_WINDOW single-event publishes in flight. */
+#define OL_WINDOW 256
+#define OL_PER_NODE 15000
+
+struct ol_node {
+    struct kz_store *st;
+    int node;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int inflight;
+    int failures;
+    struct kz_op *ops;
+    struct kz_publish_item *items;
+    char (*evid)[32];
+};
+
+static void ol_done(struct kz_op *op, void *arg)
+{
+    struct ol_node *n = arg;
+
+    pthread_mutex_lock(&n->mu);
+    if (op->result || op->u.publish.items[0].duplicate)
+        n->failures++;
+    n->inflight--;
+    pthread_cond_signal(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+}
+
+static void *ol_thread(void *p)
+{
+    struct ol_node *n = p;
+    int i;
+
+    for (i = 0; i < OL_PER_NODE; i++) {
+        struct kz_op *op = &n->ops[i];
+
+        snprintf(n->evid[i], sizeof(n->evid[i]), "ol-%d-%d", n->node, i);
+        fill_item(&n->items[i], n->evid[i], T0 + i, perf_ids, perf_active, PERF_TARGETS);
+        memset(op, 0, sizeof(*op));
+        op->type = KZ_OP_PUBLISH;
+        op->u.publish.items = &n->items[i];
+        op->u.publish.n = 1;
+        op->done = ol_done;
+        op->arg = n;
+        pthread_mutex_lock(&n->mu);
+        while (n->inflight >= OL_WINDOW)
+            pthread_cond_wait(&n->cv, &n->mu);
+        n->inflight++;
+        pthread_mutex_unlock(&n->mu);
+        if (kz_store_submit(n->st, op)) {
+            pthread_mutex_lock(&n->mu);
+            n->inflight--;
+            n->failures++;
+            pthread_mutex_unlock(&n->mu);
+        }
+    }
+    pthread_mutex_lock(&n->mu);
+    while (n->inflight > 0)
+        pthread_cond_wait(&n->cv, &n->mu);
+    pthread_mutex_unlock(&n->mu);
+    return NULL;
+}
+
+static void test_pg_only_perf_open_loop_two_nodes(void **state)
+{
+    struct fx *f = *state;
+    struct ol_node nodes[2];
+    pthread_t th[2];
+    uint64_t b0[2], o0[2], b1[2], o1[2];
+    int64_t t0;
+    double secs;
+    int i;
+
+    perf_setup(f->st);
+    memset(nodes, 0, sizeof(nodes));
+    for (i = 0; i < 2; i++) {
+        if (i)
+            open_store(f, &nodes[i].st, 10000);
+        else
+            nodes[i].st = f->st;
+        nodes[i].node = i;
+        pthread_mutex_init(&nodes[i].mu, NULL);
+        pthread_cond_init(&nodes[i].cv, NULL);
+        nodes[i].ops = kz_calloc(OL_PER_NODE, sizeof(*nodes[i].ops));
+        nodes[i].items = kz_calloc(OL_PER_NODE, sizeof(*nodes[i].items));
+        nodes[i].evid = kz_calloc(OL_PER_NODE, sizeof(*nodes[i].evid));
+        kz_store_stats(nodes[i].st, &b0[i], &o0[i]);
+    }
+    t0 = kz_mono_ms();
+    for (i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, ol_thread, &nodes[i]), 0);
+    for (i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    secs = (double)(kz_mono_ms() - t0) / 1000.0;
+    for (i = 0; i < 2; i++)
+        kz_store_stats(nodes[i].st, &b1[i], &o1[i]);
+    print_message("perf: 2 nodes x %d in flight, single-event PUBLISH (%d targets): %.0f durable "
+                  "events/s, average batch %.1f ops\n",
+                  OL_WINDOW, PERF_TARGETS, 2 * OL_PER_NODE / secs,
+                  (double)(o1[0] - o0[0] + o1[1] - o0[1]) /
+                      (double)(b1[0] - b0[0] + b1[1] - b0[1]));
+    for (i = 0; i < 2; i++) {
+        assert_int_equal(nodes[i].failures, 0);
+        if (i)
+            kz_store_close(nodes[i].st);
+        pthread_cond_destroy(&nodes[i].cv);
+        pthread_mutex_destroy(&nodes[i].mu);
+        kz_free(nodes[i].ops);
+        kz_free(nodes[i].items);
+        kz_free(nodes[i].evid);
+    }
+    assert_int_equal(db_int(f, "SELECT count(*) FROM events"), 2 * OL_PER_NODE);
+}
+
+/* ==== back-pressure; SQLite's file lock and query plans ==== */
+
+/* The queue holds queue_max ops: one more is refused with KZ_ERR_BUSY (not queued, done() not
+ * called) while the writer is parked; the queued ones still commit. */
 static void test_queue_full_busy(void **state)
 {
     struct fx *f = *state;
@@ -1283,7 +2597,7 @@ static void test_queue_full_busy(void **state)
 
     kz_store_close(f->st);
     f->st = NULL;
-    open_store(f, 2);
+    open_store(f, &f->st, 2);
     pthread_mutex_init(&g.mu, NULL);
     pthread_cond_init(&g.cv, NULL);
     pthread_mutex_init(&cnt.mu, NULL);
@@ -1328,67 +2642,10 @@ static void test_queue_full_busy(void **state)
     pthread_mutex_destroy(&cnt.mu);
 }
 
-/* Close drains: ops submitted just before close still commit and get done(). */
-static void test_close_drains(void **state)
-{
-    struct fx *f = *state;
-    struct counter cnt = {.done = 0};
-    struct kz_op ops[50];
-    struct kz_buf b;
-    int i;
-
-    pthread_mutex_init(&cnt.mu, NULL);
-    pthread_cond_init(&cnt.cv, NULL);
-    for (i = 0; i < 50; i++) {
-        memset(&ops[i], 0, sizeof(ops[i]));
-        ops[i].type = KZ_OP_META_SET;
-        ops[i].u.meta.key = "last";
-        ops[i].u.meta.value = i == 49 ? "49" : "x";
-        ops[i].done = count_done;
-        ops[i].arg = &cnt;
-        assert_int_equal(kz_store_submit(f->st, &ops[i]), KZ_OK);
-    }
-    kz_store_close(f->st);
-    f->st = NULL;
-    assert_int_equal(cnt.done, 50);
-    assert_int_equal(cnt.failed, 0);
-    open_store(f, 100);
-    kz_buf_init(&b, 16);
-    assert_int_equal(kz_store_meta_get(f->st, "last", &b), KZ_OK);
-    assert_string_equal(kz_buf_cstr(&b), "49");
-    kz_buf_cleanup(&b);
-    pthread_cond_destroy(&cnt.cv);
-    pthread_mutex_destroy(&cnt.mu);
-}
-
-/* The CLI (another process, here another connection) bumps the version; the store reports it. */
-static void test_version_seen_across_processes(void **state)
-{
-    struct fx *f = *state;
-    struct kz_op op = {.type = KZ_OP_META_SET};
-    sqlite3 *db = NULL;
-    int64_t v = meta_version(f->st);
-
-    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db,
-                                  "UPDATE meta SET value = CAST(value AS INTEGER) + 10"
-                                  " WHERE key = 'webhooks_version'",
-                                  NULL, NULL, NULL),
-                     SQLITE_OK);
-    sqlite3_close(db);
-    assert_int_equal(meta_version(f->st), v + 10);
-    op.u.meta.key = "k";
-    op.u.meta.value = "v";
-    assert_int_equal(exec(f->st, &op), KZ_OK);
-    assert_int_equal(op.webhooks_version, v + 10);
-    add_app(f->st, "app-1", T0);
-    assert_int_equal(add_webhook(f->st, "wh-1", "app-1", "g1"), v + 11);
-}
-
 /* While another connection holds the write lock longer than busy_timeout, a whole batch fails
  * with KZ_ERR_BUSY: claimed rows are freed, publish results cleared, and the next batch works.
  * A gate holds the writer so that both ops land in the same batch. */
-static void test_locked_batch_busy(void **state)
+static void test_sqlite_only_locked_batch_busy(void **state)
 {
     struct fx *f = *state;
     const char *ids[] = {"wh-1"};
@@ -1468,64 +2725,6 @@ static void test_locked_batch_busy(void **state)
     pthread_mutex_destroy(&cnt.mu);
 }
 
-/* More reader threads than pooled connections, beside a busy writer: every read answers. */
-#define RD_THREADS 12
-
-struct rd_arg {
-    struct kz_store *st;
-    int failures;
-};
-
-static void *rd_thread(void *p)
-{
-    struct rd_arg *a = p;
-    struct kz_webhook w;
-    int64_t due, sched, infl;
-    int i;
-
-    for (i = 0; i < 50; i++) {
-        struct dlist l;
-
-        memset(&l, 0, sizeof(l));
-        if (kz_store_webhook_get(a->st, "wh-1", &w))
-            a->failures++;
-        else
-            kz_webhook_cleanup(&w);
-        if (kz_store_delivery_list(a->st, "wh-1", -1, 0, 10, dlist_add, &l))
-            a->failures++;
-        if (kz_store_backlog(a->st, T0, &due, &sched, &infl))
-            a->failures++;
-    }
-    return NULL;
-}
-
-static void test_concurrent_reads(void **state)
-{
-    struct fx *f = *state;
-    const char *ids[] = {"wh-1"};
-    struct rd_arg args[RD_THREADS];
-    pthread_t th[RD_THREADS];
-    char evid[32];
-    int i;
-
-    add_app(f->st, "app-1", T0);
-    add_webhook(f->st, "wh-1", "app-1", "g1");
-    for (i = 0; i < RD_THREADS; i++) {
-        args[i].st = f->st;
-        args[i].failures = 0;
-        assert_int_equal(pthread_create(&th[i], NULL, rd_thread, &args[i]), 0);
-    }
-    for (i = 0; i < 100; i++) {
-        snprintf(evid, sizeof(evid), "ev-%d", i);
-        publish(f->st, evid, T0, ids, 1, 0);
-    }
-    for (i = 0; i < RD_THREADS; i++) {
-        pthread_join(th[i], NULL);
-        assert_int_equal(args[i].failures, 0);
-    }
-    assert_int_equal(list_deliveries(f->st, "wh-1", -1, 0, 1000).n, 100);
-}
-
 /* ==== query plans of the hot statements ==== */
 
 /* Fails unless the plan of statement `id` mentions `must_use`, scans no table or index from end
@@ -1557,7 +2756,7 @@ static void assert_plan(sqlite3 *db, enum stmt_id id, const char *must_use, bool
         fail_msg("statement %d: plan does not use %s:\n%s", (int)id, must_use, plan);
 }
 
-static void test_query_plans(void **state)
+static void test_sqlite_only_query_plans(void **state)
 {
     struct fx *f = *state;
     sqlite3 *db = NULL;
@@ -1581,37 +2780,713 @@ static void test_query_plans(void **state)
     sqlite3_close(db);
 }
 
+/* ==== the same answer on both backends ==== */
+
+/* A whole delivery-log row, strings copied, for comparing one store with the other. */
+struct row {
+    char event_id[KZ_ID_MAX + 1];
+    int state, attempts, status;
+    int64_t next_at;
+    char *err, *resp; /* NULL when the store said none */
+};
+
+struct rows {
+    size_t n, cap;
+    struct row *r;
+};
+
+static void rows_add(void *arg, const struct kz_delivery *d)
+{
+    struct rows *l = arg;
+    struct row *w;
+
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 64;
+        l->r = kz_realloc(l->r, l->cap * sizeof(*l->r));
+    }
+    w = &l->r[l->n++];
+    snprintf(w->event_id, sizeof(w->event_id), "%s", d->event_id);
+    w->state = d->state;
+    w->attempts = d->attempts;
+    w->status = d->last_status;
+    w->next_at = d->next_attempt_at;
+    w->err = d->last_error ? kz_strdup(d->last_error) : NULL;
+    w->resp = d->last_response ? kz_strdup(d->last_response) : NULL;
+}
+
+static void rows_free(struct rows *l)
+{
+    size_t i;
+
+    for (i = 0; i < l->n; i++) {
+        kz_free(l->r[i].err);
+        kz_free(l->r[i].resp);
+    }
+    kz_free(l->r);
+    memset(l, 0, sizeof(*l));
+}
+
+static int row_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct row *)a)->event_id, ((const struct row *)b)->event_id);
+}
+
+/* The delivery log of `wh`, sorted by event id (delivery ids may differ between stores). */
+static void rows_of(struct kz_store *st, const char *wh, struct rows *l)
+{
+    memset(l, 0, sizeof(*l));
+    assert_int_equal(kz_store_delivery_list(st, wh, -1, 0, 100000, rows_add, l), KZ_OK);
+    if (l->n)
+        qsort(l->r, l->n, sizeof(*l->r), row_cmp);
+}
+
+static const struct row *row_find(const struct rows *l, const char *event_id)
+{
+    size_t i;
+
+    for (i = 0; i < l->n; i++) {
+        if (!strcmp(l->r[i].event_id, event_id))
+            return &l->r[i];
+    }
+    return NULL;
+}
+
+/* Prints `s` with every byte outside printable ASCII as \xHH (for failure messages). */
+static const char *shown(const char *s, char *out, size_t n)
+{
+    size_t o = 0;
+
+    if (!s)
+        return "(null)";
+    if (strlen(s) > 120) { /* a long answer: its end is what differs */
+        o = (size_t)snprintf(out, n, "[%zu bytes...]", strlen(s) - 40);
+        s += strlen(s) - 40;
+    }
+    for (; *s && o + 5 < n; s++) {
+        unsigned char c = (unsigned char)*s;
+
+        if (c >= 0x20 && c < 0x7f && c != '\\')
+            out[o++] = (char)c;
+        else
+            o += (size_t)snprintf(out + o, n - o, "\\x%02x", c);
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* The text the delivery log must show for `len` bytes a receiver sent: every byte that is not
+ * part of valid UTF-8, and every NUL, becomes U+FFFD (kz_buf_text), and the result is cut to
+ * `max` bytes at a character boundary. Caller frees. */
+static char *expected_text(const char *s, size_t len, size_t max)
+{
+    struct kz_buf b;
+    char *out;
+    size_t n;
+
+    kz_buf_init(&b, 8 * len + 16);
+    assert_int_equal(kz_buf_text(&b, s, len), KZ_OK);
+    n = b.len;
+    if (n > max) {
+        n = max;
+        while (n > 0 && ((unsigned char)b.data[n] & 0xC0) == 0x80)
+            n--;
+    }
+    out = kz_strndup(kz_buf_cstr(&b), n);
+    kz_buf_cleanup(&b);
+    return out;
+}
+
+/* Adds a line to `report` unless `got` is `want` (NULL: none). */
+static void check_text(struct kz_buf *report, const char *backend, const char *what,
+                       const char *got, const char *want)
+{
+    char g[512], w[512];
+
+    if (got == want || (got && want && !strcmp(got, want)))
+        return;
+    (void)kz_buf_printf(report, "  %s: %s is \"%s\" (%zu bytes), want \"%s\" (%zu bytes)\n",
+                        backend, what, shown(got, g, sizeof(g)), got ? strlen(got) : 0,
+                        shown(want, w, sizeof(w)), want ? strlen(want) : 0);
+}
+
+#define RC "\xef\xbf\xbd" /* U+FFFD */
+
+/* An odd receiver answer (invalid UTF-8 of every kind, a NUL inside the counted length) and an
+ * odd error text show in the delivery log as the same clean text on SQLite and on PostgreSQL:
+ * the one rule of kz_buf_text, cut to KZ_RESPONSE_KEEP at a character boundary. */
+static void test_both_delivery_log_odd_text(void **state)
+{
+    struct fx *f = *state;
+    static const char case2[] = "A\x80"
+                                "B\xc0\xaf"
+                                "C\xed\xa0\x80"
+                                "D\xe2\x82xE\xf0\x9f\x98\x80"
+                                "F\0G\xf4\x90\x80\x80"
+                                "H\xf5";
+    struct {
+        const char *resp;
+        size_t len;
+        const char *err;
+        const char *want_resp, *want_err; /* hand-written; NULL: computed only */
+    } cases[5];
+    struct kz_store *st[2] = {f->st, f->pg};
+    const char *names[2] = {"sqlite", "pg"};
+    const char *ids[] = {"wh-1"};
+    char *near1 = kz_malloc(KZ_RESPONSE_KEEP);
+    char *near2 = kz_malloc(KZ_RESPONSE_KEEP);
+    struct rows got[2];
+    struct kz_buf report;
+    static char msg[16384];
+    size_t i, s;
+
+    /* 1: the bytes PostgreSQL text cannot hold (invalid UTF-8, NUL) beside valid ones */
+    cases[0].resp = "ok\xff\xfe\0\"\\ \xc3\xa9";
+    cases[0].len = 10;
+    cases[0].err = "bad \x80 byte";
+    cases[0].want_resp = "ok" RC RC RC "\"\\ \xc3\xa9";
+    cases[0].want_err = "bad " RC " byte";
+    /* 2: a lone continuation, an overlong "/", a surrogate, a cut 3-byte sequence, a valid 4-byte
+     * one, a NUL, a code point above U+10FFFF, a byte that never starts a sequence */
+    cases[1].resp = case2;
+    cases[1].len = sizeof(case2) - 1;
+    cases[1].err = "E\xc3(\xfe";
+    cases[1].want_resp = "A" RC "B" RC RC "C" RC RC RC "D" RC RC "xE\xf0\x9f\x98\x80"
+                         "F" RC "G" RC RC RC RC "H" RC;
+    cases[1].want_err = "E" RC "(" RC;
+    /* 3: fits as bytes, not once cleaned: U+FFFD does not fit, it is dropped whole */
+    memset(near1, 'x', KZ_RESPONSE_KEEP);
+    near1[KZ_RESPONSE_KEEP - 2] = (char)0xff;
+    cases[2].resp = near1;
+    cases[2].len = KZ_RESPONSE_KEEP - 1;
+    cases[2].err = NULL;
+    cases[2].want_resp = NULL;
+    cases[2].want_err = NULL;
+    /* 4: a valid "€" ending at KZ_RESPONSE_KEEP - 1, then a bad byte: the euro stays */
+    memset(near2, 'y', KZ_RESPONSE_KEEP);
+    memcpy(near2 + KZ_RESPONSE_KEEP - 4, "\xe2\x82\xac\xff", 4);
+    cases[3].resp = near2;
+    cases[3].len = KZ_RESPONSE_KEEP;
+    cases[3].err = "\xff";
+    cases[3].want_resp = NULL;
+    cases[3].want_err = RC;
+    /* 5: nothing but a NUL */
+    cases[4].resp = "\0";
+    cases[4].len = 1;
+    cases[4].err = "";
+    cases[4].want_resp = RC;
+    cases[4].want_err = "";
+
+    for (s = 0; s < 2; s++) {
+        add_app(st[s], "app-1", T0);
+        add_webhook(st[s], "wh-1", "app-1", "g1");
+    }
+    for (i = 0; i < KZ_ARRAY_LEN(cases); i++) {
+        char evid[16];
+
+        snprintf(evid, sizeof(evid), "odd-%zu", i);
+        for (s = 0; s < 2; s++) {
+            struct kz_attempt a;
+            struct kz_op op;
+
+            publish(st[s], evid, T0 + (int64_t)i, ids, 1, 0);
+            claim(st[s], &op, T0 + 100, 1, NULL, 0);
+            assert_int_equal(op.u.claim.n_out, 1);
+            assert_string_equal(op.u.claim.out[0].ev.event_id, evid);
+            memset(&a, 0, sizeof(a));
+            a.delivery_id = op.u.claim.out[0].delivery_id;
+            kz_claim_cleanup(&op);
+            snprintf(a.webhook_id, sizeof(a.webhook_id), "wh-1");
+            a.state = KZ_D_PENDING; /* retried much later: never claimed again here */
+            a.attempts = 1;
+            a.next_attempt_at = T0 + 1000000000;
+            a.status = 502;
+            a.error = cases[i].err;
+            a.response = cases[i].resp;
+            a.response_len = cases[i].len;
+            memset(&op, 0, sizeof(op));
+            op.type = KZ_OP_COMPLETE;
+            op.u.complete.items = &a;
+            op.u.complete.n = 1;
+            assert_int_equal(exec(st[s], &op), KZ_OK);
+        }
+    }
+
+    /* every difference is listed, on both backends, before the test fails */
+    kz_buf_init(&report, 1 << 20);
+    for (s = 0; s < 2; s++)
+        rows_of(st[s], "wh-1", &got[s]);
+    for (i = 0; i < KZ_ARRAY_LEN(cases); i++) {
+        char *want_resp = expected_text(cases[i].resp, cases[i].len, KZ_RESPONSE_KEEP);
+        char *want_err =
+            cases[i].err ? expected_text(cases[i].err, strlen(cases[i].err), 1024) : NULL;
+        char evid[16], what[64];
+
+        snprintf(evid, sizeof(evid), "odd-%zu", i);
+        /* the rule as written by hand agrees with kz_buf_text */
+        snprintf(what, sizeof(what), "%s response", evid);
+        if (cases[i].want_resp)
+            check_text(&report, "expected_text", what, want_resp, cases[i].want_resp);
+        snprintf(what, sizeof(what), "%s error", evid);
+        if (cases[i].want_err)
+            check_text(&report, "expected_text", what, want_err, cases[i].want_err);
+        assert_true(strlen(want_resp) <= KZ_RESPONSE_KEEP);
+        for (s = 0; s < 2; s++) {
+            const struct row *r = row_find(&got[s], evid);
+
+            assert_non_null(r);
+            assert_int_equal(r->status, 502);
+            snprintf(what, sizeof(what), "%s last_response", evid);
+            check_text(&report, names[s], what, r->resp, want_resp);
+            snprintf(what, sizeof(what), "%s last_error", evid);
+            check_text(&report, names[s], what, r->err, want_err);
+        }
+        kz_free(want_resp);
+        kz_free(want_err);
+    }
+    /* the near-limit cases, spelled out */
+    for (s = 0; s < 2; s++) {
+        const char *r2 = row_find(&got[s], "odd-2")->resp;
+        const char *r3 = row_find(&got[s], "odd-3")->resp;
+
+        if (!r2 || strlen(r2) != KZ_RESPONSE_KEEP - 2 || !r3 || strlen(r3) != KZ_RESPONSE_KEEP - 1)
+            (void)kz_buf_printf(&report,
+                                "  %s: near-limit answers are %zu and %zu bytes, want %d"
+                                " and %d\n",
+                                names[s], r2 ? strlen(r2) : 0, r3 ? strlen(r3) : 0,
+                                KZ_RESPONSE_KEEP - 2, KZ_RESPONSE_KEEP - 1);
+    }
+    for (s = 0; s < 2; s++)
+        rows_free(&got[s]);
+    snprintf(msg, sizeof(msg), "%s", kz_buf_cstr(&report));
+    kz_buf_cleanup(&report);
+    kz_free(near1);
+    kz_free(near2);
+    if (*msg) {
+        fprintf(stderr, "the delivery log does not show the clean text:\n%s", msg);
+        fail_msg("the delivery log does not show the clean text (listed above)");
+    }
+}
+
+/* ==== property: SQLite and PostgreSQL answer alike ==== */
+
+#define PR_WEBHOOKS 6
+#define PR_ROUNDS 60
+#define PR_SEED 20240611ULL
+
+static uint64_t pr_next(uint64_t *s) /* splitmix64 */
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static unsigned pr_rnd(uint64_t *s, unsigned n)
+{
+    return (unsigned)(pr_next(s) % n);
+}
+
+/* qsort of claimed-row indices by (event id, webhook id); pr_claimed is the array they index. */
+static const struct kz_claimed *pr_claimed;
+
+static int claimed_cmp(const void *x, const void *y)
+{
+    const struct kz_claimed *a = &pr_claimed[*(const size_t *)x];
+    const struct kz_claimed *b = &pr_claimed[*(const size_t *)y];
+    int c = strcmp(a->ev.event_id, b->ev.event_id);
+
+    return c ? c : strcmp(a->wh.id, b->wh.id);
+}
+
+static const char *const pr_ids[PR_WEBHOOKS] = {"wh-0", "wh-1", "wh-2", "wh-3", "wh-4", "wh-5"};
+
+/* Everything a client could see of one store after a round: each webhook's delivery log (by
+ * event id), the webhooks' active flags, the version, the backlog and the next due time. Fails
+ * naming the seed, the round and the first difference. */
+static void pr_compare(struct kz_store **st, uint64_t seed, int round, int64_t now)
+{
+    struct whlist wl[2];
+    int64_t due[2], sched[2], infl[2], at[2];
+    size_t w, i, s;
+
+    for (w = 0; w < PR_WEBHOOKS; w++) {
+        struct rows l[2];
+
+        for (s = 0; s < 2; s++)
+            rows_of(st[s], pr_ids[w], &l[s]);
+        if (l[0].n != l[1].n)
+            fail_msg("seed %llu round %d %s: %zu deliveries on sqlite, %zu on pg",
+                     (unsigned long long)seed, round, pr_ids[w], l[0].n, l[1].n);
+        for (i = 0; i < l[0].n; i++) {
+            const struct row *a = &l[0].r[i], *b = &l[1].r[i];
+            const char *ae = a->err ? a->err : "(none)", *be = b->err ? b->err : "(none)";
+            const char *ar = a->resp ? a->resp : "(none)", *br = b->resp ? b->resp : "(none)";
+
+            if (strcmp(a->event_id, b->event_id) || a->state != b->state ||
+                a->attempts != b->attempts || a->status != b->status || a->next_at != b->next_at ||
+                !a->err != !b->err || strcmp(ae, be) || !a->resp != !b->resp || strcmp(ar, br))
+                fail_msg("seed %llu round %d %s: sqlite %s state %d attempts %d status %d next %lld"
+                         " error \"%s\" response \"%s\"; pg %s state %d attempts %d status %d"
+                         " next %lld error \"%s\" response \"%s\"",
+                         (unsigned long long)seed, round, pr_ids[w], a->event_id, a->state,
+                         a->attempts, a->status, (long long)a->next_at, ae, ar, b->event_id,
+                         b->state, b->attempts, b->status, (long long)b->next_at, be, br);
+        }
+        for (s = 0; s < 2; s++)
+            rows_free(&l[s]);
+    }
+    for (s = 0; s < 2; s++) {
+        wl[s] = list_webhooks(st[s], "app-1", -1, NULL);
+        assert_int_equal(kz_store_backlog(st[s], now, &due[s], &sched[s], &infl[s]), KZ_OK);
+        assert_int_equal(kz_store_next_due(st[s], &at[s]), KZ_OK);
+    }
+    assert_int_equal(wl[0].n, PR_WEBHOOKS);
+    assert_int_equal(wl[1].n, PR_WEBHOOKS);
+    for (w = 0; w < PR_WEBHOOKS; w++) {
+        if (strcmp(wl[0].ids[w], wl[1].ids[w]) || wl[0].active[w] != wl[1].active[w])
+            fail_msg("seed %llu round %d: webhook %s active %d on sqlite, %s active %d on pg",
+                     (unsigned long long)seed, round, wl[0].ids[w], wl[0].active[w], wl[1].ids[w],
+                     wl[1].active[w]);
+    }
+    if (due[0] != due[1] || sched[0] != sched[1] || infl[0] != infl[1] || at[0] != at[1])
+        fail_msg("seed %llu round %d: backlog due/scheduled/inflight/next %lld/%lld/%lld/%lld on"
+                 " sqlite, %lld/%lld/%lld/%lld on pg",
+                 (unsigned long long)seed, round, (long long)due[0], (long long)sched[0],
+                 (long long)infl[0], (long long)at[0], (long long)due[1], (long long)sched[1],
+                 (long long)infl[1], (long long)at[1]);
+    if (meta_version(st[0]) != meta_version(st[1]))
+        fail_msg("seed %llu round %d: webhooks_version %lld on sqlite, %lld on pg",
+                 (unsigned long long)seed, round, (long long)meta_version(st[0]),
+                 (long long)meta_version(st[1]));
+}
+
+/* Random rounds, the same on both stores: re-enable a webhook now and then; publish a batch of
+ * events (some ids repeated, inside the batch or from earlier rounds) to random sets of webhooks,
+ * some targets inactive (skipped); claim a random number, sometimes excluding a webhook; complete
+ * each claimed row as succeeded, retry later, dead, or not at all (the lease runs out); now and
+ * then release ended leases (or all, as after a crash) and replay a webhook. Every op's answer
+ * must agree, and after every round so must everything pr_compare looks at. */
+static void test_both_property_same_answers(void **state)
+{
+    struct fx *f = *state;
+    struct kz_store *st[2] = {f->st, f->pg};
+    const char *env = getenv("KZ_TEST_SEED");
+    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : PR_SEED;
+    uint64_t rs = seed;
+    int64_t t_start = kz_mono_ms();
+    size_t n_pub = 0, n_claimed = 0, n_dead = 0;
+    int round;
+    size_t s, w;
+
+    print_message("property: seed %llu (KZ_TEST_SEED=%llu repeats this run)\n",
+                  (unsigned long long)seed, (unsigned long long)seed);
+    for (s = 0; s < 2; s++) {
+        add_app(st[s], "app-1", T0);
+        for (w = 0; w < PR_WEBHOOKS; w++)
+            add_webhook(st[s], pr_ids[w], "app-1", "g1");
+    }
+    for (round = 0; round < PR_ROUNDS; round++) {
+        int64_t now = T0 + (int64_t)round * 1000;
+        struct whlist wl = list_webhooks(st[0], "app-1", -1, NULL);
+        char evid[8][24];
+        const char *tg[8][PR_WEBHOOKS];
+        bool act[8][PR_WEBHOOKS];
+        struct kz_publish_item items[2][8];
+        struct kz_op op[2];
+        struct kz_attempt at[2][64];
+        size_t idx[2][64];
+        size_t n_ev = 1 + pr_rnd(&rs, 6), n_at = 0, i, j;
+        size_t limit = pr_rnd(&rs, 9);
+        const char *excl[1];
+        size_t n_excl = 0;
+
+        /* an operator turns a webhook back on */
+        if (pr_rnd(&rs, 4) == 0) {
+            const char *id = pr_ids[pr_rnd(&rs, PR_WEBHOOKS)];
+
+            for (s = 0; s < 2; s++) {
+                memset(&op[s], 0, sizeof(op[s]));
+                op[s].type = KZ_OP_WEBHOOK_ACTIVE;
+                op[s].u.active.id = id;
+                op[s].u.active.flag = true;
+                assert_int_equal(exec(st[s], &op[s]), KZ_OK);
+            }
+            wl = list_webhooks(st[0], "app-1", -1, NULL);
+        }
+
+        /* publish: targets follow the active flags, like the subscription index */
+        for (i = 0; i < n_ev; i++) {
+            size_t nt = 0;
+
+            if (pr_rnd(&rs, 8) == 0)
+                snprintf(evid[i], sizeof(evid[i]), "e%u-0", pr_rnd(&rs, (unsigned)round + 1));
+            else
+                snprintf(evid[i], sizeof(evid[i]), "e%d-%zu", round, i);
+            for (w = 0; w < PR_WEBHOOKS; w++) {
+                if (pr_rnd(&rs, 2))
+                    continue;
+                tg[i][nt] = pr_ids[w];
+                act[i][nt] = wl.active[w] && pr_rnd(&rs, 6) != 0;
+                nt++;
+            }
+            for (s = 0; s < 2; s++)
+                fill_item(&items[s][i], evid[i], now + (int64_t)pr_rnd(&rs, 500), tg[i], act[i],
+                          nt);
+            /* the same event time on both stores */
+            items[1][i].ev.created_at = items[0][i].ev.created_at;
+        }
+        for (s = 0; s < 2; s++) {
+            memset(&op[s], 0, sizeof(op[s]));
+            op[s].type = KZ_OP_PUBLISH;
+            op[s].u.publish.items = items[s];
+            op[s].u.publish.n = n_ev;
+            assert_int_equal(exec(st[s], &op[s]), KZ_OK);
+        }
+        for (i = 0; i < n_ev; i++) {
+            if (items[0][i].duplicate != items[1][i].duplicate ||
+                items[0][i].deliveries != items[1][i].deliveries)
+                fail_msg("seed %llu round %d publish %s: duplicate %d deliveries %d on sqlite,"
+                         " duplicate %d deliveries %d on pg",
+                         (unsigned long long)seed, round, evid[i], items[0][i].duplicate,
+                         items[0][i].deliveries, items[1][i].duplicate, items[1][i].deliveries);
+            n_pub += !items[0][i].duplicate;
+        }
+
+        /* claim. With exclusions SQLite gives each other webhook a share of the limit while
+         * PostgreSQL takes the oldest rows of any (docs/internals/STORE.md, CLAIM), so the
+         * limit then covers every due row and only the set claimed must agree. */
+        if (pr_rnd(&rs, 4) == 0) {
+            excl[0] = pr_ids[pr_rnd(&rs, PR_WEBHOOKS)];
+            n_excl = 1;
+            limit = 1000;
+        }
+        for (s = 0; s < 2; s++) {
+            claim(st[s], &op[s], now + 600, limit, n_excl ? excl : NULL, n_excl);
+            assert_true(op[s].u.claim.n_out <= KZ_ARRAY_LEN(idx[s]));
+            for (i = 0; i < op[s].u.claim.n_out; i++)
+                idx[s][i] = i;
+            if (n_excl) {
+                pr_claimed = op[s].u.claim.out;
+                qsort(idx[s], op[s].u.claim.n_out, sizeof(idx[s][0]), claimed_cmp);
+            }
+        }
+        if (op[0].u.claim.n_out != op[1].u.claim.n_out)
+            fail_msg("seed %llu round %d: claim of %zu (excluding %s) returned %zu on sqlite, %zu"
+                     " on pg",
+                     (unsigned long long)seed, round, limit, n_excl ? excl[0] : "none",
+                     op[0].u.claim.n_out, op[1].u.claim.n_out);
+        for (i = 0; i < op[0].u.claim.n_out; i++) {
+            const struct kz_claimed *a = &op[0].u.claim.out[idx[0][i]];
+            const struct kz_claimed *b = &op[1].u.claim.out[idx[1][i]];
+            unsigned o = pr_rnd(&rs, 10);
+
+            if (strcmp(a->ev.event_id, b->ev.event_id) || strcmp(a->wh.id, b->wh.id) ||
+                a->attempts != b->attempts || a->created_at != b->created_at)
+                fail_msg("seed %llu round %d claim (limit %zu, excluding %s) row %zu: %s/%s"
+                         " attempts %d on sqlite, %s/%s attempts %d on pg",
+                         (unsigned long long)seed, round, limit, n_excl ? excl[0] : "none", i,
+                         a->ev.event_id, a->wh.id, a->attempts, b->ev.event_id, b->wh.id,
+                         b->attempts);
+            n_claimed++;
+            if (o == 9)
+                continue; /* no answer: the lease runs out */
+            for (s = 0; s < 2; s++) {
+                struct kz_attempt *x = &at[s][n_at];
+
+                memset(x, 0, sizeof(*x));
+                x->delivery_id = op[s].u.claim.out[idx[s][i]].delivery_id;
+                snprintf(x->webhook_id, sizeof(x->webhook_id), "%s", a->wh.id);
+                x->attempts = a->attempts + 1;
+                if (o < 5) {
+                    x->state = KZ_D_SUCCEEDED;
+                    x->status = 200;
+                    x->response =
+                        o & 1 ? "{\"ok\":true,\"note\":\"d\xc3\xa9j\xc3\xa0 vu \xe2\x9c\x93\"}"
+                              : "";
+                    x->response_len = strlen(x->response);
+                } else if (o < 8) {
+                    x->state = KZ_D_PENDING;
+                    x->next_attempt_at = now + 600 + (int64_t)(o * 700);
+                    x->status = o == 5 ? 0 : 503;
+                    x->error = o == 5 ? "timeout after 10000 ms" : NULL;
+                    x->response = o == 5 ? NULL : "busy";
+                    x->response_len = o == 5 ? 0 : 4;
+                } else {
+                    x->state = KZ_D_DEAD;
+                    x->status = 410;
+                    x->error = "gone: \xe2\x80\x9cno such hook\xe2\x80\x9d";
+                }
+            }
+            n_dead += at[0][n_at].state == KZ_D_DEAD;
+            n_at++;
+        }
+        for (s = 0; s < 2; s++) {
+            int64_t v;
+
+            kz_claim_cleanup(&op[s]);
+            memset(&op[s], 0, sizeof(op[s]));
+            op[s].type = KZ_OP_COMPLETE;
+            op[s].u.complete.items = at[s];
+            op[s].u.complete.n = n_at;
+            assert_int_equal(exec(st[s], &op[s]), KZ_OK);
+            v = op[s].webhooks_version;
+            if (s && v != op[0].webhooks_version)
+                fail_msg("seed %llu round %d complete: version %lld on sqlite, %lld on pg",
+                         (unsigned long long)seed, round, (long long)op[0].webhooks_version,
+                         (long long)v);
+        }
+
+        /* housekeeping */
+        j = pr_rnd(&rs, 10);
+        if (j < 4) {
+            for (s = 0; s < 2; s++) {
+                memset(&op[s], 0, sizeof(op[s]));
+                op[s].type = KZ_OP_RELEASE;
+                op[s].u.release.now = now + 600;
+                op[s].u.release.all = j == 0;
+                assert_int_equal(exec(st[s], &op[s]), KZ_OK);
+            }
+            if (op[0].u.release.released != op[1].u.release.released)
+                fail_msg("seed %llu round %d release: %lld on sqlite, %lld on pg",
+                         (unsigned long long)seed, round, (long long)op[0].u.release.released,
+                         (long long)op[1].u.release.released);
+        }
+        if (pr_rnd(&rs, 12) == 0) {
+            const char *id = pr_ids[pr_rnd(&rs, PR_WEBHOOKS)];
+            int64_t since = now - (int64_t)pr_rnd(&rs, 8000);
+
+            for (s = 0; s < 2; s++) {
+                memset(&op[s], 0, sizeof(op[s]));
+                op[s].type = KZ_OP_REPLAY;
+                op[s].u.replay.webhook_id = id;
+                op[s].u.replay.since = since;
+                op[s].u.replay.now = now + 600;
+                assert_int_equal(exec(st[s], &op[s]), KZ_OK);
+            }
+            if (op[0].u.replay.requeued != op[1].u.replay.requeued)
+                fail_msg("seed %llu round %d replay %s: %lld on sqlite, %lld on pg",
+                         (unsigned long long)seed, round, id, (long long)op[0].u.replay.requeued,
+                         (long long)op[1].u.replay.requeued);
+        }
+        pr_compare(st, seed, round, now + 600);
+    }
+    print_message("property: %d rounds, %zu events, %zu claims, %zu dead, %lld ms\n", PR_ROUNDS,
+                  n_pub, n_claimed, n_dead, (long long)(kz_mono_ms() - t_start));
+    assert_true(n_claimed > 50 && n_dead > 0);
+}
+
+/* ==== main ==== */
+
+struct tcase {
+    const char *name;
+    CMUnitTestFunction fn;
+    unsigned on; /* B_SQLITE | B_PG: one entry per backend; 0: both_…, one entry needing both */
+};
+
+#define T(fn, on)                                                                                  \
+    {                                                                                              \
+#fn, test_##fn, on                                                                         \
+    }
+#define BOTH (B_SQLITE | B_PG)
+
+static const struct tcase cases[] = {
+    T(reopen_idempotent_and_durable, BOTH),
+    T(open_errors, BOTH),
+    T(concurrent_open_migrates_once, BOTH),
+    T(schema_newer_than_binary, BOTH),
+    T(meta, BOTH),
+    T(apps, BOTH),
+    T(tokens, BOTH),
+    T(webhooks_crud, BOTH),
+    T(webhook_delete_cascades, BOTH),
+    T(app_delete_cascades, BOTH),
+    T(publish_and_idempotency, BOTH),
+    T(publish_batch_set, BOTH),
+    T(failed_op_rolls_back_alone, BOTH),
+    T(claim_order_limit_exclude_lease, BOTH),
+    T(claim_with_exclusions_shares_the_limit, BOTH),
+    T(complete_retry_success_dead, BOTH),
+    T(complete_many, BOTH),
+    T(complete_truncates_response, BOTH),
+    T(replay, BOTH),
+    T(delivery_list_filter_and_cursor, BOTH),
+    T(prune, BOTH),
+    T(prune_sweep_bounded, BOTH),
+    T(backlog_next_due, BOTH),
+    T(group_commit_batches, BOTH),
+    T(queue_full_busy, BOTH),
+    T(close_drains, BOTH),
+    T(version_seen_across_processes, BOTH),
+    T(concurrent_reads, BOTH),
+    T(perf_batches_of_1000, BOTH),
+    T(perf_threads, BOTH),
+    T(sqlite_only_locked_batch_busy, B_SQLITE),
+    T(sqlite_only_query_plans, B_SQLITE),
+    T(pg_only_claim_skip_locked_two_nodes, B_PG),
+    T(pg_only_lock_timeout_busy_alone, B_PG),
+    T(pg_only_notify_other_node, B_PG),
+    T(pg_only_reconnect_after_terminate, B_PG),
+    T(pg_only_server_down_and_back, B_PG),
+    T(pg_only_perf_threads_two_nodes, B_PG),
+    T(pg_only_perf_open_loop_two_nodes, B_PG),
+    T(both_delivery_log_odd_text, 0),
+    T(both_property_same_answers, 0),
+};
+
+#define N_RUNS (2 * KZ_ARRAY_LEN(cases))
+
 int main(void)
 {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_reopen_idempotent_and_durable, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_schema_newer_than_binary, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_apps, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_webhooks_crud, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_webhook_delete_cascades, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_app_delete_cascades, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_publish_and_idempotency, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_failed_op_rolls_back_alone, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_claim_order_limit_exclude_lease, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_claim_with_exclusions_shares_the_limit, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_complete_retry_success_dead, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_complete_truncates_response, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_replay, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_delivery_list_filter_and_cursor, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_prune, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_backlog_next_due, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_group_commit_batches, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_queue_full_busy, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_close_drains, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_version_seen_across_processes, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_locked_batch_busy, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_concurrent_reads, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_query_plans, setup, teardown),
-    };
+    static struct CMUnitTest tests[N_RUNS];
+    static char names[N_RUNS][96];
+    static const enum backend order[] = {B_SQLITE, B_PG};
+    size_t n = 0, k, i;
+    bool have_pg;
+    int failed;
 
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    pg_url = getenv("KZ_TEST_PG_URL");
+    pg_dir = getenv("KZ_TEST_PG_DIR");
+    if (pg_dir && !*pg_dir)
+        pg_dir = NULL;
+    have_pg = pg_url && *pg_url;
+    if (!have_pg)
+        fprintf(stderr,
+                "test_store: *** KZ_TEST_PG_URL is not set: every [pg] and both_ test is SKIPPED"
+                " ***\n"
+                "  Start a private server and point the test at it:\n"
+                "    D=$(mktemp -d); scripts/pg-test-server.sh start $D\n"
+                "    export KZ_TEST_PG_URL=$(scripts/pg-test-server.sh createdb $D kzunit)"
+                " KZ_TEST_PG_DIR=$D\n");
+    /* every SQLite run, then every PostgreSQL run, then the side-by-side ones */
+    for (k = 0; k < 3; k++) {
+        for (i = 0; i < KZ_ARRAY_LEN(cases); i++) {
+            const struct tcase *c = &cases[i];
+            bool pg;
+
+            if (k < 2 && !(c->on & order[k]))
+                continue;
+            if (k == 2 && c->on)
+                continue;
+            pg = k > 0;
+            snprintf(names[n], sizeof(names[n]), "%s[%s]", c->name,
+                     k == 2 ? "sqlite+pg" : be_name(order[k]));
+            tests[n].name = names[n];
+            tests[n].test_func = pg && !have_pg ? pg_unavailable : c->fn;
+            tests[n].setup_func = pg && !have_pg ? NULL
+                                  : k == 0       ? setup_sqlite
+                                  : k == 1       ? setup_pg
+                                                 : setup_both;
+            tests[n].teardown_func = pg && !have_pg ? NULL : teardown;
+            tests[n].initial_state = NULL;
+            n++;
+        }
+    }
+    if (getenv("KZ_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("KZ_TEST_FILTER"));
+    failed = _cmocka_run_group_tests("test_store", tests, n, NULL, NULL);
+    if (!have_pg)
+        fprintf(stderr, "test_store: *** the PostgreSQL half was SKIPPED (KZ_TEST_PG_URL unset)"
+                        " ***\n");
+    return failed;
 }
