@@ -30,6 +30,7 @@ struct kz_api *kz_api_new(const struct kz_config *cfg, struct kz_store *st, stru
     if (hooks)
         api->hooks = *hooks;
     api->rl = kz_ratelimit_new();
+    api->hs = kz_handshaker_new(cfg);
     return api;
 }
 
@@ -37,6 +38,7 @@ void kz_api_free(struct kz_api *api)
 {
     if (!api)
         return;
+    kz_handshaker_free(api->hs); /* every handshake's continuation has run */
     kz_ratelimit_free(api->rl);
     kz_free(api);
 }
@@ -44,6 +46,9 @@ void kz_api_free(struct kz_api *api)
 void kz_api_close(struct kz_api *api)
 {
     atomic_store(&api->closing, true);
+    /* Handshakes still waiting end now (503), so the requests they hold are answered. */
+    if (api->hs)
+        kz_handshaker_close(api->hs);
 }
 
 int kz_api_pending(struct kz_api *api)
@@ -54,7 +59,8 @@ int kz_api_pending(struct kz_api *api)
 void kz_req_init(struct kz_req *req)
 {
     req->status = 0;
-    kz_buf_init(&req->out, 64 * 1024 * 1024);
+    /* a page stops adding items at KZ_API_PAGE_MAX; its closing text fits in the rest */
+    kz_buf_init(&req->out, KZ_API_PAGE_MAX + 64 * 1024);
     req->content_type = "application/json";
     req->retry_after[0] = '\0';
     req->allow = NULL;
@@ -267,6 +273,73 @@ enum kz_err kz_api_internal(struct kz_req *req, enum kz_err e)
     req->err.message[0] = '\0';
     req->err.flavor = KZ_FLAVOR_INTERNAL;
     return e;
+}
+
+/* ==== pages ==== */
+
+void kz_api_page_begin(struct kz_api_page *pg, struct kz_req *req, const char *name)
+{
+    memset(pg, 0, sizeof(*pg));
+    pg->req = req;
+    kz_buf_reset(&req->out);
+    kz_buf_puts(&req->out, "{");
+    kz_buf_json_str(&req->out, name, strlen(name));
+    kz_buf_puts(&req->out, ":[");
+}
+
+bool kz_api_page_add(struct kz_api_page *pg, json_t *item)
+{
+    struct kz_buf *out = &pg->req->out;
+    size_t before = out->len;
+    enum kz_err e;
+
+    if (pg->cut || pg->fail || !item) {
+        pg->fail = pg->fail || !item;
+        json_decref(item);
+        return false;
+    }
+    e = pg->n ? kz_buf_puts(out, ",") : KZ_OK;
+    if (!e)
+        e = kz_json_dump(item, out);
+    json_decref(item);
+    if (!e && out->len <= KZ_API_PAGE_MAX) {
+        pg->n++;
+        return true;
+    }
+    out->len = before;
+    if (out->data)
+        out->data[before] = '\0';
+    if (e && e != KZ_ERR_TOOBIG)
+        pg->fail = true;
+    else
+        pg->cut = true;
+    return false;
+}
+
+enum kz_err kz_api_page_end(struct kz_api_page *pg, const char *cursor, bool omit_null)
+{
+    struct kz_req *req = pg->req;
+    enum kz_err e;
+
+    if (pg->fail) {
+        req->err.flavor = KZ_FLAVOR_INTERNAL;
+        snprintf(req->err.message, sizeof(req->err.message), "could not serialise the answer");
+        return KZ_ERR_NOMEM;
+    }
+    e = kz_buf_puts(&req->out, "]");
+    if (!e && cursor) {
+        e = kz_buf_puts(&req->out, ",\"nextCursor\":");
+        if (!e)
+            e = kz_buf_json_str(&req->out, cursor, strlen(cursor));
+    } else if (!e && !omit_null) {
+        e = kz_buf_puts(&req->out, ",\"nextCursor\":null");
+    }
+    if (!e)
+        e = kz_buf_puts(&req->out, "}");
+    KZ_ASSERT(!e); /* the room above KZ_API_PAGE_MAX is kept for this */
+    req->status = 200;
+    req->content_type = "application/json";
+    return KZ_OK;
 }
 
 /* ==== helpers for request bodies ==== */

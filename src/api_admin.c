@@ -7,6 +7,7 @@
 #include "sign.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static json_t *app_json(const struct kz_app *a, bool with_created)
@@ -93,21 +94,41 @@ out:
     return result;
 }
 
+/* GET /admin/v1/applications: in creation order, cut before KZ_API_PAGE_MAX of output; a cut
+ * page ends with "nextCursor" (the number of applications before the next page). */
+struct app_list_ctx {
+    struct kz_api_page pg;
+    long long skip, seen;
+};
+
 static void app_list_one(void *arg, const struct kz_app *a)
 {
-    json_array_append_new(arg, app_json(a, true));
+    struct app_list_ctx *lc = arg;
+
+    if (lc->seen++ < lc->skip || lc->pg.cut)
+        return;
+    kz_api_page_add(&lc->pg, app_json(a, true));
 }
 
 enum kz_err kz_api_app_list(struct kz_api *api, struct kz_req *req)
 {
-    json_t *arr = json_array();
-    enum kz_err e = kz_store_app_list(api->st, app_list_one, arr);
+    const char *cursor_s = req->query(req->conn, "cursor");
+    struct app_list_ctx lc;
+    char next[24], *end;
+    enum kz_err e;
 
-    if (e) {
-        json_decref(arr);
-        return kz_api_internal(req, e);
+    memset(&lc, 0, sizeof(lc));
+    if (cursor_s && *cursor_s) {
+        lc.skip = strtoll(cursor_s, &end, 10);
+        if (*end || lc.skip < 1)
+            return kz_api_reject(req, KZ_ERR_INVALID, "cursor is not one this service returned");
     }
-    return kz_api_reply(req, 200, json_pack("{s:o}", "applications", arr));
+    kz_api_page_begin(&lc.pg, req, "applications");
+    e = kz_store_app_list(api->st, app_list_one, &lc);
+    if (e)
+        return kz_api_internal(req, e);
+    snprintf(next, sizeof(next), "%lld", lc.skip + (long long)lc.pg.n);
+    return kz_api_page_end(&lc.pg, lc.pg.cut ? next : NULL, true);
 }
 
 enum kz_err kz_api_app_delete(struct kz_api *api, struct kz_req *req, const char *id)

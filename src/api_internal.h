@@ -24,6 +24,10 @@
 
 #define KZ_API_SECRET_CHARS 43 /* 258 bits of [A-Za-z0-9_-] */
 #define KZ_API_PUBLISH_MAX 1000
+/* No response is built whole beyond this: a longer page is cut and carries a nextCursor. */
+#define KZ_API_PAGE_MAX (4u * 1024 * 1024)
+/* At most this many callback handshakes per application at once; one more is 429. */
+#define KZ_API_HANDSHAKES_PER_APP 4
 
 struct kz_api {
     const struct kz_config *cfg;
@@ -33,8 +37,9 @@ struct kz_api {
     char admin_hash[65];
     struct kz_api_hooks hooks;
     struct kz_ratelimit *rl;
+    struct kz_handshaker *hs; /* callback handshakes, off the API workers; NULL if it failed */
     atomic_bool closing;
-    atomic_int pending; /* publishes submitted, not yet answered */
+    atomic_int pending; /* PENDING requests not yet answered (publishes, handshakes) */
 };
 
 /* ==== errors: api.c ==== */
@@ -67,6 +72,24 @@ void kz_api_error_answer(struct kz_req *req, enum kz_err e);
 enum kz_err kz_api_reply(struct kz_req *req, int status, json_t *v);
 /** Ends a PENDING request from another thread: the error answer when `e`, then req->complete. */
 void kz_api_finish(struct kz_req *req, enum kz_err e);
+
+/* ==== a page of items written straight into req->out, cut at KZ_API_PAGE_MAX ==== */
+
+struct kz_api_page {
+    struct kz_req *req;
+    size_t n;  /* items written */
+    bool cut;  /* an item did not fit: the page ends before it */
+    bool fail; /* an item could not be serialised */
+};
+
+/** Starts `{"<name>":[` in req->out. */
+void kz_api_page_begin(struct kz_api_page *pg, struct kz_req *req, const char *name);
+/** Appends `item` (takes it) unless the page is cut; false when it did not fit (then the page
+ * is cut and every later item is dropped). */
+bool kz_api_page_add(struct kz_api_page *pg, json_t *item);
+/** Closes the array, adds `"nextCursor": cursor` (JSON null when NULL; omitted when
+ * `omit_null`), closes the object and sets status 200. */
+enum kz_err kz_api_page_end(struct kz_api_page *pg, const char *cursor, bool omit_null);
 
 /* ==== requests answered later: api.c ==== */
 

@@ -242,6 +242,16 @@ static enum kz_err publish_prepare(struct kz_api *api, struct kz_req *req, struc
         pb->items[i].n_targets =
             kz_subidx_match(api->idx, ev->event_type, ev->group_id, ev->action_id,
                             ev->action_package_id, now, &pb->matches, &pb->nmatch, &pb->capmatch);
+        /* Checked as the matches grow, so a refused request never holds more than one
+         * event's matches beyond the limit. */
+        if (pb->nmatch > (size_t)api->cfg->max_fanout) {
+            result = kz_api_reject_fanout(
+                req,
+                "the request would create more than %d deliveries (--max-fanout); publish "
+                "fewer events at once",
+                api->cfg->max_fanout);
+            goto out;
+        }
     }
     /* The match array may have moved while growing: point into it only now. */
     pb->ids = kz_calloc(pb->nmatch ? pb->nmatch : 1, sizeof(*pb->ids));

@@ -7,6 +7,8 @@
 #include "json.h"
 #include "sign.h"
 
+#include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,18 +165,240 @@ static enum kz_err check_grant(struct kz_req *req, const struct kz_app *app,
     return KZ_OK;
 }
 
-/* Checks the callback URL and runs the handshake. */
-static enum kz_err check_callback(struct kz_api *api, struct kz_req *req, const char *url)
-{
-    struct kz_target t;
-    const char *why = NULL;
-    char reason[300];
+/* ==== writes that wait for a handshake ====
+ *
+ * A create, or a PUT that changes callBackUrl, runs the handshake first. It does not wait on
+ * the API worker: the handler queues the handshake (callback.h) and returns KZ_ERR_PENDING;
+ * handshake_done() then submits the store op on the handshaker thread, and write_done()
+ * answers on the store writer thread. `struct hook_write` carries the request through; its lock
+ * orders the answer against the transport giving the request up (kz_req_cleanup), so whichever
+ * comes second frees it. */
 
-    if (kz_target_check(api->cfg, url, &t, &why))
-        return kz_api_reject(req, KZ_ERR_INVALID, "callBackUrl rejected: %s",
-                             why ? why : "invalid");
-    if (kz_callback_validate(api->cfg, url, &t, reason, sizeof(reason)))
-        return kz_api_reject_callback(req, "callback URL validation failed: %s", reason);
+struct hook_write {
+    struct kz_api_pending base; /* first: req->pending points here */
+    struct kz_api *api;
+    struct kz_req *req;
+    pthread_mutex_t lock;
+    bool req_gone; /* the transport released req: nobody is waiting for the answer */
+    bool finished; /* the answer was given: the transport frees this */
+    bool update;   /* PUT: KZ_OP_WEBHOOK_UPDATE, else KZ_OP_WEBHOOK_INSERT */
+    bool wake;     /* the PUT re-enabled the webhook: deliveries may be due */
+    struct kz_webhook w;
+    struct kz_op op;
+    /* the error answer, prepared off the lock */
+    enum kz_err e;
+    enum kz_req_flavor flavor;
+    char message[512];
+};
+
+static void hook_write_free(struct hook_write *hw)
+{
+    kz_webhook_cleanup(&hw->w);
+    pthread_mutex_destroy(&hw->lock);
+    kz_free(hw);
+}
+
+/* kz_req_cleanup: the transport is done with req. */
+static void hook_write_release(struct kz_api_pending *p)
+{
+    struct hook_write *hw = (struct hook_write *)p;
+    bool finished;
+
+    pthread_mutex_lock(&hw->lock);
+    finished = hw->finished;
+    hw->req_gone = true;
+    pthread_mutex_unlock(&hw->lock);
+    if (finished)
+        hook_write_free(hw);
+}
+
+/* Records the error answer (written by hook_write_end). Returns `e`. */
+static enum kz_err hook_write_fail(struct hook_write *hw, enum kz_err e, enum kz_req_flavor flavor,
+                                   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static enum kz_err hook_write_fail(struct hook_write *hw, enum kz_err e, enum kz_req_flavor flavor,
+                                   const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(hw->message, sizeof(hw->message), fmt, ap);
+    va_end(ap);
+    hw->e = e;
+    hw->flavor = flavor;
+    return e;
+}
+
+/* Answers the request: hw->e's error, or the 200 of the write. Any thread; last touch of hw
+ * unless the transport already let go of req (then hw is freed here). */
+static void hook_write_end(struct hook_write *hw)
+{
+    struct kz_api *api = hw->api;
+    struct kz_req *req = hw->req;
+    enum kz_err e = hw->e;
+
+    pthread_mutex_lock(&hw->lock);
+    if (hw->req_gone) {
+        pthread_mutex_unlock(&hw->lock);
+        hook_write_free(hw);
+        atomic_fetch_sub(&api->pending, 1);
+        return;
+    }
+    if (e) {
+        snprintf(req->err.message, sizeof(req->err.message), "%s", hw->message);
+        req->err.flavor = hw->flavor;
+    } else if (hw->update) {
+        e = kz_api_reply(req, 200, webhook_json(&hw->w, kz_now_ms()));
+    } else {
+        e = kz_api_reply(
+            req, 200,
+            json_pack("{s:s, s:s}", "webhookId", hw->w.id, "signingSecret", hw->w.signing_secret));
+    }
+    hw->finished = true;
+    kz_api_finish(req, e); /* the transport may free hw as soon as the lock is released */
+    pthread_mutex_unlock(&hw->lock);
+    atomic_fetch_sub(&api->pending, 1);
+}
+
+/* Store writer thread: the insert or update is committed (or refused). */
+static void write_done(struct kz_op *op, void *arg)
+{
+    struct hook_write *hw = arg;
+    struct kz_api *api = hw->api;
+    enum kz_err e = op->result;
+
+    if (e == KZ_ERR_QUOTA)
+        hook_write_fail(hw, e, KZ_FLAVOR_PLAIN,
+                        "the application already has %d webhooks (--max-webhooks-per-app)",
+                        api->cfg->max_webhooks_per_app);
+    else if (e == KZ_ERR_AUTH)
+        hook_write_fail(hw, e, KZ_FLAVOR_TOKEN,
+                        "Invalid token. Failure reason:application deleted");
+    else if (e == KZ_ERR_NOTFOUND && hw->update)
+        hook_write_fail(hw, e, KZ_FLAVOR_PLAIN, "no webhook %s", hw->w.id);
+    else if (e)
+        hook_write_fail(hw, e, KZ_FLAVOR_INTERNAL, "%s", "");
+    if (!e) {
+        kz_subidx_put(api->idx, &hw->w, op->webhooks_version);
+        if (hw->wake && api->hooks.wake_dispatch)
+            api->hooks.wake_dispatch(api->hooks.arg);
+    }
+    hook_write_end(hw);
+}
+
+/* Handshaker thread: the handshake ended. On success the write goes to the store. */
+static void handshake_done(void *arg, const struct kz_handshake_result *r)
+{
+    struct hook_write *hw = arg;
+    struct kz_api *api = hw->api;
+    struct kz_app app;
+    enum kz_err e;
+
+    kz_ratelimit_release(api->rl, hw->w.app_id);
+    if (r->e == KZ_ERR_BUSY) {
+        hook_write_fail(hw, r->e, KZ_FLAVOR_PLAIN, "%s", r->why);
+        hook_write_end(hw);
+        return;
+    }
+    if (r->e) {
+        if (r->bad_url)
+            hook_write_fail(hw, KZ_ERR_INVALID, KZ_FLAVOR_PLAIN, "callBackUrl rejected: %s",
+                            r->why);
+        else
+            hook_write_fail(hw, KZ_ERR_INVALID, KZ_FLAVOR_CALLBACK,
+                            "callback URL validation failed: %s", r->why);
+        hook_write_end(hw);
+        return;
+    }
+    /* The application may have been deleted while the handshake ran. (The store refuses such
+     * an insert too; this answers the common case before writing anything.) */
+    memset(&app, 0, sizeof(app));
+    e = kz_store_app_get(api->st, hw->w.app_id, &app);
+    kz_app_cleanup(&app);
+    if (e == KZ_ERR_NOTFOUND) {
+        hook_write_fail(hw, KZ_ERR_AUTH, KZ_FLAVOR_TOKEN,
+                        "Invalid token. Failure reason:application deleted");
+        hook_write_end(hw);
+        return;
+    }
+    memset(&hw->op, 0, sizeof(hw->op));
+    hw->op.type = hw->update ? KZ_OP_WEBHOOK_UPDATE : KZ_OP_WEBHOOK_INSERT;
+    hw->op.u.webhook = hw->w;
+    hw->op.done = write_done;
+    hw->op.arg = hw;
+    e = e ? e : kz_store_submit(api->st, &hw->op);
+    if (e) {
+        if (e == KZ_ERR_BUSY)
+            atomic_fetch_add(&api->m->store_busy, 1);
+        hook_write_fail(hw, e, KZ_FLAVOR_INTERNAL, "%s", "");
+        hook_write_end(hw);
+    }
+}
+
+/* Takes `w` (left empty) and starts its handshake; KZ_ERR_PENDING when the answer will come
+ * through hook_write_end. At most KZ_API_HANDSHAKES_PER_APP per application at once. */
+static enum kz_err write_after_handshake(struct kz_api *api, struct kz_req *req,
+                                         struct kz_webhook *w, bool update, bool wake)
+{
+    struct hook_write *hw;
+    enum kz_err e;
+    int wait = (int)((api->cfg->validation_timeout_ms + 999) / 1000);
+
+    if (!api->hs)
+        return kz_api_reject(req, KZ_ERR_BUSY, "the callback handshake is not available");
+    if (atomic_load(&api->closing))
+        return kz_api_reject(req, KZ_ERR_BUSY, "the service is shutting down");
+    if (!kz_ratelimit_acquire(api->rl, w->app_id, KZ_API_HANDSHAKES_PER_APP))
+        return kz_api_throttle(req, wait,
+                               "more than %d callback handshakes of this application in progress; "
+                               "retry after %d s",
+                               KZ_API_HANDSHAKES_PER_APP, wait);
+    hw = kz_calloc(1, sizeof(*hw));
+    hw->base.release = hook_write_release;
+    hw->api = api;
+    hw->req = req;
+    hw->update = update;
+    hw->wake = wake;
+    pthread_mutex_init(&hw->lock, NULL);
+    hw->w = *w;
+    memset(w, 0, sizeof(*w));
+    req->pending = &hw->base;
+    atomic_fetch_add(&api->pending, 1);
+    e = kz_handshake_start(api->hs, hw->w.callback_url, handshake_done, hw);
+    if (e) {
+        atomic_fetch_sub(&api->pending, 1);
+        req->pending = NULL;
+        kz_ratelimit_release(api->rl, hw->w.app_id);
+        hook_write_free(hw);
+        return kz_api_reject(req, KZ_ERR_BUSY,
+                             "too many callback handshakes in progress; retry later");
+    }
+    return KZ_ERR_PENDING;
+}
+
+struct count_ctx {
+    int n;
+};
+
+static void count_one(void *arg, const struct kz_webhook *w)
+{
+    (void)w;
+    ((struct count_ctx *)arg)->n++;
+}
+
+/* --max-webhooks-per-app, checked before the handshake so a full application wastes no
+ * receiver's time. (The store checks again in the insert's transaction, race-free.) */
+static enum kz_err check_quota(struct kz_api *api, struct kz_req *req, const struct kz_app *app)
+{
+    struct count_ctx cc = {0};
+    enum kz_err e = kz_store_webhook_list(api->st, app->id, -1, NULL, count_one, &cc);
+
+    if (e)
+        return kz_api_internal(req, e);
+    if (cc.n >= api->cfg->max_webhooks_per_app)
+        return kz_api_reject(req, KZ_ERR_QUOTA,
+                             "the application already has %d webhooks (--max-webhooks-per-app)",
+                             api->cfg->max_webhooks_per_app);
     return KZ_OK;
 }
 
@@ -185,7 +409,6 @@ enum kz_err kz_api_webhook_create(struct kz_api *api, struct kz_req *req, const 
     enum kz_err result = KZ_ERR_INVALID;
     json_t *doc = kz_api_parse_body(req, false, false);
     struct kz_webhook w;
-    struct kz_op op;
     bool url_changed, active_given;
 
     memset(&w, 0, sizeof(w));
@@ -199,7 +422,7 @@ enum kz_err kz_api_webhook_create(struct kz_api *api, struct kz_req *req, const 
     result = check_grant(req, app, &w);
     if (result)
         goto out;
-    result = check_callback(api, req, w.callback_url);
+    result = check_quota(api, req, app);
     if (result)
         goto out;
     kz_id_uuid4(w.id);
@@ -210,43 +433,42 @@ enum kz_err kz_api_webhook_create(struct kz_api *api, struct kz_req *req, const 
         kz_api_internal(req, result);
         goto out;
     }
-    memset(&op, 0, sizeof(op));
-    op.type = KZ_OP_WEBHOOK_INSERT;
-    op.u.webhook = w;
-    result = kz_store_exec(api->st, &op);
-    if (result) {
-        kz_api_internal(req, result);
-        goto out;
-    }
-    kz_subidx_put(api->idx, &w, op.webhooks_version);
-    result = kz_api_reply(
-        req, 200, json_pack("{s:s, s:s}", "webhookId", w.id, "signingSecret", w.signing_secret));
+    result = write_after_handshake(api, req, &w, false, false);
 out:
     kz_webhook_cleanup(&w);
     json_decref(doc);
     return result;
 }
 
+/* GET /v1/webhook: in creation order, cut before KZ_API_PAGE_MAX of output; a cut page ends
+ * with "nextCursor" (the number of webhooks before the next page), absent otherwise. */
 struct list_ctx {
-    json_t *arr;
+    struct kz_api_page pg;
     int64_t now;
+    long long skip, seen;
 };
 
 static void webhook_list_one(void *arg, const struct kz_webhook *w)
 {
     struct list_ctx *lc = arg;
 
-    json_array_append_new(lc->arr, webhook_json(w, lc->now));
+    if (lc->seen++ < lc->skip || lc->pg.cut)
+        return;
+    kz_api_page_add(&lc->pg, webhook_json(w, lc->now));
 }
 
 enum kz_err kz_api_webhook_list(struct kz_api *api, struct kz_req *req, const struct kz_app *app)
 {
     const char *oid = req->query(req->conn, "objectId");
     const char *otype = req->query(req->conn, "objectType");
+    const char *cursor_s = req->query(req->conn, "cursor");
     int t = -1;
     struct list_ctx lc;
+    char next[24];
+    char *end;
     enum kz_err e;
 
+    memset(&lc, 0, sizeof(lc));
     if (oid && (!*oid || strlen(oid) > KZ_ID_MAX))
         return kz_api_reject(req, KZ_ERR_INVALID, "objectId must be 1..256 bytes");
     if (otype && *otype) {
@@ -255,14 +477,18 @@ enum kz_err kz_api_webhook_list(struct kz_api *api, struct kz_req *req, const st
             return kz_api_reject(req, KZ_ERR_INVALID,
                                  "objectType must be one of Group, Action, ActionPackage");
     }
-    lc.arr = json_array();
-    lc.now = kz_now_ms();
-    e = kz_store_webhook_list(api->st, app->id, t, oid, webhook_list_one, &lc);
-    if (e) {
-        json_decref(lc.arr);
-        return kz_api_internal(req, e);
+    if (cursor_s && *cursor_s) {
+        lc.skip = strtoll(cursor_s, &end, 10);
+        if (*end || lc.skip < 1)
+            return kz_api_reject(req, KZ_ERR_INVALID, "cursor is not one this service returned");
     }
-    return kz_api_reply(req, 200, json_pack("{s:o}", "webhooks", lc.arr));
+    lc.now = kz_now_ms();
+    kz_api_page_begin(&lc.pg, req, "webhooks");
+    e = kz_store_webhook_list(api->st, app->id, t, oid, webhook_list_one, &lc);
+    if (e)
+        return kz_api_internal(req, e);
+    snprintf(next, sizeof(next), "%lld", lc.skip + (long long)lc.pg.n);
+    return kz_api_page_end(&lc.pg, lc.pg.cut ? next : NULL, true);
 }
 
 /* Loads webhook `id` if `app` owns it; NotFound otherwise. */
@@ -304,7 +530,7 @@ enum kz_err kz_api_webhook_update(struct kz_api *api, struct kz_req *req, const 
     json_t *doc = NULL;
     struct kz_webhook w;
     struct kz_op op;
-    bool url_changed, active_given, was_active;
+    bool url_changed, active_given, was_active, wake;
     char *old_url = NULL;
 
     result = own_webhook(api, req, app, id, &w);
@@ -322,10 +548,10 @@ enum kz_err kz_api_webhook_update(struct kz_api *api, struct kz_req *req, const 
     result = check_grant(req, app, &w);
     if (result)
         goto out;
+    wake = active_given && w.active && !was_active;
     if (url_changed && strcmp(old_url, w.callback_url)) {
-        result = check_callback(api, req, w.callback_url);
-        if (result)
-            goto out;
+        result = write_after_handshake(api, req, &w, true, wake);
+        goto out;
     }
     memset(&op, 0, sizeof(op));
     op.type = KZ_OP_WEBHOOK_UPDATE;
@@ -340,7 +566,7 @@ enum kz_err kz_api_webhook_update(struct kz_api *api, struct kz_req *req, const 
         goto out;
     }
     kz_subidx_put(api->idx, &w, op.webhooks_version);
-    if (active_given && w.active && !was_active && api->hooks.wake_dispatch)
+    if (wake && api->hooks.wake_dispatch)
         api->hooks.wake_dispatch(api->hooks.arg);
     result = kz_api_reply(req, 200, webhook_json(&w, kz_now_ms()));
 out:
@@ -372,9 +598,9 @@ enum kz_err kz_api_webhook_delete(struct kz_api *api, struct kz_req *req, const 
 /* ==== delivery log and replay ==== */
 
 struct dlist_ctx {
-    json_t *arr;
-    int64_t last_id;
-    size_t n;
+    struct kz_api_page pg;
+    int64_t last_id; /* of the last delivery on the page */
+    size_t rows;     /* rows the store returned */
 };
 
 /* A receiver's answer as a JSON string: it may be any bytes, so invalid UTF-8 becomes U+FFFD. */
@@ -418,9 +644,11 @@ static void delivery_one(void *arg, const struct kz_delivery *d)
 {
     struct dlist_ctx *dc = arg;
 
-    json_array_append_new(dc->arr, delivery_json(d));
-    dc->last_id = d->id;
-    dc->n++;
+    dc->rows++;
+    if (dc->pg.cut)
+        return;
+    if (kz_api_page_add(&dc->pg, delivery_json(d)))
+        dc->last_id = d->id;
 }
 
 enum kz_err kz_api_delivery_list(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
@@ -435,7 +663,7 @@ enum kz_err kz_api_delivery_list(struct kz_api *api, struct kz_req *req, const s
     char *end;
     struct dlist_ctx dc;
     enum kz_err e;
-    json_t *o;
+    char next[24];
 
     if (status && *status) {
         state = kz_dstate_from_name(status);
@@ -457,24 +685,16 @@ enum kz_err kz_api_delivery_list(struct kz_api *api, struct kz_req *req, const s
     if (e)
         return e;
     kz_webhook_cleanup(&w);
-    dc.arr = json_array();
-    dc.n = 0;
-    dc.last_id = 0;
+    memset(&dc, 0, sizeof(dc));
+    kz_api_page_begin(&dc.pg, req, "deliveries");
+    /* Each row is serialised as it arrives; past KZ_API_PAGE_MAX the page is cut there and its
+     * nextCursor continues after its last row. */
     e = kz_store_delivery_list(api->st, id, state, cursor, (size_t)limit, delivery_one, &dc);
-    if (e) {
-        json_decref(dc.arr);
+    if (e)
         return kz_api_internal(req, e);
-    }
-    o = json_pack("{s:o}", "deliveries", dc.arr);
-    if (dc.n == (size_t)limit) {
-        char c[24];
-
-        snprintf(c, sizeof(c), "%lld", (long long)dc.last_id);
-        json_object_set_new(o, "nextCursor", json_string(c));
-    } else {
-        json_object_set_new(o, "nextCursor", json_null());
-    }
-    return kz_api_reply(req, 200, o);
+    snprintf(next, sizeof(next), "%lld", (long long)dc.last_id);
+    return kz_api_page_end(&dc.pg, dc.pg.n && (dc.pg.cut || dc.rows == (size_t)limit) ? next : NULL,
+                           false);
 }
 
 enum kz_err kz_api_replay(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
