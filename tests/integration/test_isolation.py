@@ -338,3 +338,28 @@ class SlowHandshakes(KzTestCase):
         self.assertEqual(r.status, 200, r.raw)
         self.assertEqual(r.json["callbackUrl"], self.rc.url("/put2"))
         self.assertEqual(self.srv.get_webhook(tok, wid).json["callbackUrl"], self.rc.url("/put2"))
+
+
+class HandshakeShutdown(KzTestCase):
+    timeout = 60
+
+    def test_sigterm_answers_waiting_creates_and_exits_clean(self):
+        silent = SilentReceiver()
+        self.addCleanup(silent.stop)
+        srv = self.server(args=["--rate-limit", "0", "--allow-http-callbacks"],
+                          validation_timeout="30s")
+        _, tok = srv.app_token()
+        ts, out = in_threads([lambda: srv.create_webhook(tok, webhook_body(silent.url()), timeout=30)
+                              for _ in range(4)])
+        wait_until(lambda: len(silent.conns) >= 4, timeout=5, msg="4 handshakes connected")
+        t0 = time.monotonic()
+        self.assertEqual(srv.stop(), 0)  # also: no allocation left live
+        took = time.monotonic() - t0
+        for t in ts:
+            t.join(10 * timeout_scale())
+        self.assertEqual(len(out), 4)
+        for _, r in out:
+            self.assertNotIsInstance(r, Exception)
+            self.assertError(r, 503, "Unavailable")
+            self.assertIn("shutting down", r.json["message"])
+        self.assertLess(took, 5.0, "the stop waited for the handshakes' 30 s timeout")
