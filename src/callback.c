@@ -53,17 +53,20 @@ static void job_free(struct job *j)
     kz_free(j);
 }
 
-/* Ends a job: one call of done, then it is gone. Any handshaker thread, without the lock. */
+/* Ends a job: it is freed, then done is called once. (Freed first, so that whoever waits for
+ * done finds nothing of the handshake still allocated.) Any handshaker thread, without the lock. */
 static void job_end(struct job *j, enum kz_err e, bool bad_url, const char *why)
 {
     struct kz_handshaker *hs = j->hs;
+    kz_handshake_done_fn *done = j->done;
+    void *arg = j->arg;
     struct kz_handshake_result r;
 
     r.e = e;
     r.bad_url = bad_url;
     snprintf(r.why, sizeof(r.why), "%s", why ? why : "");
-    j->done(j->arg, &r);
     job_free(j);
+    done(arg, &r);
     pthread_mutex_lock(&hs->lock);
     hs->count--;
     pthread_mutex_unlock(&hs->lock);
