@@ -13,6 +13,17 @@
 #include "store.h"
 #include "subidx.h"
 
+struct kz_api_pending;
+
+/** What the answer to a failed request needs beyond its enum kz_err (api-private). */
+enum kz_req_flavor {
+    KZ_FLAVOR_PLAIN = 0,
+    KZ_FLAVOR_INTERNAL, /* a lower layer failed: 500, or 503 when the store is busy or down */
+    KZ_FLAVOR_CALLBACK, /* KZ_ERR_INVALID: 400 CallbackValidationFailed */
+    KZ_FLAVOR_TOKEN,    /* KZ_ERR_AUTH: 401 InvalidToken */
+    KZ_FLAVOR_FANOUT,   /* KZ_ERR_TOOBIG: 413 FanoutTooLarge */
+};
+
 struct kz_req {
     /* set by the transport */
     const char *method;
@@ -28,10 +39,15 @@ struct kz_req {
     int status;
     struct kz_buf out; /* response body */
     const char *content_type;
-    char retry_after[24]; /* "" or seconds */
-    const char *allow;    /* Allow header for 405 */
-    char app_id[40];      /* for the request log, "" when none */
-    void *pending;        /* api-private state of a PENDING request */
+    char retry_after[24];           /* "" or seconds */
+    const char *allow;              /* Allow header for 405 */
+    char app_id[40];                /* for the request log, "" when none */
+    struct kz_api_pending *pending; /* api-private state of a PENDING request */
+    struct {                        /* api-private: how a failed request is answered */
+        char message[512];
+        enum kz_req_flavor flavor;
+        int retry_after_s; /* > 0: 429 Throttled with Retry-After */
+    } err;
 };
 
 struct kz_api;

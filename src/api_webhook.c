@@ -1,0 +1,733 @@
+/* api_webhook.c — an application's webhooks (create, list, get, update, delete), their delivery
+ * log and replay. Every handler gets the authenticated application; another application's
+ * webhook is NotFound, never Forbidden (its existence is not revealed). */
+#include "api_internal.h"
+#include "alloc.h"
+#include "id.h"
+#include "json.h"
+#include "sign.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_VALIDITY_MS INT64_C(63113852000)
+#define MAX_VALIDITY_MS INT64_C(253402300799999) /* 9999-12-31 */
+
+static json_t *webhook_json(const struct kz_webhook *w, int64_t now)
+{
+    json_t *o = json_object(), *events = json_array();
+    int i;
+
+    for (i = 0; i < KZ_EV__COUNT; i++) {
+        if (w->event_mask & (1u << i))
+            json_array_append_new(events, json_string(kz_evtype_name(i)));
+    }
+    json_object_set_new(o, "id", json_string(w->id));
+    json_object_set_new(o, "objectId", json_string(w->object_id));
+    json_object_set_new(o, "objectType", json_string(kz_objtype_name(w->object_type)));
+    json_object_set_new(o, "events", events);
+    json_object_set_new(o, "filters", json_array());
+    json_object_set_new(o, "callbackUrl", json_string(w->callback_url));
+    json_object_set_new(o, "callbackToken",
+                        w->callback_token ? json_string(w->callback_token) : json_null());
+    json_object_set_new(o, "callBackContext",
+                        w->callback_context ? json_string(w->callback_context) : json_null());
+    json_object_set_new(o, "ts", json_integer(w->ts_ms));
+    json_object_set_new(o, "validity", json_integer(w->validity_ms));
+    json_object_set_new(o, "active", json_boolean(w->active && w->validity_ms > now));
+    return o;
+}
+
+/* ==== reading a create or update body ==== */
+
+static enum kz_err field_event_types(struct kz_req *req, const json_t *v, uint32_t *mask)
+{
+    size_t i;
+    json_t *e;
+
+    *mask = 0;
+    if (!json_is_array(v) || !json_array_size(v) || json_array_size(v) > 100)
+        return kz_api_reject(req, KZ_ERR_INVALID,
+                             "eventTypes must be a non-empty array of event type names");
+    json_array_foreach(v, i, e)
+    {
+        int t = json_is_string(e) ? kz_evtype_from_name(json_string_value(e)) : -1;
+
+        if (t < 0)
+            return kz_api_reject(req, KZ_ERR_INVALID, "eventTypes[%zu] is not a known event type",
+                                 i);
+        *mask |= 1u << t;
+    }
+    return KZ_OK;
+}
+
+/* Reads the fields of a create (all required ones present) or update (`update`: any subset)
+ * body into `w`; the error names the field. Sets *url_changed when a callBackUrl was given. */
+static enum kz_err webhook_fields(struct kz_req *req, const json_t *doc, struct kz_webhook *w,
+                                  bool update, bool *url_changed, bool *active_given)
+{
+    json_t *v;
+    char *s = NULL;
+    bool present;
+    int64_t now = kz_now_ms();
+    enum kz_err e;
+
+    *url_changed = false;
+    *active_given = false;
+    e = kz_api_opt_str(req, doc, "objectId", KZ_ID_MAX, false, &s, &present);
+    if (e)
+        return e;
+    if (s) {
+        kz_free(w->object_id);
+        w->object_id = s;
+    } else if (!update || present) {
+        return kz_api_reject(req, KZ_ERR_INVALID, "objectId is required");
+    }
+    v = kz_json_get(doc, "objectType");
+    if (v || !update) {
+        int t = json_is_string(v) ? kz_objtype_from_name(json_string_value(v)) : -1;
+
+        if (t < 0)
+            return kz_api_reject(req, KZ_ERR_INVALID,
+                                 "objectType must be one of Group, Action, ActionPackage");
+        w->object_type = (enum kz_objtype)t;
+    }
+    v = kz_json_get(doc, "eventTypes");
+    if (v || !update) {
+        e = field_event_types(req, v, &w->event_mask);
+        if (e)
+            return e;
+    }
+    e = kz_api_opt_str(req, doc, "callBackUrl", KZ_URL_MAX, false, &s, &present);
+    if (e)
+        return e;
+    if (s) {
+        kz_free(w->callback_url);
+        w->callback_url = s;
+        *url_changed = true;
+    } else if (!update || present) {
+        return kz_api_reject(req, KZ_ERR_INVALID, "callBackUrl is required");
+    }
+    e = kz_api_opt_str(req, doc, "callBackToken", KZ_TOKEN_MAX, true, &s, &present);
+    if (e)
+        return e;
+    if (s && !kz_api_header_safe(s, strlen(s))) {
+        kz_free(s);
+        return kz_api_reject(req, KZ_ERR_INVALID,
+                             "callBackToken must be printable ASCII (it is sent as an HTTP "
+                             "header)");
+    }
+    if (present) {
+        kz_free(w->callback_token);
+        w->callback_token = s;
+    }
+    e = kz_api_opt_str(req, doc, "callBackContext", KZ_CONTEXT_MAX, true, &s, &present);
+    if (e)
+        return e;
+    if (present) {
+        kz_free(w->callback_context);
+        w->callback_context = s;
+    }
+    v = kz_json_get(doc, "validity");
+    if (v && !json_is_null(v)) {
+        int64_t ms;
+
+        if (kz_json_i64(v, &ms) || ms > MAX_VALIDITY_MS)
+            return kz_api_reject(req, KZ_ERR_INVALID,
+                                 "validity must be epoch milliseconds (number or numeric string)");
+        if (ms <= now)
+            return kz_api_reject(req, KZ_ERR_INVALID, "validity must be in the future");
+        w->validity_ms = ms;
+    } else if (!update) {
+        w->validity_ms = w->ts_ms + DEFAULT_VALIDITY_MS;
+    }
+    v = kz_json_get(doc, "Active");
+    if (v && !json_is_null(v)) {
+        bool b;
+
+        if (kz_json_bool(v, &b))
+            return kz_api_reject(req, KZ_ERR_INVALID, "Active must be true or false");
+        w->active = b;
+        *active_given = true;
+    }
+    return KZ_OK;
+}
+
+static enum kz_err check_grant(struct kz_req *req, const struct kz_app *app,
+                               const struct kz_webhook *w)
+{
+    if (!kz_api_app_grants(app, w->object_id))
+        return kz_api_reject(req, KZ_ERR_FORBIDDEN,
+                             "the application may not subscribe to objectId %s", w->object_id);
+    return KZ_OK;
+}
+
+/* ==== writes that wait for a handshake ====
+ *
+ * A create, or a PUT that changes callBackUrl, runs the handshake first. It does not wait on
+ * the API worker: the handler queues the handshake (callback.h) and returns KZ_ERR_PENDING;
+ * handshake_done() then submits the store op on the handshaker thread, and write_done()
+ * answers on the store writer thread. `struct hook_write` carries the request through; its lock
+ * orders the answer against the transport giving the request up (kz_req_cleanup), so whichever
+ * comes second frees it. */
+
+struct hook_write {
+    struct kz_api_pending base; /* first: req->pending points here */
+    struct kz_api *api;
+    struct kz_req *req;
+    pthread_mutex_t lock;
+    bool req_gone; /* the transport released req: nobody is waiting for the answer */
+    bool finished; /* the answer was given: the transport frees this */
+    bool update;   /* PUT: KZ_OP_WEBHOOK_UPDATE, else KZ_OP_WEBHOOK_INSERT */
+    bool wake;     /* the PUT re-enabled the webhook: deliveries may be due */
+    struct kz_webhook w;
+    struct kz_op op;
+    /* the error answer, prepared off the lock */
+    enum kz_err e;
+    enum kz_req_flavor flavor;
+    char message[512];
+};
+
+static void hook_write_free(struct hook_write *hw)
+{
+    kz_webhook_cleanup(&hw->w);
+    pthread_mutex_destroy(&hw->lock);
+    kz_free(hw);
+}
+
+/* kz_req_cleanup: the transport is done with req. */
+static void hook_write_release(struct kz_api_pending *p)
+{
+    struct hook_write *hw = (struct hook_write *)p;
+    bool finished;
+
+    pthread_mutex_lock(&hw->lock);
+    finished = hw->finished;
+    hw->req_gone = true;
+    pthread_mutex_unlock(&hw->lock);
+    if (finished)
+        hook_write_free(hw);
+}
+
+/* Records the error answer (written by hook_write_end). Returns `e`. */
+static enum kz_err hook_write_fail(struct hook_write *hw, enum kz_err e, enum kz_req_flavor flavor,
+                                   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static enum kz_err hook_write_fail(struct hook_write *hw, enum kz_err e, enum kz_req_flavor flavor,
+                                   const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(hw->message, sizeof(hw->message), fmt, ap);
+    va_end(ap);
+    hw->e = e;
+    hw->flavor = flavor;
+    return e;
+}
+
+/* Answers the request: hw->e's error, or the 200 of the write. Any thread; last touch of hw
+ * unless the transport already let go of req (then hw is freed here). */
+static void hook_write_end(struct hook_write *hw)
+{
+    struct kz_api *api = hw->api;
+    struct kz_req *req = hw->req;
+    enum kz_err e = hw->e;
+
+    pthread_mutex_lock(&hw->lock);
+    if (hw->req_gone) {
+        pthread_mutex_unlock(&hw->lock);
+        hook_write_free(hw);
+        atomic_fetch_sub(&api->pending, 1);
+        return;
+    }
+    if (e) {
+        snprintf(req->err.message, sizeof(req->err.message), "%s", hw->message);
+        req->err.flavor = hw->flavor;
+    } else if (hw->update) {
+        e = kz_api_reply(req, 200, webhook_json(&hw->w, kz_now_ms()));
+    } else {
+        e = kz_api_reply(
+            req, 200,
+            json_pack("{s:s, s:s}", "webhookId", hw->w.id, "signingSecret", hw->w.signing_secret));
+    }
+    hw->finished = true;
+    kz_api_finish(req, e); /* the transport may free hw as soon as the lock is released */
+    pthread_mutex_unlock(&hw->lock);
+    atomic_fetch_sub(&api->pending, 1);
+}
+
+/* Store writer thread: the insert or update is committed (or refused). */
+static void write_done(struct kz_op *op, void *arg)
+{
+    struct hook_write *hw = arg;
+    struct kz_api *api = hw->api;
+    enum kz_err e = op->result;
+
+    if (e == KZ_ERR_QUOTA)
+        hook_write_fail(hw, e, KZ_FLAVOR_PLAIN,
+                        "the application already has %d webhooks (--max-webhooks-per-app)",
+                        api->cfg->max_webhooks_per_app);
+    else if (e == KZ_ERR_AUTH)
+        hook_write_fail(hw, e, KZ_FLAVOR_TOKEN,
+                        "Invalid token. Failure reason:application deleted");
+    else if (e == KZ_ERR_NOTFOUND && hw->update)
+        hook_write_fail(hw, e, KZ_FLAVOR_PLAIN, "no webhook %s", hw->w.id);
+    else if (e)
+        hook_write_fail(hw, e, KZ_FLAVOR_INTERNAL, "%s", "");
+    if (!e) {
+        kz_subidx_put(api->idx, &hw->w, op->webhooks_version);
+        if (hw->wake && api->hooks.wake_dispatch)
+            api->hooks.wake_dispatch(api->hooks.arg);
+    }
+    hook_write_end(hw);
+}
+
+/* Handshaker thread: the handshake ended. On success the write goes to the store. */
+static void handshake_done(void *arg, const struct kz_handshake_result *r)
+{
+    struct hook_write *hw = arg;
+    struct kz_api *api = hw->api;
+    struct kz_app app;
+    enum kz_err e;
+
+    kz_ratelimit_release(api->rl, hw->w.app_id);
+    if (r->e == KZ_ERR_BUSY) {
+        hook_write_fail(hw, r->e, KZ_FLAVOR_PLAIN, "%s", r->why);
+        hook_write_end(hw);
+        return;
+    }
+    if (r->e) {
+        if (r->bad_url)
+            hook_write_fail(hw, KZ_ERR_INVALID, KZ_FLAVOR_PLAIN, "callBackUrl rejected: %s",
+                            r->why);
+        else
+            hook_write_fail(hw, KZ_ERR_INVALID, KZ_FLAVOR_CALLBACK,
+                            "callback URL validation failed: %s", r->why);
+        hook_write_end(hw);
+        return;
+    }
+    /* The application may have been deleted while the handshake ran. (The store refuses such
+     * an insert too; this answers the common case before writing anything.) */
+    memset(&app, 0, sizeof(app));
+    e = kz_store_app_get(api->st, hw->w.app_id, &app);
+    kz_app_cleanup(&app);
+    if (e == KZ_ERR_NOTFOUND) {
+        hook_write_fail(hw, KZ_ERR_AUTH, KZ_FLAVOR_TOKEN,
+                        "Invalid token. Failure reason:application deleted");
+        hook_write_end(hw);
+        return;
+    }
+    memset(&hw->op, 0, sizeof(hw->op));
+    hw->op.type = hw->update ? KZ_OP_WEBHOOK_UPDATE : KZ_OP_WEBHOOK_INSERT;
+    hw->op.u.webhook = hw->w;
+    hw->op.done = write_done;
+    hw->op.arg = hw;
+    e = e ? e : kz_store_submit(api->st, &hw->op);
+    if (e) {
+        if (e == KZ_ERR_BUSY)
+            atomic_fetch_add(&api->m->store_busy, 1);
+        hook_write_fail(hw, e, KZ_FLAVOR_INTERNAL, "%s", "");
+        hook_write_end(hw);
+    }
+}
+
+/* Takes `w` (left empty) and starts its handshake; KZ_ERR_PENDING when the answer will come
+ * through hook_write_end. At most KZ_API_HANDSHAKES_PER_APP per application at once. */
+static enum kz_err write_after_handshake(struct kz_api *api, struct kz_req *req,
+                                         struct kz_webhook *w, bool update, bool wake)
+{
+    struct hook_write *hw;
+    enum kz_err e;
+    int wait = (int)((api->cfg->validation_timeout_ms + 999) / 1000);
+
+    if (!api->hs)
+        return kz_api_reject(req, KZ_ERR_BUSY, "the callback handshake is not available");
+    if (atomic_load(&api->closing))
+        return kz_api_reject(req, KZ_ERR_BUSY, "the service is shutting down");
+    if (!kz_ratelimit_acquire(api->rl, w->app_id, KZ_API_HANDSHAKES_PER_APP))
+        return kz_api_throttle(req, wait,
+                               "more than %d callback handshakes of this application in progress; "
+                               "retry after %d s",
+                               KZ_API_HANDSHAKES_PER_APP, wait);
+    hw = kz_calloc(1, sizeof(*hw));
+    hw->base.release = hook_write_release;
+    hw->api = api;
+    hw->req = req;
+    hw->update = update;
+    hw->wake = wake;
+    pthread_mutex_init(&hw->lock, NULL);
+    hw->w = *w;
+    memset(w, 0, sizeof(*w));
+    req->pending = &hw->base;
+    atomic_fetch_add(&api->pending, 1);
+    e = kz_handshake_start(api->hs, hw->w.callback_url, handshake_done, hw);
+    if (e) {
+        atomic_fetch_sub(&api->pending, 1);
+        req->pending = NULL;
+        kz_ratelimit_release(api->rl, hw->w.app_id);
+        hook_write_free(hw);
+        return kz_api_reject(req, KZ_ERR_BUSY,
+                             "too many callback handshakes in progress; retry later");
+    }
+    return KZ_ERR_PENDING;
+}
+
+struct count_ctx {
+    int n;
+};
+
+static void count_one(void *arg, const struct kz_webhook *w)
+{
+    (void)w;
+    ((struct count_ctx *)arg)->n++;
+}
+
+/* --max-webhooks-per-app, checked before the handshake so a full application wastes no
+ * receiver's time. (The store checks again in the insert's transaction, race-free.) */
+static enum kz_err check_quota(struct kz_api *api, struct kz_req *req, const struct kz_app *app)
+{
+    struct count_ctx cc = {0};
+    enum kz_err e = kz_store_webhook_list(api->st, app->id, -1, NULL, count_one, &cc);
+
+    if (e)
+        return kz_api_internal(req, e);
+    if (cc.n >= api->cfg->max_webhooks_per_app)
+        return kz_api_reject(req, KZ_ERR_QUOTA,
+                             "the application already has %d webhooks (--max-webhooks-per-app)",
+                             api->cfg->max_webhooks_per_app);
+    return KZ_OK;
+}
+
+/* ==== handlers ==== */
+
+enum kz_err kz_api_webhook_create(struct kz_api *api, struct kz_req *req, const struct kz_app *app)
+{
+    enum kz_err result = KZ_ERR_INVALID;
+    json_t *doc = kz_api_parse_body(req, false, false);
+    struct kz_webhook w;
+    bool url_changed, active_given;
+
+    memset(&w, 0, sizeof(w));
+    if (!doc)
+        goto out;
+    w.ts_ms = kz_now_ms();
+    w.active = true;
+    result = webhook_fields(req, doc, &w, false, &url_changed, &active_given);
+    if (result)
+        goto out;
+    result = check_grant(req, app, &w);
+    if (result)
+        goto out;
+    result = check_quota(api, req, app);
+    if (result)
+        goto out;
+    kz_id_uuid4(w.id);
+    snprintf(w.app_id, sizeof(w.app_id), "%s", app->id);
+    w.signing_secret = kz_malloc(64);
+    result = kz_sign_secret_new(w.signing_secret, 64);
+    if (result) {
+        kz_api_internal(req, result);
+        goto out;
+    }
+    result = write_after_handshake(api, req, &w, false, false);
+out:
+    kz_webhook_cleanup(&w);
+    json_decref(doc);
+    return result;
+}
+
+/* GET /v1/webhook: in creation order, cut before KZ_API_PAGE_MAX of output; a cut page ends
+ * with "nextCursor" (the number of webhooks before the next page), absent otherwise. */
+struct list_ctx {
+    struct kz_api_page pg;
+    int64_t now;
+    long long skip, seen;
+};
+
+static void webhook_list_one(void *arg, const struct kz_webhook *w)
+{
+    struct list_ctx *lc = arg;
+
+    if (lc->seen++ < lc->skip || lc->pg.cut)
+        return;
+    kz_api_page_add(&lc->pg, webhook_json(w, lc->now));
+}
+
+enum kz_err kz_api_webhook_list(struct kz_api *api, struct kz_req *req, const struct kz_app *app)
+{
+    const char *oid = req->query(req->conn, "objectId");
+    const char *otype = req->query(req->conn, "objectType");
+    const char *cursor_s = req->query(req->conn, "cursor");
+    int t = -1;
+    struct list_ctx lc;
+    char next[24];
+    char *end;
+    enum kz_err e;
+
+    memset(&lc, 0, sizeof(lc));
+    if (oid && (!*oid || strlen(oid) > KZ_ID_MAX))
+        return kz_api_reject(req, KZ_ERR_INVALID, "objectId must be 1..256 bytes");
+    if (otype && *otype) {
+        t = kz_objtype_from_name(otype);
+        if (t < 0)
+            return kz_api_reject(req, KZ_ERR_INVALID,
+                                 "objectType must be one of Group, Action, ActionPackage");
+    }
+    if (cursor_s && *cursor_s) {
+        lc.skip = strtoll(cursor_s, &end, 10);
+        if (*end || lc.skip < 1)
+            return kz_api_reject(req, KZ_ERR_INVALID, "cursor is not one this service returned");
+    }
+    lc.now = kz_now_ms();
+    kz_api_page_begin(&lc.pg, req, "webhooks");
+    e = kz_store_webhook_list(api->st, app->id, t, oid, webhook_list_one, &lc);
+    if (e)
+        return kz_api_internal(req, e);
+    snprintf(next, sizeof(next), "%lld", lc.skip + (long long)lc.pg.n);
+    return kz_api_page_end(&lc.pg, lc.pg.cut ? next : NULL, true);
+}
+
+/* Loads webhook `id` if `app` owns it; NotFound otherwise. */
+static enum kz_err own_webhook(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                               const char *id, struct kz_webhook *w)
+{
+    enum kz_err e;
+
+    memset(w, 0, sizeof(*w));
+    e = kz_store_webhook_get(api->st, id, w);
+    if (!e && strcmp(w->app_id, app->id)) {
+        kz_webhook_cleanup(w);
+        e = KZ_ERR_NOTFOUND;
+    }
+    if (e == KZ_ERR_NOTFOUND)
+        return kz_api_reject(req, e, "no webhook %s", id);
+    if (e)
+        return kz_api_internal(req, e);
+    return KZ_OK;
+}
+
+enum kz_err kz_api_webhook_get(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                               const char *id)
+{
+    struct kz_webhook w;
+    enum kz_err e = own_webhook(api, req, app, id, &w);
+
+    if (e)
+        return e;
+    e = kz_api_reply(req, 200, webhook_json(&w, kz_now_ms()));
+    kz_webhook_cleanup(&w);
+    return e;
+}
+
+enum kz_err kz_api_webhook_update(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                                  const char *id)
+{
+    enum kz_err result;
+    json_t *doc = NULL;
+    struct kz_webhook w;
+    struct kz_op op;
+    bool url_changed, active_given, was_active, wake;
+    char *old_url = NULL;
+
+    result = own_webhook(api, req, app, id, &w);
+    if (result)
+        return result;
+    result = KZ_ERR_INVALID;
+    doc = kz_api_parse_body(req, false, false);
+    if (!doc)
+        goto out;
+    was_active = w.active;
+    old_url = kz_strdup(w.callback_url);
+    result = webhook_fields(req, doc, &w, true, &url_changed, &active_given);
+    if (result)
+        goto out;
+    result = check_grant(req, app, &w);
+    if (result)
+        goto out;
+    wake = active_given && w.active && !was_active;
+    if (url_changed && strcmp(old_url, w.callback_url)) {
+        result = write_after_handshake(api, req, &w, true, wake);
+        goto out;
+    }
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_WEBHOOK_UPDATE;
+    op.u.webhook = w;
+    result = kz_store_exec(api->st, &op);
+    if (result == KZ_ERR_NOTFOUND) {
+        kz_api_reject(req, result, "no webhook %s", id);
+        goto out;
+    }
+    if (result) {
+        kz_api_internal(req, result);
+        goto out;
+    }
+    kz_subidx_put(api->idx, &w, op.webhooks_version);
+    if (wake && api->hooks.wake_dispatch)
+        api->hooks.wake_dispatch(api->hooks.arg);
+    result = kz_api_reply(req, 200, webhook_json(&w, kz_now_ms()));
+out:
+    kz_free(old_url);
+    kz_webhook_cleanup(&w);
+    json_decref(doc);
+    return result;
+}
+
+enum kz_err kz_api_webhook_delete(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                                  const char *id)
+{
+    struct kz_op op;
+    enum kz_err e;
+
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_WEBHOOK_DELETE;
+    op.u.del.id = id;
+    op.u.del.app_id = app->id;
+    e = kz_store_exec(api->st, &op);
+    if (e == KZ_ERR_NOTFOUND)
+        return kz_api_reject(req, e, "no webhook %s", id);
+    if (e)
+        return kz_api_internal(req, e);
+    kz_subidx_remove(api->idx, id, op.webhooks_version);
+    return kz_api_reply(req, 200, json_object());
+}
+
+/* ==== delivery log and replay ==== */
+
+struct dlist_ctx {
+    struct kz_api_page pg;
+    int64_t last_id; /* of the last delivery on the page */
+    size_t rows;     /* rows the store returned */
+};
+
+/* A receiver's answer as a JSON string: it may be any bytes, so invalid UTF-8 becomes U+FFFD. */
+static json_t *utf8_json(const char *s)
+{
+    size_t n = strlen(s);
+    struct kz_buf b;
+    json_t *v;
+
+    kz_buf_init(&b, n * 3 + 1);
+    (void)kz_buf_text(&b, s, n);
+    v = json_stringn(kz_buf_cstr(&b), b.len);
+    kz_buf_cleanup(&b);
+    return v ? v : json_string("");
+}
+
+static json_t *delivery_json(const struct kz_delivery *d)
+{
+    json_t *o = json_object();
+    char id[24];
+
+    snprintf(id, sizeof(id), "%lld", (long long)d->id);
+    json_object_set_new(o, "deliveryId", json_string(id));
+    json_object_set_new(o, "eventId", json_string(d->event_id));
+    json_object_set_new(o, "eventType", json_string(kz_evtype_name(d->event_type)));
+    json_object_set_new(o, "status", json_string(kz_dstate_name(d->state)));
+    json_object_set_new(o, "attempts", json_integer(d->attempts));
+    json_object_set_new(o, "lastStatusCode",
+                        d->last_status ? json_integer(d->last_status) : json_null());
+    json_object_set_new(o, "lastError", d->last_error ? json_string(d->last_error) : json_null());
+    json_object_set_new(o, "lastResponse",
+                        d->last_response ? utf8_json(d->last_response) : json_null());
+    json_object_set_new(o, "nextAttemptAt",
+                        d->state == KZ_D_PENDING ? json_integer(d->next_attempt_at) : json_null());
+    json_object_set_new(o, "createdAt", json_integer(d->created_at));
+    json_object_set_new(o, "updatedAt", json_integer(d->updated_at));
+    return o;
+}
+
+static void delivery_one(void *arg, const struct kz_delivery *d)
+{
+    struct dlist_ctx *dc = arg;
+
+    dc->rows++;
+    if (dc->pg.cut)
+        return;
+    if (kz_api_page_add(&dc->pg, delivery_json(d)))
+        dc->last_id = d->id;
+}
+
+enum kz_err kz_api_delivery_list(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                                 const char *id)
+{
+    struct kz_webhook w;
+    const char *status = req->query(req->conn, "status");
+    const char *limit_s = req->query(req->conn, "limit");
+    const char *cursor_s = req->query(req->conn, "cursor");
+    int state = -1;
+    long long limit = 100, cursor = 0;
+    char *end;
+    struct dlist_ctx dc;
+    enum kz_err e;
+    char next[24];
+
+    if (status && *status) {
+        state = kz_dstate_from_name(status);
+        if (state < 0)
+            return kz_api_reject(req, KZ_ERR_INVALID,
+                                 "status must be pending, succeeded, dead or skipped");
+    }
+    if (limit_s) {
+        limit = strtoll(limit_s, &end, 10);
+        if (*end || end == limit_s || limit < 1 || limit > 1000)
+            return kz_api_reject(req, KZ_ERR_INVALID, "limit must be 1..1000");
+    }
+    if (cursor_s && *cursor_s) {
+        cursor = strtoll(cursor_s, &end, 10);
+        if (*end || cursor < 1)
+            return kz_api_reject(req, KZ_ERR_INVALID, "cursor is not one this service returned");
+    }
+    e = own_webhook(api, req, app, id, &w);
+    if (e)
+        return e;
+    kz_webhook_cleanup(&w);
+    memset(&dc, 0, sizeof(dc));
+    kz_api_page_begin(&dc.pg, req, "deliveries");
+    /* Each row is serialised as it arrives; past KZ_API_PAGE_MAX the page is cut there and its
+     * nextCursor continues after its last row. */
+    e = kz_store_delivery_list(api->st, id, state, cursor, (size_t)limit, delivery_one, &dc);
+    if (e)
+        return kz_api_internal(req, e);
+    snprintf(next, sizeof(next), "%lld", (long long)dc.last_id);
+    return kz_api_page_end(&dc.pg, dc.pg.n && (dc.pg.cut || dc.rows == (size_t)limit) ? next : NULL,
+                           false);
+}
+
+enum kz_err kz_api_replay(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                          const char *id)
+{
+    struct kz_webhook w;
+    json_t *doc, *v;
+    int64_t since;
+    struct kz_op op;
+    enum kz_err e;
+
+    e = own_webhook(api, req, app, id, &w);
+    if (e)
+        return e;
+    kz_webhook_cleanup(&w);
+    doc = kz_api_parse_body(req, false, false);
+    if (!doc)
+        return KZ_ERR_INVALID;
+    v = kz_json_get(doc, "since");
+    if (!v || kz_json_i64(v, &since) || since < 0) {
+        json_decref(doc);
+        return kz_api_reject(req, KZ_ERR_INVALID, "since must be epoch milliseconds");
+    }
+    json_decref(doc);
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_REPLAY;
+    op.u.replay.webhook_id = id;
+    op.u.replay.since = since;
+    op.u.replay.now = kz_now_ms();
+    e = kz_store_exec(api->st, &op);
+    if (e)
+        return kz_api_internal(req, e);
+    if (op.u.replay.requeued && api->hooks.wake_dispatch)
+        api->hooks.wake_dispatch(api->hooks.arg);
+    return kz_api_reply(req, 202, json_pack("{s:I}", "requeued", (json_int_t)op.u.replay.requeued));
+}
