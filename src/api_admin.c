@@ -190,7 +190,7 @@ enum kz_err kz_api_metrics(struct kz_api *api, struct kz_req *req)
     size_t total, inactive;
     uint64_t batches = 0, ops = 0;
 
-    kz_store_backlog(api->st, kz_now_ms(), &due, &sched, &inflight);
+    kz_metrics_backlog_get(api->m, &due, &sched, &inflight); /* a snapshot: never a count here */
     kz_subidx_counts(api->idx, &total, &inactive);
     kz_store_stats(api->st, &batches, &ops);
     atomic_store(&api->m->store_batches, (long long)batches);
