@@ -21,6 +21,11 @@
 
 struct kz_store;
 
+/** Most rows one PRUNE op touches per step (bounds its scratch memory). */
+#define KZ_PRUNE_LIMIT_MAX 100000
+/** Bytes of an attempt's error text kept (cut back to a character boundary). */
+#define KZ_ERROR_KEEP 1024
+
 enum kz_op_type {
     KZ_OP_META_SET,   /* meta[key] = value */
     KZ_OP_APP_CREATE, /* insert u.app */
@@ -72,8 +77,10 @@ struct kz_attempt {
     int attempts;            /* total attempts after this one */
     int64_t next_attempt_at; /* for PENDING */
     int status;              /* HTTP status, 0 if none */
-    const char *error;       /* NULL when none; borrowed */
-    const char *response;    /* NULL when none; borrowed; <= KZ_RESPONSE_KEEP bytes */
+    const char *error;       /* NULL when none; borrowed. Stored cleaned (kz_buf_text) and cut
+                                to KZ_ERROR_KEEP bytes at a character boundary */
+    const char *response;    /* NULL when none; borrowed. Stored cleaned (kz_buf_text) and cut
+                                to KZ_RESPONSE_KEEP bytes at a character boundary */
     size_t response_len;
 };
 
@@ -125,7 +132,7 @@ struct kz_op {
         } release; /* all: ignore lease time */
         struct {
             int64_t before;
-            size_t limit;
+            size_t limit; /* rows per step; the store caps it at KZ_PRUNE_LIMIT_MAX */
             int64_t pruned;
         } prune;
     } u;
