@@ -81,8 +81,10 @@ static enum kz_err pick_backend(const char *url, const struct kz_backend_ops **o
 
 /* ==== op policy: the same on every backend ==== */
 
-#define WIDE_TRIES 30    /* runs of a wide op that keeps meeting a lock (lock_wait bounded) */
-#define COMPLETE_TRIES 3 /* runs of a COMPLETE that a deadlock was resolved against */
+#define WIDE_TRIES 30 /* runs of a wide op that keeps meeting a lock (lock_wait bounded) */
+#define LOCK_TRIES                                                                                 \
+    3 /* runs of a COMPLETE, WEBHOOK_INSERT or TOKEN_ADD that a deadlock was                       \
+         resolved against (rows, or application rows, locked in another order) */
 
 /* The checks every op passes before any SQL. An op failing them gets KZ_ERR_INVALID, alone. */
 static bool op_valid(const struct kz_op *op)
@@ -93,9 +95,12 @@ static bool op_valid(const struct kz_op *op)
     switch (op->type) {
     case KZ_OP_META_SET:
         return op->u.meta.key && op->u.meta.value;
-    case KZ_OP_APP_CREATE:
     case KZ_OP_WEBHOOK_INSERT:
     case KZ_OP_WEBHOOK_UPDATE:
+        return memchr(op->u.webhook.id, '\0', sizeof(op->u.webhook.id)) &&
+               memchr(op->u.webhook.app_id, '\0', sizeof(op->u.webhook.app_id)) &&
+               (op->type == KZ_OP_WEBHOOK_UPDATE || op->u.max_per_app >= 0);
+    case KZ_OP_APP_CREATE:
     case KZ_OP_RELEASE:
     case KZ_OP_PRUNE:
         return true;
@@ -337,7 +342,7 @@ static enum kz_err call_op(struct kz_store *st, struct kz_op *op, bool *bump)
     case KZ_OP_APP_DELETE:
         return b->app_delete(be, op, bump);
     case KZ_OP_TOKEN_ADD:
-        return b->token_add(be, op);
+        return b->token_add(be, op, KZ_TOKENS_PER_APP);
     case KZ_OP_WEBHOOK_INSERT:
         return b->webhook_insert(be, op);
     case KZ_OP_WEBHOOK_UPDATE:
@@ -408,7 +413,7 @@ static enum kz_err run_one(struct kz_store *st, struct kz_op *op, bool *bump, bo
 {
     const struct kz_backend_ops *b = st->ops;
     bool wide = op_wide(op->type) && b->lock_wait;
-    int tries = wide ? WIDE_TRIES : op->type == KZ_OP_COMPLETE ? COMPLETE_TRIES : 1;
+    int tries = wide ? WIDE_TRIES : 1;
     size_t prune_limit = 0;
     enum kz_err result;
     bool op_bump = false;
@@ -417,6 +422,9 @@ static enum kz_err run_one(struct kz_store *st, struct kz_op *op, bool *bump, bo
         op_failed(op, KZ_ERR_INVALID);
         return KZ_OK;
     }
+    if (op->type == KZ_OP_COMPLETE || op->type == KZ_OP_WEBHOOK_INSERT ||
+        op->type == KZ_OP_TOKEN_ADD)
+        tries = LOCK_TRIES;
     switch (op->type) {
     case KZ_OP_CLAIM:
         op->u.claim.out = NULL;
@@ -457,8 +465,8 @@ static enum kz_err run_one(struct kz_store *st, struct kz_op *op, bool *bump, bo
     if (result)
         goto out;
     op->result = call_op(st, op, &op_bump);
-    /* A lock timeout (wide op) or a deadlock resolved against us (COMPLETE): the other side goes
-     * on, so the op is run again from its savepoint. A rollback undoes lock_wait too. */
+    /* A lock timeout (wide op) or a deadlock resolved against us: the other side goes on, so the
+     * op is run again from its savepoint. A rollback undoes lock_wait too. */
     while (op->result == KZ_ERR_BUSY && --tries > 0 && !b->lost(st->be)) {
         if (op->type == KZ_OP_CLAIM)
             kz_claim_cleanup(op);

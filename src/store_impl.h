@@ -86,8 +86,12 @@ struct kz_backend_ops {
     enum kz_err (*app_create)(struct kz_backend *be, struct kz_op *op);
     /** Deletes the app and everything it owns; *bump when it removed webhooks. */
     enum kz_err (*app_delete)(struct kz_backend *be, struct kz_op *op, bool *bump);
-    /** Deletes the app's expired tokens, then inserts the new one. */
-    enum kz_err (*token_add)(struct kz_backend *be, struct kz_op *op);
+    /** Serialised per application (lock its row, or the database's single writer): deletes the
+     * app's expired tokens, then all but the `keep_live - 1` live ones that expire last, then
+     * inserts the new one. */
+    enum kz_err (*token_add)(struct kz_backend *be, struct kz_op *op, int keep_live);
+    /** Serialised per application as token_add: KZ_ERR_AUTH when the app is gone, KZ_ERR_QUOTA
+     * when u.max_per_app > 0 and it already has that many webhooks; else inserts. */
     enum kz_err (*webhook_insert)(struct kz_backend *be, struct kz_op *op);
     enum kz_err (*webhook_update)(struct kz_backend *be, struct kz_op *op);
     enum kz_err (*webhook_delete)(struct kz_backend *be, struct kz_op *op);

@@ -163,7 +163,9 @@ enum stmt_id {
     S_APP_DEL_DELIVERIES,
     S_APP_DEL_WEBHOOKS,
     S_APP_DEL_TOKENS,
+    S_APP_LOCK,
     S_TOKEN_ADD,
+    S_WH_COUNT_APP,
     S_WH_INSERT,
     S_WH_UPDATE,
     S_DLV_SNAP,
@@ -208,10 +210,19 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_APP_DEL_WEBHOOKS] = "DELETE FROM webhooks WHERE application_id = $1",
     [S_APP_DEL_TOKENS] = "DELETE FROM access_tokens WHERE application_id = $1",
     /* purge the app's expired tokens and insert the new one; a duplicate hash fails both */
+    /* Serialises the WEBHOOK_INSERTs and TOKEN_ADDs of one application across nodes (the lock
+     * conflicts with itself and with the row lock of a DELETE), so the counts read after it hold
+     * until commit; an application deleted meanwhile returns no row. */
+    [S_APP_LOCK] = "SELECT 1 FROM applications WHERE id = $1 FOR NO KEY UPDATE",
+    /* expired tokens, then all live ones but the $5 that expire last, then the insert */
     [S_TOKEN_ADD] = "WITH purge AS (DELETE FROM access_tokens"
-                    " WHERE application_id = $2 AND expires_at < $4)"
+                    " WHERE application_id = $2 AND expires_at < $4),"
+                    " trim AS (DELETE FROM access_tokens WHERE token_hash IN (SELECT token_hash"
+                    " FROM access_tokens WHERE application_id = $2 AND expires_at >= $4"
+                    " ORDER BY expires_at DESC, token_hash DESC OFFSET $5))"
                     " INSERT INTO access_tokens(token_hash, application_id, expires_at)"
                     " VALUES ($1, $2, $3)",
+    [S_WH_COUNT_APP] = "SELECT count(*) FROM webhooks WHERE application_id = $1",
     [S_WH_INSERT] = "INSERT INTO webhooks(id, application_id, object_type, object_id, event_mask,"
                     " callback_url, callback_token, callback_context, signing_secret, ts_ms,"
                     " validity_ms, active)"
@@ -1303,22 +1314,63 @@ static enum kz_err op_app_delete(struct kz_backend *be, struct kz_op *op, bool *
     return run_by_id(c, S_APP_DEL_TOKENS, id, "app delete tokens", NULL);
 }
 
-static enum kz_err op_token_add(struct kz_backend *be, struct kz_op *op)
+/* Locks the application's row (S_APP_LOCK); `*exists` tells whether there is one. */
+static enum kz_err app_lock(struct conn *c, const char *app_id, bool *exists)
 {
     struct params p = {0};
+    int64_t n = 0;
+    enum kz_err result;
 
+    p_text(&p, app_id);
+    result = run_count(c, S_APP_LOCK, &p, "app lock", &n);
+    *exists = n > 0;
+    return result;
+}
+
+static enum kz_err op_token_add(struct kz_backend *be, struct kz_op *op, int keep_live)
+{
+    struct params p = {0};
+    enum kz_err result;
+    bool exists;
+
+    /* (a token of an unknown application is stored as before: nothing to lock) */
+    result = app_lock(be->wr, op->u.token.app_id, &exists);
+    if (result)
+        return result;
     p_text(&p, op->u.token.hash);
     p_text(&p, op->u.token.app_id);
     p_int(&p, op->u.token.expires_at);
     p_int(&p, kz_now_ms());
+    p_int(&p, keep_live > 0 ? keep_live - 1 : 0);
     return run_count(be->wr, S_TOKEN_ADD, &p, "token add", NULL);
 }
 
 static enum kz_err op_webhook_insert(struct kz_backend *be, struct kz_op *op)
 {
+    struct conn *c = be->wr;
     const struct kz_webhook *w = &op->u.webhook;
     struct params p = {0};
+    enum kz_err result;
+    bool exists;
+    PGresult *r;
 
+    result = app_lock(c, w->app_id, &exists);
+    if (result)
+        return result;
+    if (!exists)
+        return KZ_ERR_AUTH;
+    if (op->u.max_per_app > 0) {
+        p_fixed(&p, w->app_id, sizeof(w->app_id));
+        r = run(c, S_WH_COUNT_APP, &p, "webhook count", &result);
+        if (!r)
+            return result;
+        if (PQntuples(r) == 1 && col_int(r, 0, 0) >= op->u.max_per_app)
+            result = KZ_ERR_QUOTA;
+        PQclear(r);
+        if (result)
+            return result;
+        memset(&p, 0, sizeof(p));
+    }
     p_fixed(&p, w->id, sizeof(w->id));
     p_fixed(&p, w->app_id, sizeof(w->app_id));
     p_int(&p, w->object_type);
@@ -1331,7 +1383,7 @@ static enum kz_err op_webhook_insert(struct kz_backend *be, struct kz_op *op)
     p_int(&p, w->ts_ms);
     p_int(&p, w->validity_ms);
     p_int(&p, w->active);
-    return run_count(be->wr, S_WH_INSERT, &p, "webhook insert", NULL);
+    return run_count(c, S_WH_INSERT, &p, "webhook insert", NULL);
 }
 
 /* Replaces the mutable columns. id, app_id and ts_ms never change; signing_secret changes only

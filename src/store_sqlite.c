@@ -143,7 +143,10 @@ enum stmt_id {
     S_APP_DEL_WEBHOOKS,
     S_APP_DEL_TOKENS,
     S_TOKEN_PURGE,
+    S_TOKEN_TRIM,
     S_TOKEN_INSERT,
+    S_APP_EXISTS,
+    S_WH_COUNT_APP,
     S_WH_INSERT,
     S_WH_UPDATE,
     S_DLV_SNAP,
@@ -200,6 +203,11 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_APP_DEL_WEBHOOKS] = "DELETE FROM webhooks WHERE application_id = ?1",
     [S_APP_DEL_TOKENS] = "DELETE FROM access_tokens WHERE application_id = ?1",
     [S_TOKEN_PURGE] = "DELETE FROM access_tokens WHERE application_id = ?1 AND expires_at < ?2",
+    [S_TOKEN_TRIM] = "DELETE FROM access_tokens WHERE token_hash IN (SELECT token_hash"
+                     " FROM access_tokens WHERE application_id = ?1 AND expires_at >= ?2"
+                     " ORDER BY expires_at DESC, token_hash DESC LIMIT -1 OFFSET ?3)",
+    [S_APP_EXISTS] = "SELECT 1 FROM applications WHERE id = ?1",
+    [S_WH_COUNT_APP] = "SELECT count(*) FROM webhooks WHERE application_id = ?1",
     [S_TOKEN_INSERT] = "INSERT INTO access_tokens(token_hash, application_id, expires_at)"
                        " VALUES (?1, ?2, ?3)",
     [S_WH_INSERT] = "INSERT INTO webhooks(id, application_id, object_type, object_id, event_mask,"
@@ -942,18 +950,28 @@ static enum kz_err op_app_delete(struct kz_backend *be, struct kz_op *op, bool *
     return rc ? fail(c, "app delete tokens", rc) : KZ_OK;
 }
 
-static enum kz_err op_token_add(struct kz_backend *be, struct kz_op *op)
+/* The write lock taken at BEGIN IMMEDIATE serialises every batch, of every process: the counts
+ * below cannot change before the insert. */
+static enum kz_err op_token_add(struct kz_backend *be, struct kz_op *op, int keep_live)
 {
     struct conn *c = be->wr;
+    int64_t now = kz_now_ms();
     struct bind b;
     int rc;
 
     prep(c, S_TOKEN_PURGE, &b);
     b_text(&b, op->u.token.app_id);
-    b_int(&b, kz_now_ms());
+    b_int(&b, now);
     rc = run(&b);
     if (rc)
         return fail(c, "token purge", rc);
+    prep(c, S_TOKEN_TRIM, &b);
+    b_text(&b, op->u.token.app_id);
+    b_int(&b, now);
+    b_int(&b, keep_live > 0 ? keep_live - 1 : 0);
+    rc = run(&b);
+    if (rc)
+        return fail(c, "token trim", rc);
     prep(c, S_TOKEN_INSERT, &b);
     b_text(&b, op->u.token.hash);
     b_text(&b, op->u.token.app_id);
@@ -962,13 +980,46 @@ static enum kz_err op_token_add(struct kz_backend *be, struct kz_op *op)
     return rc ? fail(c, "token insert", rc) : KZ_OK;
 }
 
+/* `*out` gets the single integer the bound statement returns (0 when no row). */
+static int run_int(struct bind *b, int64_t *out)
+{
+    int rc = step(b);
+
+    *out = 0;
+    if (rc == SQLITE_ROW) {
+        *out = sqlite3_column_int64(b->q, 0);
+        rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+        rc = SQLITE_OK;
+    }
+    finish(b);
+    return rc;
+}
+
 static enum kz_err op_webhook_insert(struct kz_backend *be, struct kz_op *op)
 {
     struct conn *c = be->wr;
     const struct kz_webhook *w = &op->u.webhook;
+    int64_t n = 0;
     struct bind b;
     int rc;
 
+    prep(c, S_APP_EXISTS, &b);
+    b_fixed(&b, w->app_id, sizeof(w->app_id));
+    rc = run_int(&b, &n);
+    if (rc)
+        return fail(c, "webhook app check", rc);
+    if (!n)
+        return KZ_ERR_AUTH;
+    if (op->u.max_per_app > 0) {
+        prep(c, S_WH_COUNT_APP, &b);
+        b_fixed(&b, w->app_id, sizeof(w->app_id));
+        rc = run_int(&b, &n);
+        if (rc)
+            return fail(c, "webhook count", rc);
+        if (n >= op->u.max_per_app)
+            return KZ_ERR_QUOTA;
+    }
     prep(c, S_WH_INSERT, &b);
     b_fixed(&b, w->id, sizeof(w->id));
     b_fixed(&b, w->app_id, sizeof(w->app_id));
