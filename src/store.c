@@ -1,5 +1,7 @@
 /* store.c — the backend-independent half of the store: backend choice by URL, the bounded op
- * queue, the single writer thread (group commit), kz_store_exec, and read delegation.
+ * queue, the single writer thread (group commit), kz_store_exec, read delegation, and the op
+ * policy every backend shares: validation, the lazy-flush decision, savepoint per op, publish
+ * sets, retries, failed op/batch cleanup, text cleaning and the limits (store_impl.h).
  *
  * Threads: kz_store_open/close from one owning thread; submit/exec/reads from any thread; the
  * writer thread runs the backend's write_batch and then every op's done(). See store.h. */
@@ -9,7 +11,10 @@
 #include "log.h"
 
 #include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 struct kz_store {
@@ -24,6 +29,21 @@ struct kz_store {
     uint64_t n_batches, n_ops;
 
     pthread_t writer;
+
+    bool locks_ready; /* mu and wake were initialised (open's cleanup) */
+
+    /* writer thread only */
+    int64_t wh_version;     /* last committed meta webhooks_version */
+    bool *done;             /* per op of the batch: already run (publish sets) */
+    struct kz_op **set;     /* the ops of one publish set */
+    struct kz_buf text;     /* cleaned error/response texts of one COMPLETE */
+    struct kz_attempt *att; /* the COMPLETE's attempts as bound, att_cap allocated */
+    size_t *off;            /* 2 per attempt: offsets of error and response in `text` */
+    size_t att_cap;
+    ptrdiff_t *seen; /* delivery id set (index into the op's attempts, -1 free), seen_cap slots */
+    size_t seen_cap;
+    const struct kz_attempt *saved_items; /* the COMPLETE's own attempts while `att` stands in */
+    size_t saved_n;
 };
 
 /* ==== backend choice ==== */
@@ -59,6 +79,517 @@ static enum kz_err pick_backend(const char *url, const struct kz_backend_ops **o
     return KZ_OK;
 }
 
+/* ==== op policy: the same on every backend ==== */
+
+#define WIDE_TRIES 30 /* runs of a wide op that keeps meeting a lock (lock_wait bounded) */
+#define LOCK_TRIES                                                                                 \
+    3 /* runs of a COMPLETE, WEBHOOK_INSERT or TOKEN_ADD that a deadlock was                       \
+         resolved against (rows, or application rows, locked in another order) */
+
+/* The checks every op passes before any SQL. An op failing them gets KZ_ERR_INVALID, alone. */
+static bool op_valid(const struct kz_op *op)
+{
+    size_t i;
+    size_t k;
+
+    switch (op->type) {
+    case KZ_OP_META_SET:
+        return op->u.meta.key && op->u.meta.value;
+    case KZ_OP_WEBHOOK_INSERT:
+    case KZ_OP_WEBHOOK_UPDATE:
+        return memchr(op->u.webhook.id, '\0', sizeof(op->u.webhook.id)) &&
+               memchr(op->u.webhook.app_id, '\0', sizeof(op->u.webhook.app_id)) &&
+               (op->type == KZ_OP_WEBHOOK_UPDATE || op->u.max_per_app >= 0);
+    case KZ_OP_APP_CREATE:
+    case KZ_OP_RELEASE:
+    case KZ_OP_PRUNE:
+        return true;
+    case KZ_OP_APP_DELETE:
+        return op->u.id;
+    case KZ_OP_TOKEN_ADD:
+        return op->u.token.hash && op->u.token.app_id;
+    case KZ_OP_WEBHOOK_DELETE:
+        return op->u.del.id;
+    case KZ_OP_WEBHOOK_ACTIVE:
+        return op->u.active.id;
+    case KZ_OP_REPLAY:
+        return op->u.replay.webhook_id;
+    case KZ_OP_PUBLISH:
+        if (op->u.publish.n && !op->u.publish.items)
+            return false;
+        for (i = 0; i < op->u.publish.n; i++) {
+            const struct kz_publish_item *it = &op->u.publish.items[i];
+
+            if (!it->ev.event_id || (it->n_targets && (!it->webhook_ids || !it->target_active)) ||
+                it->n_targets > INT32_MAX)
+                return false;
+            for (k = 0; k < it->n_targets; k++) {
+                if (!it->webhook_ids[k])
+                    return false;
+            }
+        }
+        return true;
+    case KZ_OP_CLAIM:
+        if (!op->u.claim.limit)
+            return true; /* claims nothing, whatever the exclusions */
+        if (op->u.claim.n_exclude && !op->u.claim.exclude)
+            return false;
+        for (i = 0; i < op->u.claim.n_exclude; i++) {
+            if (!op->u.claim.exclude[i])
+                return false;
+        }
+        return true;
+    case KZ_OP_COMPLETE:
+        if (op->u.complete.n && !op->u.complete.items)
+            return false;
+        for (i = 0; i < op->u.complete.n; i++) {
+            const struct kz_attempt *a = &op->u.complete.items[i];
+
+            if (a->state == KZ_D_INFLIGHT || (unsigned)a->state > KZ_D_SKIPPED ||
+                (a->response_len && !a->response) ||
+                !memchr(a->webhook_id, '\0', sizeof(a->webhook_id)))
+                return false;
+        }
+        return true;
+    }
+    return false;
+}
+
+/* What a failed op leaves in its op: no claimed rows, no publish results. */
+static void op_failed(struct kz_op *op, enum kz_err result)
+{
+    size_t k;
+
+    op->result = result;
+    if (op->type == KZ_OP_CLAIM)
+        kz_claim_cleanup(op);
+    if (op->type == KZ_OP_PUBLISH && op->u.publish.items) {
+        for (k = 0; k < op->u.publish.n; k++) {
+            op->u.publish.items[k].seq = 0;
+            op->u.publish.items[k].deliveries = 0;
+            op->u.publish.items[k].duplicate = false;
+        }
+    }
+}
+
+/* What a failed batch leaves in every op: nothing was applied. The error is KZ_ERR_BUSY (the
+ * database was locked by someone else) or KZ_ERR_DB. */
+static void batch_failed(struct kz_store *st, struct kz_op **ops, size_t n, enum kz_err result)
+{
+    size_t i;
+
+    if (result != KZ_ERR_BUSY)
+        result = KZ_ERR_DB;
+    for (i = 0; i < n; i++) {
+        op_failed(ops[i], result);
+        ops[i]->webhooks_version = st->wh_version;
+    }
+}
+
+/* A batch of claims, completions, releases and prunes only commits without waiting for the flush
+ * (SQLite synchronous=NORMAL, PostgreSQL synchronous_commit off): losing it in a crash only means
+ * an attempt is made again, which at-least-once allows, and the next durable commit flushes it
+ * anyway since the log is written in order. Everything a client was told is committed (202s,
+ * webhooks, applications, tokens, replays) waits for its own flush. */
+static bool batch_lazy(struct kz_op **ops, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        enum kz_op_type t = ops[i]->type;
+
+        if (t != KZ_OP_CLAIM && t != KZ_OP_COMPLETE && t != KZ_OP_RELEASE && t != KZ_OP_PRUNE)
+            return false;
+    }
+    return true;
+}
+
+/* Ops that rewrite many delivery rows of one webhook (or application) while another node's batch
+ * may hold some of them and wait for others: they run with bounded lock waits and are retried. */
+static bool op_wide(enum kz_op_type t)
+{
+    return t == KZ_OP_WEBHOOK_UPDATE || t == KZ_OP_WEBHOOK_DELETE || t == KZ_OP_REPLAY ||
+           t == KZ_OP_WEBHOOK_ACTIVE || t == KZ_OP_APP_DELETE;
+}
+
+/* An op that can see, or undo, rows a PUBLISH inserts: publishes are not moved past it. */
+static bool publish_barrier(enum kz_op_type t)
+{
+    return t == KZ_OP_WEBHOOK_DELETE || t == KZ_OP_APP_DELETE || t == KZ_OP_REPLAY ||
+           t == KZ_OP_PRUNE;
+}
+
+/* Keeps at most `max` bytes of `s`, cut back to a UTF-8 character boundary. */
+static size_t keep_len(const char *s, size_t len, size_t max)
+{
+    if (len <= max)
+        return len;
+    len = max;
+    while (len > 0 && ((unsigned char)s[len] & 0xC0) == 0x80)
+        len--;
+    return len;
+}
+
+/* Appends `s[0..len)` to st->text as stored text: cleaned with kz_buf_text, then cut to `max`
+ * bytes at a character boundary, then NUL-terminated. Returns its offset in st->text. Only the
+ * first max + 4 bytes are read: a UTF-8 sequence is at most 4 bytes, so whatever follows cannot
+ * change the first `max` bytes of the result. */
+static enum kz_err clean_text(struct kz_store *st, const char *s, size_t len, size_t max,
+                              size_t *off)
+{
+    enum kz_err result;
+    size_t n;
+
+    *off = st->text.len;
+    result = kz_buf_text(&st->text, s, len < max + 4 ? len : max + 4);
+    if (result)
+        return result;
+    n = keep_len(st->text.data + *off, st->text.len - *off, max);
+    st->text.len = *off + n;
+    return kz_buf_append(&st->text, "", 1);
+}
+
+/* The store's copy of a COMPLETE's attempts, as the backend binds them: the first attempt of each
+ * delivery id only (a repeat would find its row no longer inflight anyway), with error and
+ * response cleaned and cut. Sets op->u.complete to the copy; complete_restore puts it back. */
+static enum kz_err complete_prepare(struct kz_store *st, struct kz_op *op)
+{
+    const struct kz_attempt *in = op->u.complete.items;
+    size_t n = op->u.complete.n;
+    size_t slots = 16;
+    size_t m = 0;
+    enum kz_err result = KZ_OK;
+    size_t i;
+
+    while (slots < 2 * n)
+        slots *= 2;
+    if (n > st->att_cap) {
+        kz_free(st->att);
+        kz_free(st->off);
+        st->att = kz_malloc(n * sizeof(*st->att));
+        st->off = kz_malloc(2 * n * sizeof(*st->off));
+        st->att_cap = n;
+    }
+    if (slots > st->seen_cap) {
+        kz_free(st->seen);
+        st->seen = kz_malloc(slots * sizeof(*st->seen));
+        st->seen_cap = slots;
+    }
+    for (i = 0; i < slots; i++)
+        st->seen[i] = -1;
+    kz_buf_reset(&st->text);
+    for (i = 0; i < n && !result; i++) {
+        const struct kz_attempt *a = &in[i];
+        size_t s =
+            (size_t)kz_hash(KZ_HASH_INIT, &a->delivery_id, sizeof(a->delivery_id)) & (slots - 1);
+        bool dup = false;
+
+        while (st->seen[s] >= 0) {
+            if (in[st->seen[s]].delivery_id == a->delivery_id) {
+                dup = true;
+                break;
+            }
+            s = (s + 1) & (slots - 1);
+        }
+        if (dup)
+            continue;
+        st->seen[s] = (ptrdiff_t)i;
+        st->att[m] = *a;
+        st->off[2 * m] = st->off[2 * m + 1] = SIZE_MAX;
+        if (a->error)
+            result = clean_text(st, a->error, strnlen(a->error, KZ_ERROR_KEEP + 4), KZ_ERROR_KEEP,
+                                &st->off[2 * m]);
+        if (!result && a->response)
+            result =
+                clean_text(st, a->response, a->response_len, KZ_RESPONSE_KEEP, &st->off[2 * m + 1]);
+        m++;
+    }
+    if (result)
+        return result;
+    /* the text buffer has stopped moving: point the copies into it */
+    for (i = 0; i < m; i++) {
+        if (st->off[2 * i] != SIZE_MAX)
+            st->att[i].error = st->text.data + st->off[2 * i];
+        if (st->off[2 * i + 1] != SIZE_MAX) {
+            st->att[i].response = st->text.data + st->off[2 * i + 1];
+            st->att[i].response_len = strlen(st->att[i].response);
+        }
+    }
+    st->saved_items = op->u.complete.items;
+    st->saved_n = n;
+    op->u.complete.items = st->att;
+    op->u.complete.n = m;
+    return KZ_OK;
+}
+
+static void complete_restore(struct kz_store *st, struct kz_op *op)
+{
+    op->u.complete.items = st->saved_items;
+    op->u.complete.n = st->saved_n;
+}
+
+/* Runs the backend's function for `op` (valid, prepared). `*bump` when it changed webhooks. */
+static enum kz_err call_op(struct kz_store *st, struct kz_op *op, bool *bump)
+{
+    const struct kz_backend_ops *b = st->ops;
+    struct kz_backend *be = st->be;
+
+    switch (op->type) {
+    case KZ_OP_META_SET:
+        return b->meta_set(be, op);
+    case KZ_OP_APP_CREATE:
+        return b->app_create(be, op);
+    case KZ_OP_APP_DELETE:
+        return b->app_delete(be, op, bump);
+    case KZ_OP_TOKEN_ADD:
+        return b->token_add(be, op, KZ_TOKENS_PER_APP);
+    case KZ_OP_WEBHOOK_INSERT:
+        return b->webhook_insert(be, op);
+    case KZ_OP_WEBHOOK_UPDATE:
+        return b->webhook_update(be, op);
+    case KZ_OP_WEBHOOK_DELETE:
+        return b->webhook_delete(be, op);
+    case KZ_OP_WEBHOOK_ACTIVE:
+        return b->webhook_active(be, op);
+    case KZ_OP_PUBLISH:
+        return b->publish(be, &op, 1);
+    case KZ_OP_CLAIM:
+        return b->claim(be, op);
+    case KZ_OP_COMPLETE:
+        return b->complete(be, op, bump);
+    case KZ_OP_REPLAY:
+        return b->replay(be, op);
+    case KZ_OP_RELEASE:
+        return b->release(be, op);
+    case KZ_OP_PRUNE:
+        return b->prune(be, op);
+    }
+    return KZ_ERR_INVALID;
+}
+
+/* What a successful op tells the batch: webhooks changed (bump webhooks_version once), or
+ * deliveries became due (other nodes' dispatchers may look). */
+static void op_effects(const struct kz_op *op, bool be_bump, bool *bump, bool *due)
+{
+    size_t i;
+    size_t k;
+
+    switch (op->type) {
+    case KZ_OP_WEBHOOK_INSERT:
+    case KZ_OP_WEBHOOK_UPDATE:
+    case KZ_OP_WEBHOOK_DELETE:
+    case KZ_OP_WEBHOOK_ACTIVE:
+        *bump = true;
+        break;
+    case KZ_OP_PUBLISH:
+        for (i = 0; i < op->u.publish.n && !*due; i++) {
+            const struct kz_publish_item *it = &op->u.publish.items[i];
+
+            for (k = 0; k < it->n_targets && !it->duplicate; k++) {
+                if (it->target_active[k])
+                    *due = true;
+            }
+        }
+        break;
+    case KZ_OP_REPLAY:
+        if (op->u.replay.requeued)
+            *due = true;
+        break;
+    case KZ_OP_RELEASE:
+        if (op->u.release.released)
+            *due = true;
+        break;
+    default:
+        break;
+    }
+    if (be_bump)
+        *bump = true;
+}
+
+/* Runs one op in its own savepoint: validate, prepare, call the backend, retry what may be
+ * retried, roll back a failure. Sets op->result. Returns non-OK only when the batch cannot go
+ * on (the transaction is lost, or a savepoint command failed). */
+static enum kz_err run_one(struct kz_store *st, struct kz_op *op, bool *bump, bool *due)
+{
+    const struct kz_backend_ops *b = st->ops;
+    bool wide = op_wide(op->type) && b->lock_wait;
+    int tries = wide ? WIDE_TRIES : 1;
+    size_t prune_limit = 0;
+    enum kz_err result;
+    bool op_bump = false;
+
+    if (!op_valid(op)) {
+        op_failed(op, KZ_ERR_INVALID);
+        return KZ_OK;
+    }
+    if (op->type == KZ_OP_COMPLETE || op->type == KZ_OP_WEBHOOK_INSERT ||
+        op->type == KZ_OP_TOKEN_ADD)
+        tries = LOCK_TRIES;
+    switch (op->type) {
+    case KZ_OP_CLAIM:
+        op->u.claim.out = NULL;
+        op->u.claim.n_out = 0;
+        if (!op->u.claim.limit) {
+            op->result = KZ_OK;
+            return KZ_OK;
+        }
+        break;
+    case KZ_OP_PRUNE:
+        op->u.prune.pruned = 0;
+        if (!op->u.prune.limit) {
+            op->result = KZ_OK;
+            return KZ_OK;
+        }
+        prune_limit = op->u.prune.limit;
+        if (prune_limit > KZ_PRUNE_LIMIT_MAX)
+            op->u.prune.limit = KZ_PRUNE_LIMIT_MAX;
+        break;
+    case KZ_OP_COMPLETE:
+        if (!op->u.complete.n) {
+            op->result = KZ_OK;
+            return KZ_OK;
+        }
+        op->result = complete_prepare(st, op);
+        if (op->result) {
+            op_failed(op, op->result);
+            return KZ_OK;
+        }
+        break;
+    default:
+        break;
+    }
+
+    result = b->savepoint(st->be);
+    if (!result && wide)
+        result = b->lock_wait(st->be, true);
+    if (result)
+        goto out;
+    op->result = call_op(st, op, &op_bump);
+    /* A lock timeout (wide op) or a deadlock resolved against us: the other side goes on, so the
+     * op is run again from its savepoint. A rollback undoes lock_wait too. */
+    while (op->result == KZ_ERR_BUSY && --tries > 0 && !b->lost(st->be)) {
+        if (op->type == KZ_OP_CLAIM)
+            kz_claim_cleanup(op);
+        result = b->rollback_to(st->be);
+        if (!result && wide)
+            result = b->lock_wait(st->be, true);
+        if (result)
+            goto out;
+        op_bump = false;
+        op->result = call_op(st, op, &op_bump);
+    }
+    if (b->lost(st->be)) {
+        kz_log("error", "store: transaction lost mid-batch", NULL);
+        result = op->result == KZ_ERR_BUSY ? KZ_ERR_BUSY : KZ_ERR_DB;
+        goto out;
+    }
+    if (op->result) {
+        op_failed(op, op->result);
+        result = b->rollback_to(st->be);
+        goto out;
+    }
+    op_effects(op, op_bump, bump, due);
+    if (wide)
+        result = b->lock_wait(st->be, false);
+out:
+    if (op->type == KZ_OP_COMPLETE)
+        complete_restore(st, op);
+    if (prune_limit)
+        op->u.prune.limit = prune_limit;
+    return result;
+}
+
+/* Runs the PUBLISH at ops[start] together with every later not-yet-run valid PUBLISH before the
+ * next barrier op, as one set in one savepoint; invalid ones fail alone first. Moving a publish
+ * ahead of an earlier non-barrier op of the batch is invisible to callers: all ops of a batch
+ * were in flight at once. If the set fails, each op is re-run alone, so only the culprit fails.
+ * Returns non-OK only when the batch cannot go on. */
+static enum kz_err publish_group(struct kz_store *st, struct kz_op **ops, size_t n, size_t start,
+                                 bool *done, bool *due)
+{
+    const struct kz_backend_ops *b = st->ops;
+    struct kz_op **set = st->set;
+    enum kz_err result = KZ_OK;
+    bool unused = false;
+    size_t np = 0;
+    size_t i;
+
+    for (i = start; i < n; i++) {
+        struct kz_op *op = ops[i];
+
+        if (publish_barrier(op->type))
+            break;
+        if (op->type != KZ_OP_PUBLISH || done[i])
+            continue;
+        done[i] = true;
+        if (!op_valid(op)) {
+            op_failed(op, KZ_ERR_INVALID);
+            continue;
+        }
+        set[np++] = op;
+    }
+    if (!np)
+        return KZ_OK;
+    result = b->savepoint(st->be);
+    if (result)
+        return result;
+    result = b->publish(st->be, set, np);
+    if (!result) {
+        for (i = 0; i < np; i++) {
+            set[i]->result = KZ_OK;
+            op_effects(set[i], false, &unused, due);
+        }
+        return KZ_OK;
+    }
+    if (b->lost(st->be))
+        return KZ_ERR_DB;
+    result = b->rollback_to(st->be);
+    for (i = 0; i < np && !result; i++)
+        result = run_one(st, set[i], &unused, due);
+    return result;
+}
+
+/* One batch: one transaction, one savepoint per op (or per publish set), one commit. */
+static void write_batch(struct kz_store *st, struct kz_op **ops, size_t n)
+{
+    const struct kz_backend_ops *b = st->ops;
+    int64_t version = st->wh_version;
+    enum kz_err result;
+    bool bump = false;
+    bool due = false;
+    size_t i;
+
+    result = b->begin(st->be, batch_lazy(ops, n));
+    if (result)
+        goto fail;
+    memset(st->done, 0, n * sizeof(*st->done));
+    for (i = 0; i < n; i++) {
+        if (st->done[i])
+            continue;
+        if (ops[i]->type == KZ_OP_PUBLISH && b->publish_sets) {
+            result = publish_group(st, ops, n, i, st->done, &due);
+        } else {
+            st->done[i] = true;
+            result = run_one(st, ops[i], &bump, &due);
+        }
+        if (result)
+            goto fail;
+    }
+    result = b->commit(st->be, bump, due, &version);
+    if (result)
+        goto fail;
+    st->wh_version = version;
+    for (i = 0; i < n; i++)
+        ops[i]->webhooks_version = version;
+    return;
+
+fail:
+    b->rollback(st->be);
+    batch_failed(st, ops, n, result);
+    kz_log("error", "store: batch failed", "\"ops\":%zu,\"err\":\"%s\"", n,
+           kz_err_str(ops[0]->result));
+}
+
 /* ==== writer thread ==== */
 
 /* Takes up to KZ_STORE_BATCH_MAX ops off the queue into `batch`, waiting while the queue is empty.
@@ -92,11 +623,7 @@ static void *writer_main(void *arg)
     size_t i;
 
     while ((n = take_batch(st, batch)) > 0) {
-        enum kz_err result = st->ops->write_batch(st->be, batch, n);
-
-        if (result)
-            kz_log("error", "store: batch failed", "\"ops\":%zu,\"err\":\"%s\"", n,
-                   kz_err_str(result));
+        write_batch(st, batch, n);
         pthread_mutex_lock(&st->mu);
         st->n_batches++;
         st->n_ops += n;
@@ -112,6 +639,40 @@ static void *writer_main(void *arg)
 }
 
 /* ==== open, close, submit ==== */
+
+/* The committed webhooks_version, before the first batch. */
+static enum kz_err read_version(struct kz_store *st, char *err, size_t errlen)
+{
+    struct kz_buf v;
+    enum kz_err result;
+    char *end = NULL;
+
+    kz_buf_init(&v, 64);
+    result = st->ops->meta_get(st->be, "webhooks_version", &v);
+    if (result == KZ_ERR_NOTFOUND) {
+        result = KZ_OK;
+    } else if (!result) {
+        st->wh_version = strtoll(kz_buf_cstr(&v), &end, 10);
+        if (!end || *end)
+            result = KZ_ERR_DB;
+    }
+    if (result)
+        snprintf(err, errlen, "store: %s: cannot read webhooks_version", st->ops->name);
+    kz_buf_cleanup(&v);
+    return result;
+}
+
+/* Frees the store and its writer scratch (not the backend, not the mutex). */
+static void writer_free(struct kz_store *st)
+{
+    kz_free(st->done);
+    kz_free(st->set);
+    kz_buf_cleanup(&st->text);
+    kz_free(st->att);
+    kz_free(st->off);
+    kz_free(st->seen);
+    kz_free(st);
+}
 
 enum kz_err kz_store_open(struct kz_store **out, const char *url, size_t queue_max, char *err,
                           size_t errlen)
@@ -141,8 +702,15 @@ enum kz_err kz_store_open(struct kz_store **out, const char *url, size_t queue_m
     st->be = be;
     be = NULL;
     st->queue_max = queue_max;
+    st->done = kz_calloc(KZ_STORE_BATCH_MAX, sizeof(*st->done));
+    st->set = kz_calloc(KZ_STORE_BATCH_MAX, sizeof(*st->set));
+    kz_buf_init(&st->text, (size_t)1 << 30);
+    result = read_version(st, err, errlen);
+    if (result)
+        goto out;
     pthread_mutex_init(&st->mu, NULL);
     pthread_cond_init(&st->wake, NULL);
+    st->locks_ready = true;
     rc = pthread_create(&st->writer, NULL, writer_main, st);
     if (rc) {
         snprintf(err, errlen, "store: cannot start writer thread: %s", strerror(rc));
@@ -153,10 +721,12 @@ enum kz_err kz_store_open(struct kz_store **out, const char *url, size_t queue_m
     st = NULL;
 out:
     if (st) {
-        pthread_cond_destroy(&st->wake);
-        pthread_mutex_destroy(&st->mu);
+        if (st->locks_ready) {
+            pthread_cond_destroy(&st->wake);
+            pthread_mutex_destroy(&st->mu);
+        }
         st->ops->close(st->be);
-        kz_free(st);
+        writer_free(st);
     }
     if (be)
         ops->close(be);
@@ -175,7 +745,7 @@ void kz_store_close(struct kz_store *st)
     st->ops->close(st->be);
     pthread_cond_destroy(&st->wake);
     pthread_mutex_destroy(&st->mu);
-    kz_free(st);
+    writer_free(st);
 }
 
 enum kz_err kz_store_submit(struct kz_store *st, struct kz_op *op)

@@ -21,13 +21,26 @@
 
 struct kz_store;
 
+/** Most rows one PRUNE op touches per step (bounds its scratch memory). */
+#define KZ_PRUNE_LIMIT_MAX 100000
+/** Bytes of an attempt's error text kept (cut back to a character boundary). */
+#define KZ_ERROR_KEEP 1024
+/** Live (unexpired) access tokens one application keeps at most: TOKEN_ADD revokes the oldest. */
+#define KZ_TOKENS_PER_APP 100
+
 enum kz_op_type {
-    KZ_OP_META_SET,   /* meta[key] = value */
-    KZ_OP_APP_CREATE, /* insert u.app */
-    KZ_OP_APP_DELETE, /* delete app u.id, its tokens, webhooks and their deliveries;
-                         KZ_ERR_NOTFOUND if absent */
-    KZ_OP_TOKEN_ADD,  /* insert access token (u.token); also deletes expired tokens of that app */
-    KZ_OP_WEBHOOK_INSERT, /* insert u.webhook */
+    KZ_OP_META_SET,       /* meta[key] = value */
+    KZ_OP_APP_CREATE,     /* insert u.app */
+    KZ_OP_APP_DELETE,     /* delete app u.id, its tokens, webhooks and their deliveries;
+                             KZ_ERR_NOTFOUND if absent */
+    KZ_OP_TOKEN_ADD,      /* insert access token (u.token); first deletes the app's expired tokens
+                             and, of its live ones, all but the KZ_TOKENS_PER_APP - 1 that expire
+                             last (the oldest are revoked) */
+    KZ_OP_WEBHOOK_INSERT, /* insert u.webhook, in the same transaction as these checks (serialised
+                             per application, also across nodes): KZ_ERR_AUTH when application
+                             u.webhook.app_id no longer exists (deleted meanwhile), KZ_ERR_QUOTA
+                             when it already has u.max_per_app webhooks (0: no limit); on either,
+                             nothing is stored */
     KZ_OP_WEBHOOK_UPDATE, /* replace every mutable column of u.webhook (matched by id and app_id);
                              KZ_ERR_NOTFOUND if absent */
     KZ_OP_WEBHOOK_DELETE, /* delete webhook u.id (owned by u.app_id unless app_id is "") and
@@ -72,8 +85,10 @@ struct kz_attempt {
     int attempts;            /* total attempts after this one */
     int64_t next_attempt_at; /* for PENDING */
     int status;              /* HTTP status, 0 if none */
-    const char *error;       /* NULL when none; borrowed */
-    const char *response;    /* NULL when none; borrowed; <= KZ_RESPONSE_KEEP bytes */
+    const char *error;       /* NULL when none; borrowed. Stored cleaned (kz_buf_text) and cut
+                                to KZ_ERROR_KEEP bytes at a character boundary */
+    const char *response;    /* NULL when none; borrowed. Stored cleaned (kz_buf_text) and cut
+                                to KZ_RESPONSE_KEEP bytes at a character boundary */
     size_t response_len;
 };
 
@@ -89,7 +104,10 @@ struct kz_op {
             const char *hash, *app_id;
             int64_t expires_at;
         } token;
-        struct kz_webhook webhook; /* WEBHOOK_INSERT/UPDATE: borrowed */
+        struct {
+            struct kz_webhook webhook; /* WEBHOOK_INSERT/UPDATE: borrowed */
+            int max_per_app;           /* WEBHOOK_INSERT: webhooks per app at most, 0: no limit */
+        };
         struct {
             const char *id, *app_id;
         } del; /* WEBHOOK_DELETE */
@@ -125,7 +143,7 @@ struct kz_op {
         } release; /* all: ignore lease time */
         struct {
             int64_t before;
-            size_t limit;
+            size_t limit; /* rows per step; the store caps it at KZ_PRUNE_LIMIT_MAX */
             int64_t pruned;
         } prune;
     } u;

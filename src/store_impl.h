@@ -2,20 +2,34 @@
  * the store modules (store.c, store_sqlite.c, store_pg.c) and their unit tests; nothing
  * else includes it.
  *
- * store.c owns the op queue and the single writer thread; a backend owns connections and SQL.
- * The contract per function is below; see docs/internals/STORE.md for the op semantics.
+ * The split (docs/internals/STORE.md, "Who does what"):
+ *  - store.c owns the op queue, the single writer thread, and every rule that does not depend on
+ *    the database: which ops are valid, which batches may skip the flush (lazy), the savepoint per
+ *    op, which ops run as one publish set, which failures are retried, what a failed op or batch
+ *    leaves in its op, how stored text is cleaned and cut, the limits, and
+ *    when webhooks_version is bumped or other nodes are told that deliveries are due.
+ *  - a backend owns connections and SQL: it turns one already-validated, already-cleaned op into
+ *    statements, and provides the transaction primitives below.
+ * To add a column: the field in model.h/store.h, its check or cleaning (if any) in store.c's
+ * op_valid/prepare, one op function per backend, and a migration per backend.
  *
  * Threads: open/close run on the thread calling kz_store_open/close while no other thread uses
- * the backend. write_batch runs only on the writer thread, one call at a time. The reads may run
- * on any thread concurrently with each other and with write_batch.
+ * the backend. The batch primitives and op functions run only on the writer thread, one at a
+ * time. The reads may run on any thread concurrently with each other and with a batch.
  */
 #ifndef KZ_STORE_IMPL_H
 #define KZ_STORE_IMPL_H
 
 #include "store.h"
 
-/** Most ops the writer hands to one write_batch call (one transaction, one fsync). */
+/** Most ops the writer hands to one batch (one transaction, one fsync). */
 #define KZ_STORE_BATCH_MAX 1000
+
+/** `n` as a non-negative SQL integer (size_t values above INT64_MAX are capped). */
+static inline int64_t kz_store_clamp_size(size_t n)
+{
+    return n > (size_t)INT64_MAX ? INT64_MAX : (int64_t)n;
+}
 
 /** Backend state; each backend defines its own struct. */
 struct kz_backend;
@@ -31,13 +45,74 @@ struct kz_backend_ops {
     /** Closes every connection and frees the backend. NULL-safe. */
     void (*close)(struct kz_backend *be);
 
-    /** Runs `ops[0..n)` in one transaction, each op in its own savepoint: an op that fails is
-     * rolled back alone and gets its error in op->result; the others go on. Then commits. When
-     * the transaction cannot be begun or committed (or is lost mid-batch), nothing is applied and
-     * every op gets KZ_ERR_BUSY (database locked by someone else) or KZ_ERR_DB, claimed rows are
-     * freed (n_out = 0). Always sets every op's webhooks_version (the committed value, or the last
-     * known one on failure). Never calls done(). Returns KZ_OK when the batch committed. */
-    enum kz_err (*write_batch)(struct kz_backend *be, struct kz_op **ops, size_t n);
+    /* ==== one write batch (writer thread), in this order:
+     *   begin(lazy)
+     *   for each op: savepoint ; [lock_wait(true)] ; <op function> ;
+     *                on failure rollback_to (and maybe the op function again) ; [lock_wait(false)]
+     *   commit(bump, due)           or, when anything failed or lost(): rollback
+     * Every primitive logs its own failures (never a bound value). ==== */
+
+    /** Begins the batch's transaction. `lazy`: the commit need not wait for the flush (store.c
+     * decides which batches may). May replace a stale connection first: nothing has run yet. */
+    enum kz_err (*begin)(struct kz_backend *be, bool lazy);
+    /** Opens the savepoint of the next op (the previous op's is released first, possibly in the
+     * same round trip). */
+    enum kz_err (*savepoint)(struct kz_backend *be);
+    /** Undoes everything since the last savepoint(); the savepoint stays open. */
+    enum kz_err (*rollback_to)(struct kz_backend *be);
+    /** True when the transaction is gone (connection lost, or the database rolled the whole
+     * transaction back by itself): the batch cannot go on. */
+    bool (*lost)(struct kz_backend *be);
+    /** `bounded`: lock waits of the op about to run end after a short time with KZ_ERR_BUSY;
+     * false restores the default. NULL when the writer never waits for a row lock inside its
+     * transaction (SQLite: the write lock is taken at begin). */
+    enum kz_err (*lock_wait)(struct kz_backend *be, bool bounded);
+    /** Releases the last savepoint; when `bump`, adds 1 to meta webhooks_version; tells other
+     * nodes (if it can) that webhooks changed (`bump`) or deliveries became due (`due`), on commit
+     * only; reads webhooks_version into *version (inside the transaction, so a bump by another
+     * process shows); commits. KZ_OK only when the batch is known committed; *version untouched
+     * otherwise. */
+    enum kz_err (*commit)(struct kz_backend *be, bool bump, bool due, int64_t *version);
+    /** Rolls the batch's transaction back if one is still open. Never fails. */
+    void (*rollback)(struct kz_backend *be);
+
+    /* ==== op functions: each runs inside the op's savepoint on an op that store.c has already
+     * validated (op_valid) and cleaned (text cut and made valid UTF-8). They return the op's
+     * result; on failure store.c rolls the savepoint back, so a function may stop halfway and
+     * need not clean up what it put in the op. `*bump` (where present) is set when the op changed
+     * the webhooks table in a way store.c cannot tell from the op alone. ==== */
+
+    enum kz_err (*meta_set)(struct kz_backend *be, struct kz_op *op);
+    enum kz_err (*app_create)(struct kz_backend *be, struct kz_op *op);
+    /** Deletes the app and everything it owns; *bump when it removed webhooks. */
+    enum kz_err (*app_delete)(struct kz_backend *be, struct kz_op *op, bool *bump);
+    /** Serialised per application (lock its row, or the database's single writer): deletes the
+     * app's expired tokens, then all but the `keep_live - 1` live ones that expire last, then
+     * inserts the new one. */
+    enum kz_err (*token_add)(struct kz_backend *be, struct kz_op *op, int keep_live);
+    /** Serialised per application as token_add: KZ_ERR_AUTH when the app is gone, KZ_ERR_QUOTA
+     * when u.max_per_app > 0 and it already has that many webhooks; else inserts. */
+    enum kz_err (*webhook_insert)(struct kz_backend *be, struct kz_op *op);
+    enum kz_err (*webhook_update)(struct kz_backend *be, struct kz_op *op);
+    enum kz_err (*webhook_delete)(struct kz_backend *be, struct kz_op *op);
+    enum kz_err (*webhook_active)(struct kz_backend *be, struct kz_op *op);
+    /** Publishes `ops[0..n)` (all PUBLISH, all valid) in order; an event_id seen earlier (stored
+     * or earlier in the set) is a duplicate of that first one. Sets every item's results. n is 1
+     * unless `publish_sets`. */
+    enum kz_err (*publish)(struct kz_backend *be, struct kz_op **ops, size_t n);
+    /** limit > 0 here; out/n_out start NULL/0. */
+    enum kz_err (*claim)(struct kz_backend *be, struct kz_op *op);
+    /** Delivery ids are distinct here; error/response are clean and cut. *bump when a webhook
+     * was turned inactive. */
+    enum kz_err (*complete)(struct kz_backend *be, struct kz_op *op, bool *bump);
+    enum kz_err (*replay)(struct kz_backend *be, struct kz_op *op);
+    enum kz_err (*release)(struct kz_backend *be, struct kz_op *op);
+    /** 0 < limit <= KZ_PRUNE_LIMIT_MAX here; `pruned` starts at 0. */
+    enum kz_err (*prune)(struct kz_backend *be, struct kz_op *op);
+    /** True when `publish` takes a run of several ops: store.c then runs the consecutive PUBLISH
+     * ops up to a barrier op as one set (and each alone when the set fails). */
+    bool publish_sets;
+
     /** kz_store_on_notify for this backend; NULL when it has no notifications (SQLite). */
     void (*on_notify)(struct kz_backend *be, void (*fn)(void *arg, int what), void *arg);
 

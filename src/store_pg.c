@@ -59,8 +59,6 @@
 #define BACKOFF_MIN_MS 100            /* first wait after a failed connect */
 #define BACKOFF_MAX_MS 5000           /* longest wait between connect attempts */
 #define MIGRATE_LOCK 0x6b7a686f6f6bLL /* pg_advisory_lock key ("kzhook") held while migrating */
-#define PRUNE_LIMIT_MAX 100000        /* rows one PRUNE op may touch; bounds its scratch memory */
-#define ERROR_KEEP 1024               /* bytes of an attempt's error text kept */
 #define ARRAY_MAX ((size_t)1 << 31)   /* bytes of one array parameter at most */
 #define COMMIT_PROBES 10              /* txid_status() attempts after a connection died in COMMIT */
 #define PMAX 20                       /* parameters of one statement at most */
@@ -165,7 +163,9 @@ enum stmt_id {
     S_APP_DEL_DELIVERIES,
     S_APP_DEL_WEBHOOKS,
     S_APP_DEL_TOKENS,
+    S_APP_LOCK,
     S_TOKEN_ADD,
+    S_WH_COUNT_APP,
     S_WH_INSERT,
     S_WH_UPDATE,
     S_DLV_SNAP,
@@ -210,10 +210,19 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_APP_DEL_WEBHOOKS] = "DELETE FROM webhooks WHERE application_id = $1",
     [S_APP_DEL_TOKENS] = "DELETE FROM access_tokens WHERE application_id = $1",
     /* purge the app's expired tokens and insert the new one; a duplicate hash fails both */
+    /* Serialises the WEBHOOK_INSERTs and TOKEN_ADDs of one application across nodes (the lock
+     * conflicts with itself and with the row lock of a DELETE), so the counts read after it hold
+     * until commit; an application deleted meanwhile returns no row. */
+    [S_APP_LOCK] = "SELECT 1 FROM applications WHERE id = $1 FOR NO KEY UPDATE",
+    /* expired tokens, then all live ones but the $5 that expire last, then the insert */
     [S_TOKEN_ADD] = "WITH purge AS (DELETE FROM access_tokens"
-                    " WHERE application_id = $2 AND expires_at < $4)"
+                    " WHERE application_id = $2 AND expires_at < $4),"
+                    " trim AS (DELETE FROM access_tokens WHERE token_hash IN (SELECT token_hash"
+                    " FROM access_tokens WHERE application_id = $2 AND expires_at >= $4"
+                    " ORDER BY expires_at DESC, token_hash DESC OFFSET $5))"
                     " INSERT INTO access_tokens(token_hash, application_id, expires_at)"
                     " VALUES ($1, $2, $3)",
+    [S_WH_COUNT_APP] = "SELECT count(*) FROM webhooks WHERE application_id = $1",
     [S_WH_INSERT] = "INSERT INTO webhooks(id, application_id, object_type, object_id, event_mask,"
                     " callback_url, callback_token, callback_context, signing_secret, ts_ms,"
                     " validity_ms, active)"
@@ -357,12 +366,12 @@ struct kz_backend {
     struct conn *wr;
     int64_t wr_retry_at;   /* kz_mono_ms() before which no reconnect is tried */
     int wr_backoff;        /* next wait after a failed connect */
-    int64_t wh_version;    /* last committed meta webhooks_version */
+    int64_t xid;           /* the current batch's transaction id (resolve_commit) */
     int64_t prune_cursor;  /* events.seq where the orphan-event sweep resumes */
     bool sp_open;          /* savepoint "op" exists in the current transaction */
     bool sp_fresh;         /* ... and no op has used it yet */
     struct kz_buf arr[16]; /* array literals being built */
-    struct vec items, first, uniq, handled;
+    struct vec items, first, uniq;
 
     _Atomic int wr_pid; /* server pid of the write connection: own NOTIFYs are ignored */
 
@@ -387,11 +396,6 @@ struct kz_backend {
 
 /* ==== small helpers ==== */
 
-static int64_t clamp_size(size_t n)
-{
-    return n > (size_t)INT64_MAX ? INT64_MAX : (int64_t)n;
-}
-
 static void *vec_reserve(struct vec *v, size_t n, size_t elem)
 {
     if (n > v->cap) {
@@ -407,12 +411,10 @@ static int next_backoff(int ms)
     return ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : ms * 2;
 }
 
-
-/* An open-addressing map from a key (a string or an int64, not owned) to an index. */
+/* An open-addressing map from a string key (not owned) to an index. */
 struct kmap {
     size_t mask;
     const char **skey;
-    int64_t *ikey;
     size_t *val;
     bool *used;
 };
@@ -425,7 +427,6 @@ static void kmap_init(struct kmap *m, size_t n)
         cap *= 2;
     m->mask = cap - 1;
     m->skey = kz_calloc(cap, sizeof(*m->skey));
-    m->ikey = kz_calloc(cap, sizeof(*m->ikey));
     m->val = kz_calloc(cap, sizeof(*m->val));
     m->used = kz_calloc(cap, sizeof(*m->used));
 }
@@ -433,7 +434,6 @@ static void kmap_init(struct kmap *m, size_t n)
 static void kmap_cleanup(struct kmap *m)
 {
     kz_free(m->skey);
-    kz_free(m->ikey);
     kz_free(m->val);
     kz_free(m->used);
 }
@@ -444,15 +444,6 @@ static size_t kmap_slot_s(const struct kmap *m, const char *k, size_t len)
     size_t i = kz_hash(KZ_HASH_INIT, k, len) & m->mask;
 
     while (m->used[i] && (strlen(m->skey[i]) != len || memcmp(m->skey[i], k, len)))
-        i = (i + 1) & m->mask;
-    return i;
-}
-
-static size_t kmap_slot_i(const struct kmap *m, int64_t k)
-{
-    size_t i = kz_hash(KZ_HASH_INIT, &k, sizeof(k)) & m->mask;
-
-    while (m->used[i] && m->ikey[i] != k)
         i = (i + 1) & m->mask;
     return i;
 }
@@ -645,11 +636,9 @@ static void arr_sep(struct kz_buf *b)
         (void)kz_buf_append(b, ",", 1);
 }
 
-
-/* Appends `s[0..n)` as a quoted element. With `sanitize`, bytes that are not valid UTF-8 (and
- * NULs) become '?', for text we did not produce (a receiver's answer): PostgreSQL text must be
- * valid UTF-8 and cannot hold NUL. Without it, invalid input fails the statement. */
-static void arr_strn(struct kz_buf *b, const char *s, size_t n, bool sanitize)
+/* Appends `s[0..n)` as a quoted element. Invalid UTF-8 fails the statement (SQLSTATE 22021):
+ * text kzhook did not write (a receiver's answer) was cleaned by store.c before. */
+static void arr_strn(struct kz_buf *b, const char *s, size_t n)
 {
     const unsigned char *u = (const unsigned char *)s;
     size_t i = 0;
@@ -672,16 +661,6 @@ static void arr_strn(struct kz_buf *b, const char *s, size_t n, bool sanitize)
             i++;
             continue;
         }
-        if (sanitize && (u[i] >= 0x80 || !u[i])) {
-            len = u[i] ? kz_utf8_seq(u + i, n - i) : 0;
-            if (!len) {
-                (void)kz_buf_append(b, s + i - run, run);
-                run = 0;
-                (void)kz_buf_append(b, "?", 1);
-                i++;
-                continue;
-            }
-        }
         run += len;
         i += len;
     }
@@ -691,7 +670,7 @@ static void arr_strn(struct kz_buf *b, const char *s, size_t n, bool sanitize)
 
 static void arr_str(struct kz_buf *b, const char *s)
 {
-    arr_strn(b, s, s ? strlen(s) : 0, false);
+    arr_strn(b, s, s ? strlen(s) : 0);
 }
 
 static void arr_int(struct kz_buf *b, int64_t v)
@@ -925,20 +904,6 @@ out:
             (void)simple(c, sql, "migration unlock", NULL);
         }
     }
-    PQclear(rows);
-    return result;
-}
-
-/* Reads meta webhooks_version on the write connection. */
-static enum kz_err read_version(struct conn *c, int64_t *out)
-{
-    enum kz_err result;
-    PGresult *rows = NULL;
-
-    result = simple(c, "SELECT value::bigint FROM meta WHERE key = 'webhooks_version'",
-                    "webhooks_version read", &rows);
-    if (!result)
-        *out = rows && PQntuples(rows) ? col_int(rows, 0, 0) : 0;
     PQclear(rows);
     return result;
 }
@@ -1241,7 +1206,6 @@ static void backend_free(struct kz_backend *be)
     kz_free(be->items.p);
     kz_free(be->first.p);
     kz_free(be->uniq.p);
-    kz_free(be->handled.p);
     pthread_cond_destroy(&be->ln_cv);
     pthread_mutex_destroy(&be->ln_mu);
     pthread_cond_destroy(&be->pool_cv);
@@ -1274,11 +1238,6 @@ static enum kz_err pg_open(struct kz_backend **out, const char *url, char *err, 
     result = migrate(be->wr, err, errlen);
     if (result)
         goto out;
-    result = read_version(be->wr, &be->wh_version);
-    if (result) {
-        snprintf(err, errlen, "store: PostgreSQL: cannot read webhooks_version");
-        goto out;
-    }
     atomic_store(&be->wr_pid, PQbackendPID(be->wr->pg));
     *out = be;
     be = NULL;
@@ -1296,22 +1255,19 @@ static void pg_close(struct kz_backend *be)
 
 /* ==== write ops (writer thread) ==== */
 
-/* Each op_* runs inside the savepoint on the write connection and returns the op's result; on
- * failure the caller rolls the savepoint back, so an op_* may stop halfway. `*bump` is set when
- * the op changed the webhooks table, `*due` when it made deliveries due. */
+/* Each op_* is a backend op function (store_impl.h): the op is valid and cleaned, it runs
+ * inside the op's savepoint on the write connection, and store.c rolls it back on failure. */
 
-static enum kz_err op_meta_set(struct conn *c, struct kz_op *op)
+static enum kz_err op_meta_set(struct kz_backend *be, struct kz_op *op)
 {
     struct params p = {0};
 
-    if (!op->u.meta.key || !op->u.meta.value)
-        return KZ_ERR_INVALID;
     p_text(&p, op->u.meta.key);
     p_text(&p, op->u.meta.value);
-    return run_count(c, S_META_SET, &p, "meta set", NULL);
+    return run_count(be->wr, S_META_SET, &p, "meta set", NULL);
 }
 
-static enum kz_err op_app_create(struct conn *c, struct kz_op *op)
+static enum kz_err op_app_create(struct kz_backend *be, struct kz_op *op)
 {
     const struct kz_app *a = &op->u.app;
     struct params p = {0};
@@ -1322,7 +1278,7 @@ static enum kz_err op_app_create(struct conn *c, struct kz_op *op)
     p_fixed(&p, a->secret_hash, sizeof(a->secret_hash));
     p_fixed(&p, a->refresh_hash, sizeof(a->refresh_hash));
     p_int(&p, a->created_at);
-    return run_count(c, S_APP_INSERT, &p, "app insert", NULL);
+    return run_count(be->wr, S_APP_INSERT, &p, "app insert", NULL);
 }
 
 /* Runs a statement whose only parameter is `id`. */
@@ -1335,14 +1291,13 @@ static enum kz_err run_by_id(struct conn *c, enum stmt_id sid, const char *id, c
     return run_count(c, sid, &p, what, changed);
 }
 
-static enum kz_err op_app_delete(struct conn *c, struct kz_op *op, bool *bump)
+static enum kz_err op_app_delete(struct kz_backend *be, struct kz_op *op, bool *bump)
 {
+    struct conn *c = be->wr;
     const char *id = op->u.id;
     int64_t changed = 0;
     enum kz_err result;
 
-    if (!id)
-        return KZ_ERR_INVALID;
     result = run_by_id(c, S_APP_DELETE, id, "app delete", &changed);
     if (result)
         return result;
@@ -1359,25 +1314,63 @@ static enum kz_err op_app_delete(struct conn *c, struct kz_op *op, bool *bump)
     return run_by_id(c, S_APP_DEL_TOKENS, id, "app delete tokens", NULL);
 }
 
-static enum kz_err op_token_add(struct conn *c, struct kz_op *op)
+/* Locks the application's row (S_APP_LOCK); `*exists` tells whether there is one. */
+static enum kz_err app_lock(struct conn *c, const char *app_id, bool *exists)
 {
     struct params p = {0};
+    int64_t n = 0;
+    enum kz_err result;
 
-    if (!op->u.token.hash || !op->u.token.app_id)
-        return KZ_ERR_INVALID;
+    p_text(&p, app_id);
+    result = run_count(c, S_APP_LOCK, &p, "app lock", &n);
+    *exists = n > 0;
+    return result;
+}
+
+static enum kz_err op_token_add(struct kz_backend *be, struct kz_op *op, int keep_live)
+{
+    struct params p = {0};
+    enum kz_err result;
+    bool exists;
+
+    /* (a token of an unknown application is stored as before: nothing to lock) */
+    result = app_lock(be->wr, op->u.token.app_id, &exists);
+    if (result)
+        return result;
     p_text(&p, op->u.token.hash);
     p_text(&p, op->u.token.app_id);
     p_int(&p, op->u.token.expires_at);
     p_int(&p, kz_now_ms());
-    return run_count(c, S_TOKEN_ADD, &p, "token add", NULL);
+    p_int(&p, keep_live > 0 ? keep_live - 1 : 0);
+    return run_count(be->wr, S_TOKEN_ADD, &p, "token add", NULL);
 }
 
-static enum kz_err op_webhook_insert(struct conn *c, struct kz_op *op, bool *bump)
+static enum kz_err op_webhook_insert(struct kz_backend *be, struct kz_op *op)
 {
+    struct conn *c = be->wr;
     const struct kz_webhook *w = &op->u.webhook;
     struct params p = {0};
     enum kz_err result;
+    bool exists;
+    PGresult *r;
 
+    result = app_lock(c, w->app_id, &exists);
+    if (result)
+        return result;
+    if (!exists)
+        return KZ_ERR_AUTH;
+    if (op->u.max_per_app > 0) {
+        p_fixed(&p, w->app_id, sizeof(w->app_id));
+        r = run(c, S_WH_COUNT_APP, &p, "webhook count", &result);
+        if (!r)
+            return result;
+        if (PQntuples(r) == 1 && col_int(r, 0, 0) >= op->u.max_per_app)
+            result = KZ_ERR_QUOTA;
+        PQclear(r);
+        if (result)
+            return result;
+        memset(&p, 0, sizeof(p));
+    }
     p_fixed(&p, w->id, sizeof(w->id));
     p_fixed(&p, w->app_id, sizeof(w->app_id));
     p_int(&p, w->object_type);
@@ -1390,16 +1383,14 @@ static enum kz_err op_webhook_insert(struct conn *c, struct kz_op *op, bool *bum
     p_int(&p, w->ts_ms);
     p_int(&p, w->validity_ms);
     p_int(&p, w->active);
-    result = run_count(c, S_WH_INSERT, &p, "webhook insert", NULL);
-    if (!result)
-        *bump = true;
-    return result;
+    return run_count(c, S_WH_INSERT, &p, "webhook insert", NULL);
 }
 
 /* Replaces the mutable columns. id, app_id and ts_ms never change; signing_secret changes only
  * when the op carries one (NULL keeps the stored secret). */
-static enum kz_err op_webhook_update(struct conn *c, struct kz_op *op, bool *bump)
+static enum kz_err op_webhook_update(struct kz_backend *be, struct kz_op *op)
 {
+    struct conn *c = be->wr;
     const struct kz_webhook *w = &op->u.webhook;
     struct params p = {0};
     struct params snap = {0};
@@ -1425,22 +1416,18 @@ static enum kz_err op_webhook_update(struct conn *c, struct kz_op *op, bool *bum
     p_fixed(&p, w->id, sizeof(w->id));
     p_fixed(&p, w->app_id, sizeof(w->app_id));
     result = run_count(c, S_WH_UPDATE, &p, "webhook update", &changed);
-    if (result)
-        return result;
-    if (!changed)
-        return KZ_ERR_NOTFOUND;
-    *bump = true;
-    return KZ_OK;
+    if (!result && !changed)
+        result = KZ_ERR_NOTFOUND;
+    return result;
 }
 
-static enum kz_err op_webhook_delete(struct conn *c, struct kz_op *op, bool *bump)
+static enum kz_err op_webhook_delete(struct kz_backend *be, struct kz_op *op)
 {
+    struct conn *c = be->wr;
     struct params p = {0};
     int64_t changed = 0;
     enum kz_err result;
 
-    if (!op->u.del.id)
-        return KZ_ERR_INVALID;
     p_text(&p, op->u.del.id);
     p_text(&p, op->u.del.app_id ? op->u.del.app_id : "");
     result = run_count(c, S_WH_DELETE, &p, "webhook delete", &changed);
@@ -1448,71 +1435,28 @@ static enum kz_err op_webhook_delete(struct conn *c, struct kz_op *op, bool *bum
         return result;
     if (!changed)
         return KZ_ERR_NOTFOUND;
-    result = run_by_id(c, S_WH_DEL_DELIVERIES, op->u.del.id, "webhook delete deliveries", NULL);
-    if (!result)
-        *bump = true;
-    return result;
+    return run_by_id(c, S_WH_DEL_DELIVERIES, op->u.del.id, "webhook delete deliveries", NULL);
 }
 
-static enum kz_err op_webhook_active(struct conn *c, struct kz_op *op, bool *bump)
+static enum kz_err op_webhook_active(struct kz_backend *be, struct kz_op *op)
 {
     struct params p = {0};
     int64_t changed = 0;
     enum kz_err result;
 
-    if (!op->u.active.id)
-        return KZ_ERR_INVALID;
     p_text(&p, op->u.active.id);
     p_int(&p, op->u.active.flag);
-    result = run_count(c, S_WH_ACTIVE, &p, "webhook active", &changed);
-    if (result)
-        return result;
-    if (!changed)
-        return KZ_ERR_NOTFOUND;
-    *bump = true;
-    return KZ_OK;
+    result = run_count(be->wr, S_WH_ACTIVE, &p, "webhook active", &changed);
+    if (!result && !changed)
+        result = KZ_ERR_NOTFOUND;
+    return result;
 }
 
-/* The checks publish_one does on SQLite before any SQL: an invalid item fails its whole op. */
-static bool publish_valid(const struct kz_op *op)
-{
-    size_t i;
-    size_t k;
-
-    if (op->u.publish.n && !op->u.publish.items)
-        return false;
-    for (i = 0; i < op->u.publish.n; i++) {
-        const struct kz_publish_item *it = &op->u.publish.items[i];
-
-        if (!it->ev.event_id || (it->n_targets && (!it->webhook_ids || !it->target_active)) ||
-            it->n_targets > INT32_MAX)
-            return false;
-        for (k = 0; k < it->n_targets; k++) {
-            if (!it->webhook_ids[k])
-                return false;
-        }
-    }
-    return true;
-}
-
-static void publish_clear(struct kz_op *op)
-{
-    size_t k;
-
-    if (!op->u.publish.items)
-        return;
-    for (k = 0; k < op->u.publish.n; k++) {
-        op->u.publish.items[k].seq = 0;
-        op->u.publish.items[k].deliveries = 0;
-        op->u.publish.items[k].duplicate = false;
-    }
-}
-
-/* Publishes the valid PUBLISH ops `pops[0..np)` as one set: one statement inserts every new
- * event and its deliveries, one more looks up the events that already existed. An event_id seen
- * earlier in the set is a duplicate of that first item, as it would be on SQLite. Sets every
- * item's result; `*due` when a pending delivery was inserted. Runs inside a savepoint. */
-static enum kz_err publish_set(struct kz_backend *be, struct kz_op **pops, size_t np, bool *due)
+/* Publishes the PUBLISH ops `pops[0..np)` as one set (publish_sets): one statement inserts every
+ * new event and its deliveries, one more looks up the events that already existed. An event_id
+ * seen earlier in the set is a duplicate of that first item, as it would be on SQLite. Sets every
+ * item's result. */
+static enum kz_err op_publish(struct kz_backend *be, struct kz_op **pops, size_t np)
 {
     struct conn *c = be->wr;
     int64_t now = kz_now_ms();
@@ -1526,7 +1470,6 @@ static enum kz_err publish_set(struct kz_backend *be, struct kz_op **pops, size_
     struct params p = {0};
     enum kz_err result = KZ_OK;
     PGresult *r = NULL;
-    bool pend = false;
     size_t i;
     size_t k;
     int row;
@@ -1608,8 +1551,6 @@ static enum kz_err publish_set(struct kz_backend *be, struct kz_op **pops, size_
         it = its[map.val[s]];
         it->seq = col_int(r, row, 0);
         it->deliveries = (int)it->n_targets;
-        for (k = 0; k < it->n_targets && !pend; k++)
-            pend = it->target_active[k];
     }
     PQclear(r);
     r = NULL;
@@ -1658,8 +1599,6 @@ static enum kz_err publish_set(struct kz_backend *be, struct kz_op **pops, size_
         its[i]->deliveries = its[first[i]]->deliveries;
         its[i]->duplicate = true;
     }
-    if (pend)
-        *due = true;
 out:
     PQclear(r);
     kmap_cleanup(&map);
@@ -1667,7 +1606,7 @@ out:
 }
 
 /* Claims due rows with one statement (see S_CLAIM). */
-static enum kz_err op_claim(struct kz_backend *be, struct conn *c, struct kz_op *op)
+static enum kz_err op_claim(struct kz_backend *be, struct kz_op *op)
 {
     enum kz_err result = KZ_OK;
     struct kz_claimed *rows = NULL;
@@ -1676,25 +1615,16 @@ static enum kz_err op_claim(struct kz_backend *be, struct conn *c, struct kz_op 
     size_t i;
     int n;
 
-    op->u.claim.out = NULL;
-    op->u.claim.n_out = 0;
-    if (!op->u.claim.limit)
-        return KZ_OK;
-    if (op->u.claim.n_exclude && !op->u.claim.exclude)
-        return KZ_ERR_INVALID;
     arr_begin(&be->arr[0]);
-    for (i = 0; i < op->u.claim.n_exclude; i++) {
-        if (!op->u.claim.exclude[i])
-            return KZ_ERR_INVALID;
+    for (i = 0; i < op->u.claim.n_exclude; i++)
         arr_str(&be->arr[0], op->u.claim.exclude[i]);
-    }
     p_int(&p, op->u.claim.now);
     p_int(&p, op->u.claim.lease_until);
     result = p_arrays(&p, be->arr, 1);
     if (result)
         return result;
-    p_int(&p, clamp_size(op->u.claim.limit));
-    r = run(c, S_CLAIM, &p, "claim", &result);
+    p_int(&p, kz_store_clamp_size(op->u.claim.limit));
+    r = run(be->wr, S_CLAIM, &p, "claim", &result);
     if (!r)
         return result;
     n = PQntuples(r);
@@ -1727,75 +1657,33 @@ static enum kz_err op_claim(struct kz_backend *be, struct conn *c, struct kz_op 
     return result;
 }
 
-/* Keeps at most `max` bytes of `s`, cut back to a UTF-8 character boundary. */
-static size_t keep_len(const char *s, size_t len, size_t max)
-{
-    if (len <= max)
-        return len;
-    len = max;
-    while (len > 0 && ((unsigned char)s[len] & 0xC0) == 0x80)
-        len--;
-    return len;
-}
-
 /* All attempts of the op in one UPDATE … FROM unnest(…), only on rows still INFLIGHT; then the
- * webhooks of the attempts that turned DEAD are disabled in one more statement. A delivery id
- * repeated within the op is applied once (the first), as on SQLite the repeat finds the row no
- * longer inflight. */
-static enum kz_err op_complete(struct kz_backend *be, struct conn *c, struct kz_op *op, bool *bump)
+ * webhooks of the attempts that turned DEAD are disabled in one more statement. */
+static enum kz_err op_complete(struct kz_backend *be, struct kz_op *op, bool *bump)
 {
+    struct conn *c = be->wr;
     const struct kz_attempt *items = op->u.complete.items;
     size_t n = op->u.complete.n;
-    struct kmap seen = {0};
     struct params p = {0};
     enum kz_err result = KZ_OK;
-    size_t *pos;
-    size_t m = 0;
     size_t dead = 0;
     PGresult *r = NULL;
     int64_t changed = 0;
     size_t i;
     int row;
 
-    if (!n)
-        return KZ_OK;
-    if (!items)
-        return KZ_ERR_INVALID;
-    for (i = 0; i < n; i++) {
-        const struct kz_attempt *a = &items[i];
-
-        if (a->state == KZ_D_INFLIGHT || (unsigned)a->state > KZ_D_SKIPPED ||
-            (a->response_len && !a->response) ||
-            !memchr(a->webhook_id, '\0', sizeof(a->webhook_id)))
-            return KZ_ERR_INVALID;
-    }
-    pos = vec_reserve(&be->uniq, n, sizeof(*pos));
-    kmap_init(&seen, n);
     for (i = 0; i < 8; i++)
         arr_begin(&be->arr[i]);
     for (i = 0; i < n; i++) {
         const struct kz_attempt *a = &items[i];
-        size_t s = kmap_slot_i(&seen, a->delivery_id);
 
-        if (seen.used[s])
-            continue;
-        seen.used[s] = true;
-        seen.ikey[s] = a->delivery_id;
-        pos[m++] = i;
         arr_int(&be->arr[0], a->delivery_id);
         arr_int(&be->arr[1], a->state);
         arr_int(&be->arr[2], a->attempts);
         arr_int(&be->arr[3], a->next_attempt_at);
         arr_int(&be->arr[4], a->status);
-        if (a->error)
-            arr_strn(&be->arr[5], a->error, keep_len(a->error, strlen(a->error), ERROR_KEEP), true);
-        else
-            arr_strn(&be->arr[5], NULL, 0, false);
-        if (a->response)
-            arr_strn(&be->arr[6], a->response,
-                     keep_len(a->response, a->response_len, KZ_RESPONSE_KEEP), true);
-        else
-            arr_strn(&be->arr[6], NULL, 0, false);
+        arr_str(&be->arr[5], a->error);
+        arr_strn(&be->arr[6], a->response, a->response_len);
     }
     result = p_arrays(&p, be->arr, 7);
     if (result)
@@ -1809,11 +1697,11 @@ static enum kz_err op_complete(struct kz_backend *be, struct conn *c, struct kz_
         int64_t ord = col_int(r, row, 0);
         const struct kz_attempt *a;
 
-        if (ord < 1 || (size_t)ord > m) {
+        if (ord < 1 || (size_t)ord > n) {
             result = KZ_ERR_DB;
             goto out;
         }
-        a = &items[pos[ord - 1]];
+        a = &items[ord - 1];
         /* only rows that were still inflight come back: a replay or delete that came first
          * wins, and its attempt disables nothing */
         if (a->state != KZ_D_DEAD)
@@ -1834,37 +1722,26 @@ static enum kz_err op_complete(struct kz_backend *be, struct conn *c, struct kz_
     }
 out:
     PQclear(r);
-    kmap_cleanup(&seen);
     return result;
 }
 
-static enum kz_err op_replay(struct conn *c, struct kz_op *op, bool *due)
+static enum kz_err op_replay(struct kz_backend *be, struct kz_op *op)
 {
     struct params p = {0};
-    enum kz_err result;
 
-    if (!op->u.replay.webhook_id)
-        return KZ_ERR_INVALID;
     p_text(&p, op->u.replay.webhook_id);
     p_int(&p, op->u.replay.since);
     p_int(&p, op->u.replay.now);
-    result = run_count(c, S_REPLAY, &p, "replay", &op->u.replay.requeued);
-    if (!result && op->u.replay.requeued)
-        *due = true;
-    return result;
+    return run_count(be->wr, S_REPLAY, &p, "replay", &op->u.replay.requeued);
 }
 
-static enum kz_err op_release(struct conn *c, struct kz_op *op, bool *due)
+static enum kz_err op_release(struct kz_backend *be, struct kz_op *op)
 {
     struct params p = {0};
-    enum kz_err result;
 
     p_int(&p, op->u.release.now);
-    result = run_count(c, op->u.release.all ? S_LEASE_ALL : S_LEASE_EXPIRED, &p, "release",
-                       &op->u.release.released);
-    if (!result && op->u.release.released)
-        *due = true;
-    return result;
+    return run_count(be->wr, op->u.release.all ? S_LEASE_ALL : S_LEASE_EXPIRED, &p, "release",
+                     &op->u.release.released);
 }
 
 /* Retention with SQLite's bounds and order (store_sqlite.c op_prune), set-wise:
@@ -1872,11 +1749,12 @@ static enum kz_err op_release(struct conn *c, struct kz_op *op, bool *due)
  *    they leave without deliveries;
  * 2. scan up to `limit` events from the cursor (stopping at the first inside the window) and
  *    delete the orphans among them, in seq order, until `limit` events were deleted in all. */
-static enum kz_err op_prune(struct kz_backend *be, struct conn *c, struct kz_op *op)
+static enum kz_err op_prune(struct kz_backend *be, struct kz_op *op)
 {
+    struct conn *c = be->wr;
     enum kz_err result = KZ_OK;
     int64_t before = op->u.prune.before;
-    size_t limit = op->u.prune.limit < PRUNE_LIMIT_MAX ? op->u.prune.limit : PRUNE_LIMIT_MAX;
+    size_t limit = op->u.prune.limit;
     struct params p = {0};
     PGresult *r = NULL;
     int64_t dropped = 0;
@@ -1886,10 +1764,6 @@ static enum kz_err op_prune(struct kz_backend *be, struct conn *c, struct kz_op 
     bool wrap = false;
     int n;
     int row;
-
-    op->u.prune.pruned = 0;
-    if (!limit)
-        return KZ_OK;
 
     p_int(&p, before);
     p_int(&p, (int64_t)limit);
@@ -1966,50 +1840,46 @@ out:
     return result;
 }
 
-static enum kz_err run_op(struct kz_backend *be, struct kz_op *op, bool *bump, bool *due)
+/* ==== batch primitives (writer thread; store_impl.h) ==== */
+
+/* Opens the batch's transaction with a savepoint ready for the first op, and learns its
+ * transaction id (needed to resolve a COMMIT whose connection dies), in one round trip. The id
+ * is assigned up front; a batch that writes nothing then costs a commit record, which only
+ * happens to claims that found nothing. A stale connection (the server restarted since the last
+ * batch) is replaced and the batch begun again: nothing had run. */
+static enum kz_err pg_begin(struct kz_backend *be, bool lazy)
 {
-    struct conn *c = be->wr;
+    const char *sql = lazy ? "BEGIN; SET LOCAL synchronous_commit TO off; SAVEPOINT op;"
+                             " SELECT txid_current()"
+                           : "BEGIN; SAVEPOINT op; SELECT txid_current()";
+    enum kz_err result;
+    PGresult *rows = NULL;
+    int attempt;
 
-    switch (op->type) {
-    case KZ_OP_META_SET:
-        return op_meta_set(c, op);
-    case KZ_OP_APP_CREATE:
-        return op_app_create(c, op);
-    case KZ_OP_APP_DELETE:
-        return op_app_delete(c, op, bump);
-    case KZ_OP_TOKEN_ADD:
-        return op_token_add(c, op);
-    case KZ_OP_WEBHOOK_INSERT:
-        return op_webhook_insert(c, op, bump);
-    case KZ_OP_WEBHOOK_UPDATE:
-        return op_webhook_update(c, op, bump);
-    case KZ_OP_WEBHOOK_DELETE:
-        return op_webhook_delete(c, op, bump);
-    case KZ_OP_WEBHOOK_ACTIVE:
-        return op_webhook_active(c, op, bump);
-    case KZ_OP_PUBLISH:
-        if (!publish_valid(op))
-            return KZ_ERR_INVALID;
-        return publish_set(be, &op, 1, due);
-    case KZ_OP_CLAIM:
-        return op_claim(be, c, op);
-    case KZ_OP_COMPLETE:
-        return op_complete(be, c, op, bump);
-    case KZ_OP_REPLAY:
-        return op_replay(c, op, due);
-    case KZ_OP_RELEASE:
-        return op_release(c, op, due);
-    case KZ_OP_PRUNE:
-        return op_prune(be, c, op);
+    be->sp_open = false;
+    be->sp_fresh = false;
+    for (attempt = 0;; attempt++) {
+        result = writer_conn(be);
+        if (result)
+            return result;
+        result = simple(be->wr, sql, "begin", &rows);
+        if (!result && (!rows || PQntuples(rows) != 1))
+            result = KZ_ERR_DB;
+        if (!result)
+            be->xid = col_int(rows, 0, 0);
+        PQclear(rows);
+        rows = NULL;
+        if (!result || attempt || !conn_lost(be->wr))
+            break;
     }
-    return KZ_ERR_INVALID;
+    be->sp_open = !result;
+    be->sp_fresh = !result;
+    return result;
 }
-
-/* ==== write batches ==== */
 
 /* Opens the savepoint "op" for the next op. The previous op's savepoint is released in the same
  * round trip; the one opened with BEGIN is used as is. */
-static enum kz_err sp_begin(struct kz_backend *be)
+static enum kz_err pg_savepoint(struct kz_backend *be)
 {
     enum kz_err result;
 
@@ -2024,159 +1894,28 @@ static enum kz_err sp_begin(struct kz_backend *be)
     return result;
 }
 
-/* After a failed op: undo it. A failure here (or a dead connection) fails the batch. */
-static enum kz_err sp_rollback(struct kz_backend *be)
+static enum kz_err pg_rollback_to(struct kz_backend *be)
 {
     if (conn_lost(be->wr))
         return KZ_ERR_DB;
     return simple(be->wr, "ROLLBACK TO op", "rollback to savepoint", NULL);
 }
 
-/* Runs one op in its own savepoint. Returns non-OK only when the batch cannot go on. */
-#define SET_WIDE_WAIT "SET LOCAL lock_timeout = '100ms'"
-#define WIDE_TRIES 30
-
-/* Ops that rewrite many delivery rows of one webhook (or application) while another node's
- * batch may hold some of them and wait for others. */
-static bool op_is_wide(enum kz_op_type t)
+static bool pg_lost(struct kz_backend *be)
 {
-    return t == KZ_OP_WEBHOOK_UPDATE || t == KZ_OP_WEBHOOK_DELETE || t == KZ_OP_REPLAY ||
-           t == KZ_OP_WEBHOOK_ACTIVE || t == KZ_OP_APP_DELETE;
+    return conn_lost(be->wr);
 }
 
-static enum kz_err run_isolated(struct kz_backend *be, struct kz_op *op, bool *bump, bool *due)
+/* A wide op and another node's COMPLETE batch lock the same rows in different orders. Left to
+ * PostgreSQL, the cycle is found only after deadlock_timeout (1 s) and, as the wide op retries at
+ * once, found again and again. So the wide op waits at most 100 ms for any lock, and store.c gives
+ * its rows back (rollback to the savepoint, which also undoes this setting) when it times out,
+ * which lets the other side finish, and tries again. */
+static enum kz_err pg_lock_wait(struct kz_backend *be, bool bounded)
 {
-    bool wide = op_is_wide(op->type);
-    enum kz_err result;
-    bool op_bump = false;
-    bool op_due = false;
-    int tries = 0;
-
-    /* A wide op and another node's COMPLETE batch lock the same rows in different orders. Left
-     * to PostgreSQL, the cycle is found only after deadlock_timeout (1 s) and, as the wide op
-     * retries at once, found again and again. So the wide op waits at most 100 ms for
-     * any lock, gives its rows back (rollback to the savepoint) when it times out, which lets
-     * the other side finish, and tries again. Set inside the savepoint: a rollback undoes it,
-     * so it is set again for each try. */
-    result = sp_begin(be);
-    if (!result && wide)
-        result = simple(be->wr, SET_WIDE_WAIT, "lock timeout", NULL);
-    if (result)
-        return result;
-    op->result = run_op(be, op, &op_bump, &op_due);
-    /* A lock timeout (wide op) or a deadlock PostgreSQL resolved against us (a COMPLETE): the
-     * other side goes on, so the op is simply run again from its savepoint. */
-    while (op->result == KZ_ERR_BUSY && ++tries <= (wide ? WIDE_TRIES : 3) && !conn_lost(be->wr) &&
-           (wide || op->type == KZ_OP_COMPLETE)) {
-        result = sp_rollback(be);
-        if (!result && wide)
-            result = simple(be->wr, SET_WIDE_WAIT, "lock timeout", NULL);
-        if (result)
-            return result;
-        op_bump = op_due = false;
-        op->result = run_op(be, op, &op_bump, &op_due);
-    }
-    if (op->result) {
-        if (op->type == KZ_OP_CLAIM)
-            kz_claim_cleanup(op);
-        if (op->type == KZ_OP_PUBLISH)
-            publish_clear(op);
-        result = sp_rollback(be);
-    } else {
-        *bump = *bump || op_bump;
-        *due = *due || op_due;
-    }
-    if (wide && !op->result) /* (a rollback has undone it already) */
-        result = simple(be->wr, "SET LOCAL lock_timeout = DEFAULT", "lock timeout", NULL);
-    return result;
-}
-
-/* An op that can see, or undo, rows a PUBLISH inserts: publishes are not moved past it. */
-static bool publish_barrier(enum kz_op_type t)
-{
-    return t == KZ_OP_WEBHOOK_DELETE || t == KZ_OP_APP_DELETE || t == KZ_OP_REPLAY ||
-           t == KZ_OP_PRUNE;
-}
-
-/* Runs the PUBLISH at ops[start] together with every later not-yet-run PUBLISH before the next
- * barrier, as one set in one savepoint; invalid ones fail alone first. If the set fails, each op
- * is re-run alone so that only the culprit fails. Returns non-OK only when the batch cannot go
- * on. */
-static enum kz_err publish_group(struct kz_backend *be, struct kz_op **ops, size_t n, size_t start,
-                                 bool *handled, bool *due)
-{
-    struct kz_op **pops = kz_malloc((n - start) * sizeof(*pops));
-    enum kz_err result;
-    bool set_due = false;
-    size_t np = 0;
-    size_t i;
-
-    for (i = start; i < n; i++) {
-        struct kz_op *op = ops[i];
-
-        if (publish_barrier(op->type))
-            break;
-        if (op->type != KZ_OP_PUBLISH || handled[i])
-            continue;
-        handled[i] = true;
-        if (!publish_valid(op)) {
-            op->result = KZ_ERR_INVALID;
-            publish_clear(op);
-            continue;
-        }
-        pops[np++] = op;
-    }
-    result = KZ_OK;
-    if (!np)
-        goto out;
-    result = sp_begin(be);
-    if (result)
-        goto out;
-    result = publish_set(be, pops, np, &set_due);
-    if (!result) {
-        for (i = 0; i < np; i++)
-            pops[i]->result = KZ_OK;
-        *due = *due || set_due;
-        goto out;
-    }
-    result = sp_rollback(be);
-    if (result)
-        goto out;
-    for (i = 0; i < np; i++) {
-        bool unused = false;
-
-        result = run_isolated(be, pops[i], &unused, due);
-        if (result)
-            goto out;
-    }
-out:
-    kz_free(pops);
-    return result;
-}
-
-/* Opens the batch's transaction with a savepoint ready for the first op, and learns its
- * transaction id (needed to resolve a COMMIT whose connection dies), in one round trip. The id
- * is assigned up front; a batch that writes nothing then costs a commit record, which only
- * happens to claims that found nothing. */
-static enum kz_err batch_begin(struct kz_backend *be, int64_t *xid, bool lazy)
-{
-    PGresult *rows = NULL;
-    /* lazy: a batch of claims/completions/releases/prunes only, committed without waiting for
-     * the WAL flush (losing it in a crash means an attempt is made again: at-least-once). */
-    enum kz_err result = simple(be->wr,
-                                lazy ? "BEGIN; SET LOCAL synchronous_commit TO off; SAVEPOINT op;"
-                                       " SELECT txid_current()"
-                                     : "BEGIN; SAVEPOINT op; SELECT txid_current()",
-                                "begin", &rows);
-
-    if (!result && (!rows || PQntuples(rows) != 1))
-        result = KZ_ERR_DB;
-    if (!result)
-        *xid = col_int(rows, 0, 0);
-    PQclear(rows);
-    be->sp_open = !result;
-    be->sp_fresh = !result;
-    return result;
+    return simple(be->wr,
+                  bounded ? "SET LOCAL lock_timeout = '100ms'" : "SET LOCAL lock_timeout = DEFAULT",
+                  "lock timeout", NULL);
 }
 
 /* Ends the batch in one round trip: `sql` (statements ending with COMMIT). *version gets the
@@ -2245,58 +1984,14 @@ static enum kz_err resolve_commit(struct kz_backend *be, int64_t xid)
     return KZ_ERR_DB;
 }
 
-/* Group commit: BEGIN; each op in a savepoint (PUBLISH ops as sets, see publish_group);
- * then, in one round trip, release the last savepoint, bump webhooks_version once if anything
- * changed webhooks, queue the NOTIFYs, read the version, and COMMIT (the one durable flush).
- * A stale connection found at BEGIN (the server restarted since the last batch) is replaced and
- * the batch begun again: nothing had run. A connection lost in COMMIT is resolved by xid. */
-static enum kz_err pg_write_batch(struct kz_backend *be, struct kz_op **ops, size_t n)
+/* Ends the batch in one round trip: release the last savepoint, bump webhooks_version if asked,
+ * queue the NOTIFYs (delivered on commit only), read the version, COMMIT (the one durable flush).
+ * A connection lost in COMMIT is resolved by xid. */
+static enum kz_err pg_commit(struct kz_backend *be, bool bump, bool due, int64_t *version)
 {
     enum kz_err result;
-    int64_t version = be->wh_version;
-    int64_t xid = 0;
-    bool bump = false;
-    bool due = false;
-    bool *handled;
+    int64_t v = -1; /* (never negative once read) */
     char tail[512];
-    size_t i;
-    int attempt;
-
-    bool lazy = true;
-
-    for (i = 0; i < n && lazy; i++) {
-        enum kz_op_type t = ops[i]->type;
-
-        lazy = t == KZ_OP_CLAIM || t == KZ_OP_COMPLETE || t == KZ_OP_RELEASE || t == KZ_OP_PRUNE;
-    }
-    for (attempt = 0;; attempt++) {
-        result = writer_conn(be);
-        if (result)
-            goto fail;
-        result = batch_begin(be, &xid, lazy);
-        if (!result)
-            break;
-        if (attempt || !conn_lost(be->wr))
-            goto fail;
-    }
-    handled = vec_reserve(&be->handled, n, sizeof(*handled));
-    memset(handled, 0, n * sizeof(*handled));
-    for (i = 0; i < n; i++) {
-        struct kz_op *op = ops[i];
-
-        if (handled[i])
-            continue;
-        if (op->type == KZ_OP_PUBLISH) {
-            result = publish_group(be, ops, n, i, handled, &due);
-            if (result)
-                goto fail;
-            continue;
-        }
-        handled[i] = true;
-        result = run_isolated(be, op, &bump, &due);
-        if (result)
-            goto fail;
-    }
 
     snprintf(tail, sizeof(tail),
              "%s%s%s%s"
@@ -2309,32 +2004,23 @@ static enum kz_err pg_write_batch(struct kz_backend *be, struct kz_op **ops, siz
              due ? "SELECT pg_notify('" CHANNEL "', 'due'); " : "");
     be->sp_open = false;
     be->sp_fresh = false;
-    result = batch_end(be, tail, &version);
+    result = batch_end(be, tail, &v);
     if (result && conn_lost(be->wr))
-        result = resolve_commit(be, xid);
+        result = resolve_commit(be, be->xid);
     if (result)
-        goto fail;
-    be->wh_version = version;
-    for (i = 0; i < n; i++)
-        ops[i]->webhooks_version = version;
+        return result;
+    /* (a commit resolved by xid did not read the version: the next batch will) */
+    if (v >= 0)
+        *version = v;
     return KZ_OK;
+}
 
-fail:
+static void pg_rollback(struct kz_backend *be)
+{
     if (be->wr && !conn_lost(be->wr) && PQtransactionStatus(be->wr->pg) != PQTRANS_IDLE)
         (void)simple(be->wr, "ROLLBACK", "rollback", NULL);
     be->sp_open = false;
     be->sp_fresh = false;
-    if (result != KZ_ERR_BUSY)
-        result = KZ_ERR_DB;
-    for (i = 0; i < n; i++) {
-        ops[i]->result = result;
-        ops[i]->webhooks_version = be->wh_version;
-        if (ops[i]->type == KZ_OP_CLAIM)
-            kz_claim_cleanup(ops[i]);
-        if (ops[i]->type == KZ_OP_PUBLISH)
-            publish_clear(ops[i]);
-    }
-    return result;
 }
 
 /* ==== reads (any thread) ==== */
@@ -2538,7 +2224,7 @@ static enum kz_err pg_delivery_list(struct kz_backend *be, const char *webhook_i
     p_int(&p, cursor > 0 ? cursor : INT64_MAX);
     p_int(&p, lo);
     p_int(&p, hi);
-    p_int(&p, clamp_size(limit));
+    p_int(&p, kz_store_clamp_size(limit));
     result = read_run(be, S_DLV_LIST, &p, "delivery list", &c, &r);
     if (result)
         return result;
@@ -2611,7 +2297,28 @@ const struct kz_backend_ops kz_store_pg_ops = {
     .name = "postgresql",
     .open = pg_open,
     .close = pg_close,
-    .write_batch = pg_write_batch,
+    .begin = pg_begin,
+    .savepoint = pg_savepoint,
+    .rollback_to = pg_rollback_to,
+    .lost = pg_lost,
+    .lock_wait = pg_lock_wait,
+    .commit = pg_commit,
+    .rollback = pg_rollback,
+    .meta_set = op_meta_set,
+    .app_create = op_app_create,
+    .app_delete = op_app_delete,
+    .token_add = op_token_add,
+    .webhook_insert = op_webhook_insert,
+    .webhook_update = op_webhook_update,
+    .webhook_delete = op_webhook_delete,
+    .webhook_active = op_webhook_active,
+    .publish = op_publish,
+    .publish_sets = true,
+    .claim = op_claim,
+    .complete = op_complete,
+    .replay = op_replay,
+    .release = op_release,
+    .prune = op_prune,
     .on_notify = pg_on_notify,
     .ping = pg_ping,
     .meta_get = pg_meta_get,

@@ -29,8 +29,6 @@
 #define READ_MAX 8 /* read connections at most */
 #define BUSY_TIMEOUT_MS 5000
 #define WRITER_CACHE_KIB "16384" /* page cache of the write connection: indexes of big backlogs */
-#define PRUNE_LIMIT_MAX 100000   /* rows one PRUNE op may touch; bounds its scratch memory */
-#define ERROR_KEEP 1024          /* bytes of an attempt's error text kept */
 
 /* ==== schema ==== */
 
@@ -145,7 +143,10 @@ enum stmt_id {
     S_APP_DEL_WEBHOOKS,
     S_APP_DEL_TOKENS,
     S_TOKEN_PURGE,
+    S_TOKEN_TRIM,
     S_TOKEN_INSERT,
+    S_APP_EXISTS,
+    S_WH_COUNT_APP,
     S_WH_INSERT,
     S_WH_UPDATE,
     S_DLV_SNAP,
@@ -202,6 +203,11 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_APP_DEL_WEBHOOKS] = "DELETE FROM webhooks WHERE application_id = ?1",
     [S_APP_DEL_TOKENS] = "DELETE FROM access_tokens WHERE application_id = ?1",
     [S_TOKEN_PURGE] = "DELETE FROM access_tokens WHERE application_id = ?1 AND expires_at < ?2",
+    [S_TOKEN_TRIM] = "DELETE FROM access_tokens WHERE token_hash IN (SELECT token_hash"
+                     " FROM access_tokens WHERE application_id = ?1 AND expires_at >= ?2"
+                     " ORDER BY expires_at DESC, token_hash DESC LIMIT -1 OFFSET ?3)",
+    [S_APP_EXISTS] = "SELECT 1 FROM applications WHERE id = ?1",
+    [S_WH_COUNT_APP] = "SELECT count(*) FROM webhooks WHERE application_id = ?1",
     [S_TOKEN_INSERT] = "INSERT INTO access_tokens(token_hash, application_id, expires_at)"
                        " VALUES (?1, ?2, ?3)",
     [S_WH_INSERT] = "INSERT INTO webhooks(id, application_id, object_type, object_id, event_mask,"
@@ -316,9 +322,9 @@ struct conn {
 struct kz_backend {
     char *path;
     struct conn *wr;      /* writer thread only (and open/close) */
-    int64_t wh_version;   /* last committed meta webhooks_version: writer only */
     int64_t prune_cursor; /* events.seq where the orphan-event sweep resumes: writer only */
     bool sync_normal;     /* the write connection runs synchronous=NORMAL now: writer only */
+    bool sp_open;         /* the savepoint "op" exists in the current transaction: writer only */
 
     pthread_mutex_t pool_mu; /* guards the read pool */
     pthread_cond_t pool_cv;  /* a read connection was returned */
@@ -417,11 +423,6 @@ static void b_int(struct bind *b, int64_t v)
     if (b->rc)
         return;
     b->rc = sqlite3_bind_int64(b->q, i, v);
-}
-
-static int64_t clamp_size(size_t n)
-{
-    return n > (size_t)INT64_MAX ? INT64_MAX : (int64_t)n;
 }
 
 /* Resets the statement for reuse and drops its bindings (they may point at borrowed memory).
@@ -762,7 +763,6 @@ static enum kz_err sq_open(struct kz_backend **out, const char *url, char *err, 
     enum kz_err result = KZ_ERR_INVALID;
     struct kz_backend *be = NULL;
     int fd;
-    int rc;
 
     if (!sqlite3_threadsafe()) {
         snprintf(err, errlen, "store: SQLite was built without thread support");
@@ -797,12 +797,6 @@ static enum kz_err sq_open(struct kz_backend **out, const char *url, char *err, 
     result = migrate(be->wr, err, errlen);
     if (result)
         goto out;
-    rc = read_version(be->wr, &be->wh_version);
-    if (rc) {
-        snprintf(err, errlen, "store: %s: setup: %s", url, sqlite3_errmsg(be->wr->db));
-        result = map_rc(rc);
-        goto out;
-    }
     *out = be;
     be = NULL;
 out:
@@ -884,17 +878,15 @@ static void release(struct kz_backend *be, struct conn *c)
 
 /* ==== write ops (writer thread) ==== */
 
-/* Each op_* runs inside the op's savepoint on the write connection. It returns the op's result;
- * on failure the caller rolls the savepoint back, so an op_* may stop halfway. `*bump` is set when
- * the op changed the webhooks table. */
+/* Each op_* is a backend op function (store_impl.h): the op is valid and cleaned, it runs
+ * inside the op's savepoint on the write connection, and store.c rolls it back on failure. */
 
-static enum kz_err op_meta_set(struct conn *c, struct kz_op *op)
+static enum kz_err op_meta_set(struct kz_backend *be, struct kz_op *op)
 {
+    struct conn *c = be->wr;
     struct bind b;
     int rc;
 
-    if (!op->u.meta.key || !op->u.meta.value)
-        return KZ_ERR_INVALID;
     prep(c, S_META_SET, &b);
     b_text(&b, op->u.meta.key);
     b_text(&b, op->u.meta.value);
@@ -902,8 +894,9 @@ static enum kz_err op_meta_set(struct conn *c, struct kz_op *op)
     return rc ? fail(c, "meta set", rc) : KZ_OK;
 }
 
-static enum kz_err op_app_create(struct conn *c, struct kz_op *op)
+static enum kz_err op_app_create(struct kz_backend *be, struct kz_op *op)
 {
+    struct conn *c = be->wr;
     const struct kz_app *a = &op->u.app;
     struct bind b;
     int rc;
@@ -933,14 +926,13 @@ static int run_by_id(struct conn *c, enum stmt_id sid, const char *id, int64_t *
     return rc;
 }
 
-static enum kz_err op_app_delete(struct conn *c, struct kz_op *op, bool *bump)
+static enum kz_err op_app_delete(struct kz_backend *be, struct kz_op *op, bool *bump)
 {
+    struct conn *c = be->wr;
     const char *id = op->u.id;
     int64_t changed = 0;
     int rc;
 
-    if (!id)
-        return KZ_ERR_INVALID;
     rc = run_by_id(c, S_APP_DELETE, id, &changed);
     if (rc)
         return fail(c, "app delete", rc);
@@ -958,19 +950,28 @@ static enum kz_err op_app_delete(struct conn *c, struct kz_op *op, bool *bump)
     return rc ? fail(c, "app delete tokens", rc) : KZ_OK;
 }
 
-static enum kz_err op_token_add(struct conn *c, struct kz_op *op)
+/* The write lock taken at BEGIN IMMEDIATE serialises every batch, of every process: the counts
+ * below cannot change before the insert. */
+static enum kz_err op_token_add(struct kz_backend *be, struct kz_op *op, int keep_live)
 {
+    struct conn *c = be->wr;
+    int64_t now = kz_now_ms();
     struct bind b;
     int rc;
 
-    if (!op->u.token.hash || !op->u.token.app_id)
-        return KZ_ERR_INVALID;
     prep(c, S_TOKEN_PURGE, &b);
     b_text(&b, op->u.token.app_id);
-    b_int(&b, kz_now_ms());
+    b_int(&b, now);
     rc = run(&b);
     if (rc)
         return fail(c, "token purge", rc);
+    prep(c, S_TOKEN_TRIM, &b);
+    b_text(&b, op->u.token.app_id);
+    b_int(&b, now);
+    b_int(&b, keep_live > 0 ? keep_live - 1 : 0);
+    rc = run(&b);
+    if (rc)
+        return fail(c, "token trim", rc);
     prep(c, S_TOKEN_INSERT, &b);
     b_text(&b, op->u.token.hash);
     b_text(&b, op->u.token.app_id);
@@ -979,12 +980,46 @@ static enum kz_err op_token_add(struct conn *c, struct kz_op *op)
     return rc ? fail(c, "token insert", rc) : KZ_OK;
 }
 
-static enum kz_err op_webhook_insert(struct conn *c, struct kz_op *op, bool *bump)
+/* `*out` gets the single integer the bound statement returns (0 when no row). */
+static int run_int(struct bind *b, int64_t *out)
 {
+    int rc = step(b);
+
+    *out = 0;
+    if (rc == SQLITE_ROW) {
+        *out = sqlite3_column_int64(b->q, 0);
+        rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+        rc = SQLITE_OK;
+    }
+    finish(b);
+    return rc;
+}
+
+static enum kz_err op_webhook_insert(struct kz_backend *be, struct kz_op *op)
+{
+    struct conn *c = be->wr;
     const struct kz_webhook *w = &op->u.webhook;
+    int64_t n = 0;
     struct bind b;
     int rc;
 
+    prep(c, S_APP_EXISTS, &b);
+    b_fixed(&b, w->app_id, sizeof(w->app_id));
+    rc = run_int(&b, &n);
+    if (rc)
+        return fail(c, "webhook app check", rc);
+    if (!n)
+        return KZ_ERR_AUTH;
+    if (op->u.max_per_app > 0) {
+        prep(c, S_WH_COUNT_APP, &b);
+        b_fixed(&b, w->app_id, sizeof(w->app_id));
+        rc = run_int(&b, &n);
+        if (rc)
+            return fail(c, "webhook count", rc);
+        if (n >= op->u.max_per_app)
+            return KZ_ERR_QUOTA;
+    }
     prep(c, S_WH_INSERT, &b);
     b_fixed(&b, w->id, sizeof(w->id));
     b_fixed(&b, w->app_id, sizeof(w->app_id));
@@ -999,16 +1034,14 @@ static enum kz_err op_webhook_insert(struct conn *c, struct kz_op *op, bool *bum
     b_int(&b, w->validity_ms);
     b_int(&b, w->active);
     rc = run(&b);
-    if (rc)
-        return fail(c, "webhook insert", rc);
-    *bump = true;
-    return KZ_OK;
+    return rc ? fail(c, "webhook insert", rc) : KZ_OK;
 }
 
 /* Replaces the mutable columns. id, app_id and ts_ms never change; signing_secret changes only
  * when the op carries one (NULL keeps the stored secret). */
-static enum kz_err op_webhook_update(struct conn *c, struct kz_op *op, bool *bump)
+static enum kz_err op_webhook_update(struct kz_backend *be, struct kz_op *op)
 {
+    struct conn *c = be->wr;
     const struct kz_webhook *w = &op->u.webhook;
     struct bind b;
     int rc;
@@ -1036,19 +1069,15 @@ static enum kz_err op_webhook_update(struct conn *c, struct kz_op *op, bool *bum
     rc = run(&b);
     if (rc)
         return fail(c, "webhook update", rc);
-    if (!sqlite3_changes64(c->db))
-        return KZ_ERR_NOTFOUND;
-    *bump = true;
-    return KZ_OK;
+    return sqlite3_changes64(c->db) ? KZ_OK : KZ_ERR_NOTFOUND;
 }
 
-static enum kz_err op_webhook_delete(struct conn *c, struct kz_op *op, bool *bump)
+static enum kz_err op_webhook_delete(struct kz_backend *be, struct kz_op *op)
 {
+    struct conn *c = be->wr;
     struct bind b;
     int rc;
 
-    if (!op->u.del.id)
-        return KZ_ERR_INVALID;
     prep(c, S_WH_DELETE, &b);
     b_text(&b, op->u.del.id);
     b_text(&b, op->u.del.app_id ? op->u.del.app_id : "");
@@ -1058,29 +1087,22 @@ static enum kz_err op_webhook_delete(struct conn *c, struct kz_op *op, bool *bum
     if (!sqlite3_changes64(c->db))
         return KZ_ERR_NOTFOUND;
     rc = run_by_id(c, S_WH_DEL_DELIVERIES, op->u.del.id, NULL);
-    if (rc)
-        return fail(c, "webhook delete deliveries", rc);
-    *bump = true;
-    return KZ_OK;
+    return rc ? fail(c, "webhook delete deliveries", rc) : KZ_OK;
 }
 
-static enum kz_err op_webhook_active(struct conn *c, struct kz_op *op, bool *bump)
+static enum kz_err op_webhook_active(struct kz_backend *be, struct kz_op *op)
 {
+    struct conn *c = be->wr;
     struct bind b;
     int rc;
 
-    if (!op->u.active.id)
-        return KZ_ERR_INVALID;
     prep(c, S_WH_ACTIVE, &b);
     b_text(&b, op->u.active.id);
     b_int(&b, op->u.active.flag);
     rc = run(&b);
     if (rc)
         return fail(c, "webhook active", rc);
-    if (!sqlite3_changes64(c->db))
-        return KZ_ERR_NOTFOUND;
-    *bump = true;
-    return KZ_OK;
+    return sqlite3_changes64(c->db) ? KZ_OK : KZ_ERR_NOTFOUND;
 }
 
 /* Inserts one event and its deliveries, or, when event_id is already stored (by an earlier
@@ -1093,9 +1115,6 @@ static enum kz_err publish_one(struct conn *c, struct kz_publish_item *it, int64
     size_t i;
     int rc;
 
-    if (!e->event_id || (it->n_targets && (!it->webhook_ids || !it->target_active)) ||
-        it->n_targets > INT32_MAX)
-        return KZ_ERR_INVALID;
     prep(c, S_EV_INSERT, &b);
     b_text(&b, e->event_id);
     b_int(&b, e->event_type);
@@ -1133,8 +1152,6 @@ static enum kz_err publish_one(struct conn *c, struct kz_publish_item *it, int64
     it->deliveries = (int)it->n_targets;
     it->duplicate = false;
     for (i = 0; i < it->n_targets; i++) {
-        if (!it->webhook_ids[i])
-            return KZ_ERR_INVALID;
         prep(c, S_DLV_INSERT, &b);
         b_text(&b, it->webhook_ids[i]);
         b_int(&b, it->seq);
@@ -1147,16 +1164,21 @@ static enum kz_err publish_one(struct conn *c, struct kz_publish_item *it, int64
     return KZ_OK;
 }
 
-static enum kz_err op_publish(struct conn *c, struct kz_op *op)
+/* One statement per event and per delivery: on SQLite a statement is a function call, so a set
+ * would gain nothing (publish_sets is false: store.c hands over one op at a time). */
+static enum kz_err op_publish(struct kz_backend *be, struct kz_op **ops, size_t n)
 {
     int64_t now = kz_now_ms();
     enum kz_err result;
     size_t i;
+    size_t k;
 
-    for (i = 0; i < op->u.publish.n; i++) {
-        result = publish_one(c, &op->u.publish.items[i], now);
-        if (result)
-            return result;
+    for (k = 0; k < n; k++) {
+        for (i = 0; i < ops[k]->u.publish.n; i++) {
+            result = publish_one(be->wr, &ops[k]->u.publish.items[i], now);
+            if (result)
+                return result;
+        }
     }
     return KZ_OK;
 }
@@ -1243,8 +1265,9 @@ static int claim_webhooks(struct conn *c, const struct kz_op *op, char **ids, si
     return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
 }
 
-static enum kz_err op_claim(struct conn *c, struct kz_op *op)
+static enum kz_err op_claim(struct kz_backend *be, struct kz_op *op)
 {
+    struct conn *c = be->wr;
     struct kz_claimed *rows = NULL;
     size_t n = 0;
     size_t cap = 0;
@@ -1255,17 +1278,11 @@ static enum kz_err op_claim(struct conn *c, struct kz_op *op)
     bool bad = false;
     int rc;
 
-    op->u.claim.out = NULL;
-    op->u.claim.n_out = 0;
-    if (!limit)
-        return KZ_OK;
-    if (op->u.claim.n_exclude && !op->u.claim.exclude)
-        return KZ_ERR_INVALID;
     if (!op->u.claim.n_exclude) {
         /* the oldest due rows, whoever they are for */
         prep(c, S_CLAIM_SELECT, &b);
         b_int(&b, now);
-        b_int(&b, clamp_size(limit));
+        b_int(&b, kz_store_clamp_size(limit));
         rc = claim_rows(&b, &rows, &n, &cap, limit, &bad);
     } else {
         /* Some endpoints are at their cap: walking the due index in time order would pass over
@@ -1288,7 +1305,7 @@ static enum kz_err op_claim(struct conn *c, struct kz_op *op)
             if (rc == SQLITE_DONE && n < limit) {
                 prep(c, S_CLAIM_WH_SELECT, &b);
                 b_int(&b, now);
-                b_int(&b, clamp_size(share < limit - n ? share : limit - n));
+                b_int(&b, kz_store_clamp_size(share < limit - n ? share : limit - n));
                 b_text(&b, ids[i]);
                 rc = claim_rows(&b, &rows, &n, &cap, limit, &bad);
             }
@@ -1317,19 +1334,9 @@ static enum kz_err op_claim(struct conn *c, struct kz_op *op)
     return KZ_OK;
 }
 
-/* Keeps at most `max` bytes of `s`, cut back to a UTF-8 character boundary. */
-static size_t keep_len(const char *s, size_t len, size_t max)
+static enum kz_err op_complete(struct kz_backend *be, struct kz_op *op, bool *bump)
 {
-    if (len <= max)
-        return len;
-    len = max;
-    while (len > 0 && ((unsigned char)s[len] & 0xC0) == 0x80)
-        len--;
-    return len;
-}
-
-static enum kz_err op_complete(struct conn *c, struct kz_op *op, bool *bump)
-{
+    struct conn *c = be->wr;
     int64_t now = kz_now_ms();
     struct bind b;
     size_t i;
@@ -1339,20 +1346,14 @@ static enum kz_err op_complete(struct conn *c, struct kz_op *op, bool *bump)
         const struct kz_attempt *a = &op->u.complete.items[i];
         int64_t changed;
 
-        if (a->state == KZ_D_INFLIGHT || (unsigned)a->state > KZ_D_SKIPPED ||
-            (a->response_len && !a->response))
-            return KZ_ERR_INVALID;
         prep(c, S_COMPLETE, &b);
         b_int(&b, a->state);
         b_int(&b, a->attempts);
         b_int(&b, a->next_attempt_at);
         b_int(&b, a->status);
-        if (a->error)
-            b_textn(&b, a->error, keep_len(a->error, strlen(a->error), ERROR_KEEP));
-        else
-            b_text(&b, NULL);
+        b_text(&b, a->error);
         if (a->response)
-            b_textn(&b, a->response, keep_len(a->response, a->response_len, KZ_RESPONSE_KEEP));
+            b_textn(&b, a->response, a->response_len);
         else
             b_text(&b, NULL);
         b_int(&b, now);
@@ -1374,13 +1375,12 @@ static enum kz_err op_complete(struct conn *c, struct kz_op *op, bool *bump)
     return KZ_OK;
 }
 
-static enum kz_err op_replay(struct conn *c, struct kz_op *op)
+static enum kz_err op_replay(struct kz_backend *be, struct kz_op *op)
 {
+    struct conn *c = be->wr;
     struct bind b;
     int rc;
 
-    if (!op->u.replay.webhook_id)
-        return KZ_ERR_INVALID;
     prep(c, S_REPLAY, &b);
     b_text(&b, op->u.replay.webhook_id);
     b_int(&b, op->u.replay.since);
@@ -1392,8 +1392,9 @@ static enum kz_err op_replay(struct conn *c, struct kz_op *op)
     return KZ_OK;
 }
 
-static enum kz_err op_release(struct conn *c, struct kz_op *op)
+static enum kz_err op_release(struct kz_backend *be, struct kz_op *op)
 {
+    struct conn *c = be->wr;
     struct bind b;
     int rc;
 
@@ -1428,11 +1429,12 @@ static int drop_orphan_event(struct conn *c, int64_t seq, int64_t before, int64_
  *    that matched no webhook, or lost their deliveries to a webhook or app delete). The sweep
  *    stops at the first event inside the retention window or at the end of the table and then
  *    restarts from the beginning, so every call is bounded and every orphan is reached. */
-static enum kz_err op_prune(struct kz_backend *be, struct conn *c, struct kz_op *op)
+static enum kz_err op_prune(struct kz_backend *be, struct kz_op *op)
 {
+    struct conn *c = be->wr;
     enum kz_err result = KZ_OK;
     int64_t before = op->u.prune.before;
-    size_t limit = op->u.prune.limit < PRUNE_LIMIT_MAX ? op->u.prune.limit : PRUNE_LIMIT_MAX;
+    size_t limit = op->u.prune.limit;
     int64_t *seqs = NULL;
     size_t n = 0;
     size_t i;
@@ -1441,9 +1443,6 @@ static enum kz_err op_prune(struct kz_backend *be, struct conn *c, struct kz_op 
     struct bind b;
     int rc;
 
-    op->u.prune.pruned = 0;
-    if (!limit)
-        return KZ_OK;
     seqs = kz_malloc(limit * sizeof(*seqs));
 
     prep(c, S_PRUNE_DLV, &b);
@@ -1500,161 +1499,97 @@ out:
     return result;
 }
 
-static enum kz_err run_op(struct kz_backend *be, struct kz_op *op, bool *bump)
+/* ==== batch primitives (writer thread; store_impl.h) ====
+ * BEGIN IMMEDIATE takes the write lock up front, so no statement of the batch waits for a lock
+ * (no lock_wait). Some errors (I/O, disk full, out of memory) make SQLite roll the whole
+ * transaction back by itself: `lost` sees that through sqlite3_get_autocommit. */
+
+static enum kz_err sq_begin(struct kz_backend *be, bool lazy)
 {
     struct conn *c = be->wr;
-
-    switch (op->type) {
-    case KZ_OP_META_SET:
-        return op_meta_set(c, op);
-    case KZ_OP_APP_CREATE:
-        return op_app_create(c, op);
-    case KZ_OP_APP_DELETE:
-        return op_app_delete(c, op, bump);
-    case KZ_OP_TOKEN_ADD:
-        return op_token_add(c, op);
-    case KZ_OP_WEBHOOK_INSERT:
-        return op_webhook_insert(c, op, bump);
-    case KZ_OP_WEBHOOK_UPDATE:
-        return op_webhook_update(c, op, bump);
-    case KZ_OP_WEBHOOK_DELETE:
-        return op_webhook_delete(c, op, bump);
-    case KZ_OP_WEBHOOK_ACTIVE:
-        return op_webhook_active(c, op, bump);
-    case KZ_OP_PUBLISH:
-        return op_publish(c, op);
-    case KZ_OP_CLAIM:
-        return op_claim(c, op);
-    case KZ_OP_COMPLETE:
-        return op_complete(c, op, bump);
-    case KZ_OP_REPLAY:
-        return op_replay(c, op);
-    case KZ_OP_RELEASE:
-        return op_release(c, op);
-    case KZ_OP_PRUNE:
-        return op_prune(be, c, op);
-    }
-    return KZ_ERR_INVALID;
-}
-
-/* Group commit: BEGIN IMMEDIATE, each op between SAVEPOINT and RELEASE (ROLLBACK TO on its
- * failure), bump webhooks_version once if anything changed webhooks, COMMIT (the one fsync).
- * Some errors (I/O, disk full, out of memory) make SQLite roll back the whole transaction
- * by itself; that is detected after every op and fails the whole batch, since the earlier
- * ops' work is gone too. */
-static enum kz_err sq_write_batch(struct kz_backend *be, struct kz_op **ops, size_t n)
-{
-    struct conn *c = be->wr;
-    enum kz_err result;
-    int64_t version = be->wh_version;
-    bool bump = false, lazy;
-    size_t i;
     int rc;
 
-    /* Batches that only claim, complete, release or prune commit without an fsync
-     * (synchronous=NORMAL): losing one in a crash only means an attempt is made again, which
-     * at-least-once allows, and the next FULL commit's fsync makes it durable anyway because
-     * the WAL is written in order. Everything a client was told is committed (202s, webhooks,
-     * applications, tokens, replays) still waits for its own fsync. */
-    lazy = true;
-    for (i = 0; i < n && lazy; i++) {
-        enum kz_op_type t = ops[i]->type;
-
-        lazy = t == KZ_OP_CLAIM || t == KZ_OP_COMPLETE || t == KZ_OP_RELEASE || t == KZ_OP_PRUNE;
-    }
     if (lazy != be->sync_normal) {
         rc = sqlite3_exec(c->db, lazy ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL",
                           NULL, NULL, NULL);
-        if (rc) {
-            result = fail(c, "synchronous", rc);
-            goto rollback;
-        }
+        if (rc)
+            return fail(c, "synchronous", rc);
         be->sync_normal = lazy;
     }
+    be->sp_open = false;
     rc = run_plain(c, S_BEGIN);
-    if (rc) {
-        result = fail(c, "begin", rc);
-        goto rollback;
-    }
-    for (i = 0; i < n; i++) {
-        struct kz_op *op = ops[i];
-        bool op_bump = false;
+    return rc ? fail(c, "begin", rc) : KZ_OK;
+}
 
-        rc = run_plain(c, S_SAVEPOINT);
-        if (rc) {
-            result = fail(c, "savepoint", rc);
-            goto rollback;
-        }
-        op->result = run_op(be, op, &op_bump);
-        if (sqlite3_get_autocommit(c->db)) {
-            kz_log("error", "store: transaction lost mid-batch", "\"ops\":%zu", n);
-            result = op->result == KZ_ERR_BUSY ? KZ_ERR_BUSY : KZ_ERR_DB;
-            goto rollback;
-        }
-        if (op->result) {
-            if (op->type == KZ_OP_CLAIM)
-                kz_claim_cleanup(op);
-            rc = run_plain(c, S_SP_ROLLBACK);
-            if (rc) {
-                result = fail(c, "rollback to savepoint", rc);
-                goto rollback;
-            }
-        } else if (op_bump) {
-            bump = true;
-        }
+static enum kz_err sq_savepoint(struct kz_backend *be)
+{
+    struct conn *c = be->wr;
+    int rc;
+
+    if (be->sp_open) {
         rc = run_plain(c, S_SP_RELEASE);
-        if (rc) {
-            result = fail(c, "release savepoint", rc);
-            goto rollback;
-        }
+        if (rc)
+            return fail(c, "release savepoint", rc);
+        be->sp_open = false;
+    }
+    rc = run_plain(c, S_SAVEPOINT);
+    if (rc)
+        return fail(c, "savepoint", rc);
+    be->sp_open = true;
+    return KZ_OK;
+}
+
+static enum kz_err sq_rollback_to(struct kz_backend *be)
+{
+    int rc = run_plain(be->wr, S_SP_ROLLBACK);
+
+    return rc ? fail(be->wr, "rollback to savepoint", rc) : KZ_OK;
+}
+
+static bool sq_lost(struct kz_backend *be)
+{
+    return sqlite3_get_autocommit(be->wr->db);
+}
+
+/* SQLite has no other node to tell: `due` is not used. */
+static enum kz_err sq_commit(struct kz_backend *be, bool bump, bool due, int64_t *version)
+{
+    struct conn *c = be->wr;
+    int64_t v = 0;
+    int rc;
+
+    (void)due;
+    if (be->sp_open) {
+        rc = run_plain(c, S_SP_RELEASE);
+        if (rc)
+            return fail(c, "release savepoint", rc);
+        be->sp_open = false;
     }
     if (bump) {
         rc = run_plain(c, S_VERSION_BUMP);
-        if (rc) {
-            result = fail(c, "webhooks_version bump", rc);
-            goto rollback;
-        }
-    }
-    /* Read inside the transaction, so that a bump by another process (the CLI) shows too. */
-    rc = read_version(c, &version);
-    if (rc) {
-        result = fail(c, "webhooks_version read", rc);
-        goto rollback;
-    }
-    rc = run_plain(c, S_COMMIT);
-    if (rc) {
-        result = fail(c, "commit", rc);
-        goto rollback;
-    }
-    be->wh_version = version;
-    for (i = 0; i < n; i++)
-        ops[i]->webhooks_version = version;
-    return KZ_OK;
-
-rollback:
-    if (!sqlite3_get_autocommit(c->db)) {
-        rc = run_plain(c, S_ROLLBACK);
         if (rc)
-            (void)fail(c, "rollback", rc);
+            return fail(c, "webhooks_version bump", rc);
     }
-    if (result != KZ_ERR_BUSY)
-        result = KZ_ERR_DB;
-    for (i = 0; i < n; i++) {
-        ops[i]->result = result;
-        ops[i]->webhooks_version = be->wh_version;
-        if (ops[i]->type == KZ_OP_CLAIM)
-            kz_claim_cleanup(ops[i]);
-        if (ops[i]->type == KZ_OP_PUBLISH) {
-            size_t k;
+    rc = read_version(c, &v);
+    if (rc)
+        return fail(c, "webhooks_version read", rc);
+    rc = run_plain(c, S_COMMIT);
+    if (rc)
+        return fail(c, "commit", rc);
+    *version = v;
+    return KZ_OK;
+}
 
-            for (k = 0; k < ops[i]->u.publish.n; k++) {
-                ops[i]->u.publish.items[k].seq = 0;
-                ops[i]->u.publish.items[k].deliveries = 0;
-                ops[i]->u.publish.items[k].duplicate = false;
-            }
-        }
-    }
-    return result;
+static void sq_rollback(struct kz_backend *be)
+{
+    int rc;
+
+    be->sp_open = false;
+    if (sqlite3_get_autocommit(be->wr->db))
+        return;
+    rc = run_plain(be->wr, S_ROLLBACK);
+    if (rc)
+        (void)fail(be->wr, "rollback", rc);
 }
 
 /* ==== reads (any thread) ==== */
@@ -1887,7 +1822,7 @@ static enum kz_err sq_delivery_list(struct kz_backend *be, const char *webhook_i
     b_int(&b, cursor > 0 ? cursor : INT64_MAX);
     b_int(&b, lo);
     b_int(&b, hi);
-    b_int(&b, clamp_size(limit));
+    b_int(&b, kz_store_clamp_size(limit));
     while ((rc = step(&b)) == SQLITE_ROW) {
         struct kz_delivery d;
         bool ok;
@@ -1973,7 +1908,29 @@ const struct kz_backend_ops kz_store_sqlite_ops = {
     .name = "sqlite",
     .open = sq_open,
     .close = sq_close,
-    .write_batch = sq_write_batch,
+    .begin = sq_begin,
+    .savepoint = sq_savepoint,
+    .rollback_to = sq_rollback_to,
+    .lost = sq_lost,
+    .lock_wait = NULL,
+    .commit = sq_commit,
+    .rollback = sq_rollback,
+    .meta_set = op_meta_set,
+    .app_create = op_app_create,
+    .app_delete = op_app_delete,
+    .token_add = op_token_add,
+    .webhook_insert = op_webhook_insert,
+    .webhook_update = op_webhook_update,
+    .webhook_delete = op_webhook_delete,
+    .webhook_active = op_webhook_active,
+    .publish = op_publish,
+    .publish_sets = false,
+    .claim = op_claim,
+    .complete = op_complete,
+    .replay = op_replay,
+    .release = op_release,
+    .prune = op_prune,
+    .on_notify = NULL,
     .ping = sq_ping,
     .meta_get = sq_meta_get,
     .app_get = sq_app_get,
