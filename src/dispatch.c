@@ -1,6 +1,6 @@
 /* dispatch.c — the delivery engine: claim, send, complete.
  *
- * One thread owns everything here: the CURLM, the easy handles and the scheduler (sched.c: the
+ * One thread owns everything here: the CURLM, the easy handles and the scheduler (scheduler.c: the
  * endpoint table, the queues and every cap). Other threads touch only `wake` (an atomic) and the
  * claim/complete hand-offs, which store.c's writer fills in its done() callbacks under `lock`. */
 #include "dispatch.h"
@@ -9,7 +9,7 @@
 #include "log.h"
 #include "outbound.h"
 #include "retry.h"
-#include "sched.h"
+#include "scheduler.h"
 #include "sign.h"
 
 #include <curl/curl.h>
@@ -507,7 +507,7 @@ static void reap(struct kz_dispatch *d)
     }
 }
 
-/* Starts queued deliveries while the scheduler allows (sched.h: round-robin across
+/* Starts queued deliveries while the scheduler allows (scheduler.h: round-robin across
  * applications, then their endpoints, within every cap); true when it started any. */
 static bool start_queued(struct kz_dispatch *d)
 {

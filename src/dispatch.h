@@ -1,6 +1,6 @@
 /* dispatch.h — the delivery engine (README.md, "Publishing and delivery"): one thread that
  * owns a libcurl multi handle, claims due deliveries from the store in batches (with a lease),
- * sends them with keep-alive connection reuse under the scheduler's caps (sched.h: slots shared
+ * sends them with keep-alive connection reuse under the scheduler's caps (scheduler.h: slots shared
  * fairly between applications, then their endpoints), and hands completions back to the store
  * in batches. The backlog lives in the store; memory is bounded by the claim size.
  *

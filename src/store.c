@@ -86,6 +86,30 @@ static enum kz_err pick_backend(const char *url, const struct kz_backend_ops **o
     3 /* runs of a COMPLETE, WEBHOOK_INSERT or TOKEN_ADD that a deadlock was                       \
          resolved against (rows, or application rows, locked in another order) */
 
+/* NULL or valid UTF-8 (a C string holds no NUL): what every backend can store as text. The API
+ * only hands over parsed JSON, so this refuses nothing it sends; it keeps a caller that does
+ * from being stored raw on SQLite and refused on PostgreSQL. */
+static bool text_ok(const char *s)
+{
+    size_t n = s ? strlen(s) : 0, i = 0, k;
+
+    while (i < n) {
+        k = kz_utf8_seq((const unsigned char *)s + i, n - i);
+        if (!k)
+            return false;
+        i += k;
+    }
+    return true;
+}
+
+static bool event_ok(const struct kz_event *e)
+{
+    return e->event_id && text_ok(e->event_id) && text_ok(e->group_id) &&
+           text_ok(e->action_id) && text_ok(e->action_package_id) && text_ok(e->from_user) &&
+           text_ok(e->from_user_id) && text_ok(e->from_user_name) &&
+           text_ok(e->from_user_pic) && text_ok(e->data_json);
+}
+
 /* The checks every op passes before any SQL. An op failing them gets KZ_ERR_INVALID, alone. */
 static bool op_valid(const struct kz_op *op)
 {
@@ -120,7 +144,7 @@ static bool op_valid(const struct kz_op *op)
         for (i = 0; i < op->u.publish.n; i++) {
             const struct kz_publish_item *it = &op->u.publish.items[i];
 
-            if (!it->ev.event_id || (it->n_targets && (!it->webhook_ids || !it->target_active)) ||
+            if (!event_ok(&it->ev) || (it->n_targets && (!it->webhook_ids || !it->target_active)) ||
                 it->n_targets > INT32_MAX)
                 return false;
             for (k = 0; k < it->n_targets; k++) {

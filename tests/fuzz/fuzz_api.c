@@ -47,7 +47,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
-#include <sched.h>
+#include <scheduler.h>
 #include <signal.h>
 #include <strings.h>
 #include <unistd.h>

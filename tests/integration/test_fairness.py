@@ -18,7 +18,7 @@ from dlib import create_hook, publish, uid, wait_until
 from kzlib import KzTestCase, timeout_scale
 
 N_SILENT = 2100
-HARD_CAP = 2048  # transfers at once, all endpoints (src/sched.h)
+HARD_CAP = 2048  # transfers at once, all endpoints (src/scheduler.h)
 
 
 class SilentReceiver:

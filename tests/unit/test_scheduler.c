@@ -1,4 +1,4 @@
-/* test_sched.c — the transfer-slot scheduler (src/sched.h): round-robin fairness across
+/* test_scheduler.c — the transfer-slot scheduler (src/scheduler.h): round-robin fairness across
  * applications and endpoints, the per-endpoint, per-application and global caps, the claim
  * exclusions and room, and that no row or endpoint leaks. */
 #include <setjmp.h>
@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "alloc.h"
-#include "sched.h"
+#include "scheduler.h"
 
 static int64_t next_id;
 

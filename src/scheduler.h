@@ -1,4 +1,4 @@
-/* sched.h — which claimed delivery to send next: the dispatcher's transfer-slot scheduler.
+/* scheduler.h — which claimed delivery to send next: the dispatcher's transfer-slot scheduler.
  *
  * Claimed rows wait here in one queue per endpoint (webhook); endpoints are grouped by
  * application. Transfer slots are shared fairly between applications first, then between the

@@ -1,11 +1,11 @@
-/* sched.c — the transfer-slot scheduler (see sched.h).
+/* scheduler.c — the transfer-slot scheduler (see scheduler.h).
  *
  * Two levels of round-robin ring: a ring of applications with queued work, and in each
  * application a ring of its endpoints with queued work. A ring pointer names the member served
  * last, so the next one served is ring->rr_next. Members leave a ring lazily, when a scan finds
  * them with nothing to send or at their own cap; they come back when a transfer of theirs ends
  * or rows arrive. Members held back only by the global caps stay. */
-#include "sched.h"
+#include "scheduler.h"
 #include "alloc.h"
 
 #include <stdio.h>
