@@ -114,8 +114,7 @@ enum kz_err kz_api_reject_callback(struct kz_req *req, const char *fmt, ...)
 
 enum kz_err kz_api_reject_token(struct kz_req *req, const char *reason)
 {
-    snprintf(req->err.message, sizeof(req->err.message), "Invalid token. Failure reason:%s",
-             reason);
+    snprintf(req->err.message, sizeof(req->err.message), KZ_API_TOKEN_MSG " (%s)", reason);
     req->err.flavor = KZ_FLAVOR_TOKEN;
     return KZ_ERR_AUTH;
 }
@@ -175,7 +174,7 @@ static struct answer answer_for(const struct kz_req *req, enum kz_err e)
         return (struct answer){400, "InvalidParameters", "invalid parameters"};
     case KZ_ERR_AUTH:
         if (req->err.flavor == KZ_FLAVOR_TOKEN)
-            return (struct answer){401, "InvalidToken", "Invalid token. Failure reason:unknown"};
+            return (struct answer){401, "InvalidToken", KZ_API_TOKEN_MSG};
         return (struct answer){401, "Unauthenticated", "authentication required"};
     case KZ_ERR_FORBIDDEN:
         return (struct answer){403, "Forbidden", "forbidden"};

@@ -22,6 +22,12 @@
 #include <jansson.h>
 #include <stdatomic.h>
 
+/* The message of every 401 InvalidToken starts with the text Kaizala's servers send: published
+ * client libraries fetch a new token only when they find it (README, "Migrating a Kaizala
+ * connector"). kzhook's own reason follows in parentheses. */
+#define KZ_API_TOKEN_MSG                                                                           \
+    "Invalid token. Failure reason:Token validation failed due to unknown reason!"
+
 #define KZ_API_SECRET_CHARS 43 /* 258 bits of [A-Za-z0-9_-] */
 #define KZ_API_PUBLISH_MAX 1000
 /* No response is built whole beyond this: a longer page is cut and carries a nextCursor. */

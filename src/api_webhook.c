@@ -273,7 +273,7 @@ static void write_done(struct kz_op *op, void *arg)
                         api->cfg->max_webhooks_per_app);
     else if (e == KZ_ERR_AUTH)
         hook_write_fail(hw, e, KZ_FLAVOR_TOKEN,
-                        "Invalid token. Failure reason:application deleted");
+                        KZ_API_TOKEN_MSG " (application deleted)");
     else if (e == KZ_ERR_NOTFOUND && hw->update)
         hook_write_fail(hw, e, KZ_FLAVOR_PLAIN, "no webhook %s", hw->w.id);
     else if (e)
@@ -317,13 +317,14 @@ static void handshake_done(void *arg, const struct kz_handshake_result *r)
     kz_app_cleanup(&app);
     if (e == KZ_ERR_NOTFOUND) {
         hook_write_fail(hw, KZ_ERR_AUTH, KZ_FLAVOR_TOKEN,
-                        "Invalid token. Failure reason:application deleted");
+                        KZ_API_TOKEN_MSG " (application deleted)");
         hook_write_end(hw);
         return;
     }
     memset(&hw->op, 0, sizeof(hw->op));
     hw->op.type = hw->update ? KZ_OP_WEBHOOK_UPDATE : KZ_OP_WEBHOOK_INSERT;
     hw->op.u.webhook = hw->w;
+    hw->op.u.max_per_app = hw->update ? 0 : api->cfg->max_webhooks_per_app;
     hw->op.done = write_done;
     hw->op.arg = hw;
     e = e ? e : kz_store_submit(api->st, &hw->op);
