@@ -37,6 +37,8 @@ import unittest
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import openapi_check  # every response req() receives is checked against docs/openapi.json
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
@@ -946,12 +948,15 @@ class Server:
         return http.client.HTTPConnection(self.host, self.port, timeout=t)
 
     def req(self, method, path, json=None, raw=None, headers=None, token=None, admin=False,
-            timeout=10, conn=None):
+            timeout=10, conn=None, check_openapi=True):
         """One request; returns Resp(status, headers (lower-case keys), parsed JSON or None, raw bytes).
 
         json=  body to serialise (None: no JSON body; send a literal null with raw=b"null");
         raw= bytes as the body; token= sends `accessToken: <token>`;
         admin=True sends `Authorization: Bearer <admin token>`; conn= reuses a connection.
+        Every response is checked against docs/openapi.json (openapi_check.py) and a mismatch
+        raises AssertionError; check_openapi=False is only for requests that are deliberately
+        not HTTP a client would send.
         """
         h = {}
         body = raw
@@ -972,6 +977,10 @@ class Server:
             r = c.getresponse()
             data = r.read()
             hd = {k.lower(): v for k, v in r.getheaders()}
+            # ---- openapi hook: the response must be the one docs/openapi.json documents
+            if check_openapi:
+                openapi_check.check_response(method, path, r.status, hd, data)
+            # ---- end of openapi hook
             return Resp(r.status, hd, _parse_json(data), data)
         finally:
             if own:
