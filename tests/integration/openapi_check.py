@@ -170,6 +170,13 @@ def _check_header(sp, where, name, hdef, value):
 
 def check_response(method, path_with_query, status, headers, body_bytes):
     """AssertionError unless the response is the one docs/openapi.json documents (see module doc)."""
+    op = _check(method, path_with_query, status, headers, body_bytes)
+    with _spec_lock:
+        _seen["%s %d" % (op, status)] += 1
+
+
+def _check(method, path_with_query, status, headers, body_bytes):
+    """check_response(); returns the operationId (or unknownPath/unknownMethod) it checked."""
     sp = spec()
     method_l = method.lower()
     # not urlsplit: it would take the "v1" of "//v1/webhook" for a host name
@@ -179,20 +186,20 @@ def check_response(method, path_with_query, status, headers, body_bytes):
     template, item = sp.match(path)
     allowed = None
     if item is None:
+        op = "unknownPath"
         ptr_base = "/x-kzhook-unrouted-responses/unknownPath"
         where = "%s %s (no documented path)" % (method, path)
     elif method_l not in item:
+        op = "unknownMethod"
         ptr_base = "/x-kzhook-unrouted-responses/unknownMethod"
         where = "%s %s (path %s has no %s)" % (method, path, template, method)
         allowed = {m.upper() for m in METHODS if m in item} - {"HEAD"}
     else:
+        op = item[method_l].get("operationId", "?")
         ptr_base = "/paths/%s/%s/responses" % (_ptr_escape(template), method_l)
-        where = "%s %s (operation %s)" % (method, template, item[method_l].get("operationId", "?"))
+        where = "%s %s (operation %s)" % (method, template, op)
     responses = sp.pointer(ptr_base)
     key = _pick_status(responses, status)
-    with _spec_lock:
-        _seen["%s %d" % (ptr_base.rsplit("/", 1)[-1] if item is None or method_l not in item
-                         else item[method_l].get("operationId", where), status)] += 1
     where_s = "%s -> %d" % (where, status)
     if key is None:
         raise AssertionError("%s: status %d is not documented (documented: %s); body %r"
@@ -222,11 +229,11 @@ def check_response(method, path_with_query, status, headers, body_bytes):
     # body
     content = resp.get("content") or {}
     if method_l == "head":
-        return
+        return op
     if not content:
         if body_bytes:
             raise AssertionError("%s: documented without a body, got %r" % (where_s, body_bytes[:300]))
-        return
+        return op
     ct = headers.get("content-type", "")
     media = None
     for mt in content:
@@ -237,13 +244,13 @@ def check_response(method, path_with_query, status, headers, body_bytes):
         raise AssertionError("%s: Content-Type %r is not documented (documented: %s)"
                              % (where_s, ct, ", ".join(content)))
     if _media_base(media) != "application/json":
-        return
+        return op
     try:
         value = json.loads(body_bytes.decode("utf-8"), object_pairs_hook=_no_repeats)
     except (ValueError, UnicodeDecodeError) as e:
         raise AssertionError("%s: body is not valid JSON (%s): %r" % (where_s, e, body_bytes[:300]))
     if "schema" not in content[media]:
-        return
+        return op
     # the schema's pointer inside the document (through a response $ref when there is one)
     rnode = responses[key]
     rptr = rnode["$ref"][1:] if isinstance(rnode, dict) and "$ref" in rnode else ptr_base + "/" + _ptr_escape(key)
@@ -259,3 +266,4 @@ def check_response(method, path_with_query, status, headers, body_bytes):
                 for e in best.context[:4])
         raise AssertionError("%s: body does not match the schema at %s: at %s: %s; body %r"
                              % (where_s, sptr, at, why, body_bytes[:500]))
+    return op

@@ -4,6 +4,7 @@ examples match its own schemas."""
 
 import copy
 import json
+import threading
 import unittest
 
 import openapi_check as oc
@@ -165,6 +166,51 @@ class CheckerFails(KzTestCase):
     def test_body_not_json(self):
         self.bad("not valid JSON", "GET", "/healthz", 200, JSON, b'{"status":')
         self.bad("repeated key", "GET", "/healthz", 200, JSON, b'{"status":"ok","status":"ok"}')
+
+
+class HookedIntoReq(KzTestCase):
+    """Server.req() checks every response: with a document that says /healthz answers something
+    else, the real server's answer fails, on the main thread and (reported by the next req())
+    from a helper thread; check_openapi=False opts out."""
+
+    timeout = 30
+
+    def setUp(self):
+        self.srv = self.server()  # started (its /healthz polled) with the real document
+        doc = copy.deepcopy(oc.spec().doc)
+        doc["components"]["schemas"]["Health"]["properties"]["status"] = {"const": "degraded"}
+        self._saved = oc._spec
+        oc._spec = oc.Spec(doc)
+        self.addCleanup(setattr, oc, "_spec", self._saved)
+
+    def test_mismatch_fails_the_request(self):
+        srv = self.srv
+        with self.assertRaises(AssertionError) as cm:
+            srv.req("GET", "/healthz")
+        self.assertIn("getHealth", str(cm.exception))
+        self.assertIn("'degraded' was expected", str(cm.exception))
+        self.assertEqual(srv.req("GET", "/healthz", check_openapi=False).status, 200)
+        self.assertEqual(srv.req("GET", "/nothing").status, 404)  # documented: passes
+
+    def test_mismatch_in_a_helper_thread_fails_the_next_request(self):
+        srv = self.srv
+        seen = []
+
+        def helper():
+            try:
+                srv.req("GET", "/healthz")
+            except AssertionError as e:
+                seen.append(e)
+
+        th = threading.Thread(target=helper)
+        th.start()
+        th.join(10)
+        self.assertEqual(len(seen), 1)
+        oc._spec = self._saved
+        with self.assertRaises(AssertionError) as cm:
+            srv.req("GET", "/healthz")
+        self.assertIn("in a helper thread", str(cm.exception))
+        self.assertEqual(srv.req("GET", "/healthz").status, 200)  # reported once
 
 
 class Document(KzTestCase):
