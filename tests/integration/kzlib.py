@@ -37,6 +37,8 @@ import unittest
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import openapi_check  # every response req() receives is checked against docs/openapi.json
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
@@ -946,12 +948,15 @@ class Server:
         return http.client.HTTPConnection(self.host, self.port, timeout=t)
 
     def req(self, method, path, json=None, raw=None, headers=None, token=None, admin=False,
-            timeout=10, conn=None):
+            timeout=10, conn=None, check_openapi=True):
         """One request; returns Resp(status, headers (lower-case keys), parsed JSON or None, raw bytes).
 
         json=  body to serialise (None: no JSON body; send a literal null with raw=b"null");
         raw= bytes as the body; token= sends `accessToken: <token>`;
         admin=True sends `Authorization: Bearer <admin token>`; conn= reuses a connection.
+        Every response is checked against docs/openapi.json (openapi_check.py) and a mismatch
+        raises AssertionError; check_openapi=False is only for requests that are deliberately
+        not HTTP a client would send.
         """
         h = {}
         body = raw
@@ -972,6 +977,21 @@ class Server:
             r = c.getresponse()
             data = r.read()
             hd = {k.lower(): v for k, v in r.getheaders()}
+            # ---- openapi hook: the response must be the one docs/openapi.json documents. A
+            # mismatch seen by a helper thread (whose exception nobody may read) is kept and
+            # raised again by this server's next req() on the main thread.
+            main = threading.current_thread() is threading.main_thread()
+            if main and getattr(self, "_openapi_failure", None):
+                failure, self._openapi_failure = self._openapi_failure, None
+                raise AssertionError("in a helper thread: %s" % failure)
+            if check_openapi:
+                try:
+                    openapi_check.check_response(method, path, r.status, hd, data)
+                except AssertionError as e:
+                    if not main:
+                        self._openapi_failure = str(e)
+                    raise
+            # ---- end of openapi hook
             return Resp(r.status, hd, _parse_json(data), data)
         finally:
             if own:
