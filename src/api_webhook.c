@@ -272,8 +272,7 @@ static void write_done(struct kz_op *op, void *arg)
                         "the application already has %d webhooks (--max-webhooks-per-app)",
                         api->cfg->max_webhooks_per_app);
     else if (e == KZ_ERR_AUTH)
-        hook_write_fail(hw, e, KZ_FLAVOR_TOKEN,
-                        KZ_API_TOKEN_MSG " (application deleted)");
+        hook_write_fail(hw, e, KZ_FLAVOR_TOKEN, KZ_API_TOKEN_MSG " (application deleted)");
     else if (e == KZ_ERR_NOTFOUND && hw->update)
         hook_write_fail(hw, e, KZ_FLAVOR_PLAIN, "no webhook %s", hw->w.id);
     else if (e)

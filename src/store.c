@@ -104,10 +104,9 @@ static bool text_ok(const char *s)
 
 static bool event_ok(const struct kz_event *e)
 {
-    return e->event_id && text_ok(e->event_id) && text_ok(e->group_id) &&
-           text_ok(e->action_id) && text_ok(e->action_package_id) && text_ok(e->from_user) &&
-           text_ok(e->from_user_id) && text_ok(e->from_user_name) &&
-           text_ok(e->from_user_pic) && text_ok(e->data_json);
+    return e->event_id && text_ok(e->event_id) && text_ok(e->group_id) && text_ok(e->action_id) &&
+           text_ok(e->action_package_id) && text_ok(e->from_user) && text_ok(e->from_user_id) &&
+           text_ok(e->from_user_name) && text_ok(e->from_user_pic) && text_ok(e->data_json);
 }
 
 /* The checks every op passes before any SQL. An op failing them gets KZ_ERR_INVALID, alone. */
