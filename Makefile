@@ -1,4 +1,4 @@
-# kzhook — one root Makefile (STYLE rule 15). `make` builds build/kzhook.
+# kzhook — one root Makefile (docs/STYLE.md rule 15). `make` builds build/kzhook.
 PKGS      := libmicrohttpd libcurl sqlite3 jansson openssl libpq
 BUILD     ?= build
 CC        ?= cc

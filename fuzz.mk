@@ -1,5 +1,5 @@
 # fuzz.mk — libFuzzer targets for every parser and validator fed by the network or the operator
-# (STYLE rule 15c). Included from the root Makefile with `-include fuzz.mk`; see docs/SECURITY.md
+# (docs/STYLE.md rule 15c). Included from the root Makefile with `-include fuzz.mk`; see docs/SECURITY.md
 # ("Fuzzing") for what each target checks and how to read a crash.
 #
 #   make fuzz            build, then fuzz each target FUZZ_SECONDS (default 20) over its corpus;

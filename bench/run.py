@@ -281,7 +281,7 @@ def event(group, event_id):
 
 
 def envelope(group):
-    """What kzhook POSTs for such an event (CONTRACT §6): the baseline-A body."""
+    """What kzhook POSTs for such an event (README "Publishing and delivery"): the baseline-A body."""
     e = event(group, str(uuid.uuid4()))
     return {"subscriptionId": str(uuid.uuid4()), "objectId": group, "objectType": "Group",
             "eventType": EVENT_TYPE, "eventId": e["eventId"], "groupId": group, "data": e["data"],

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Banned functions (STYLE rule 12) and raw allocation outside alloc.c.
+# Banned functions (docs/STYLE.md rule 12) and raw allocation outside alloc.c.
 set -u
 rc=0
 banned='\b(sprintf|strcpy|strcat|strncpy|strtok|atoi|atol|atof|gets|rand|gmtime|localtime|asctime|ctime|system)\s*\('

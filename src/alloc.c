@@ -1,4 +1,4 @@
-/* alloc.c — the only file that calls malloc/free (STYLE rule 7).
+/* alloc.c — the only file that calls malloc/free (docs/STYLE.md rule 7).
  * A size header in front of each block is avoided: we count blocks, not bytes, with one atomic. */
 #include "alloc.h"
 #include "kz.h"

@@ -1,5 +1,5 @@
-/* alloc.h — allocation wrappers (STYLE rule 7): abort on OOM, so callers never check for NULL.
- * Every build counts live allocations; tests assert the count is 0 after shutdown.
+/* alloc.h — allocation wrappers (docs/STYLE.md rule 7): abort on OOM, so callers never check for
+ * NULL. Every build counts live allocations; tests assert the count is 0 after shutdown.
  * Thread-safe: any thread may call any function here. */
 #ifndef KZ_ALLOC_H
 #define KZ_ALLOC_H

@@ -1,5 +1,6 @@
-/* api.h — routing, authentication, validation, JSON errors (CONTRACT §2–7). The one place that
- * maps enum kz_err to HTTP. Knows nothing of libmicrohttpd: http.c fills a struct kz_req.
+/* api.h — routing, authentication, validation, JSON errors (README "Endpoints", docs/openapi.json).
+ * The one place that maps enum kz_err to HTTP. Knows nothing of libmicrohttpd: http.c fills a
+ * struct kz_req.
  *
  * Threads: kz_api_handle runs on MHD worker threads, several at once. It may block on the store
  * (kz_store_exec) or on the callback handshake, except for publishes, which return

@@ -1,4 +1,4 @@
-/* config.c — flags and environment into struct kz_config (CONTRACT §1). */
+/* config.c — flags and environment into struct kz_config (README "Configuration"). */
 #include "config.h"
 #include "alloc.h"
 #include "dur.h"

@@ -1,4 +1,4 @@
-/* config.h — the immutable run configuration: every CONTRACT §1 option as a flag and an
+/* config.h — the immutable run configuration: every README "Configuration" option as a flag and an
  * environment variable. Built once in main(), read-only afterwards (any thread may read). */
 #ifndef KZ_CONFIG_H
 #define KZ_CONFIG_H

@@ -1,7 +1,7 @@
-/* envelope.h — the bytes of a delivery (CONTRACT §6): the Kaizala envelope, built from the stored
- * event and webhook rows with a fixed field order, so every attempt sends identical bytes
- * without a body being stored per delivery. `data` is spliced in as stored (compact JSON).
- * Pure; any thread. */
+/* envelope.h — the bytes of a delivery (README "Publishing and delivery"): the Kaizala envelope,
+ * built from the stored event and webhook rows with a fixed field order, so every attempt sends
+ * identical bytes without a body being stored per delivery. `data` is spliced in as stored (compact
+ * JSON). Pure; any thread. */
 #ifndef KZ_ENVELOPE_H
 #define KZ_ENVELOPE_H
 

@@ -1,8 +1,8 @@
 /* http.h — the libmicrohttpd adapter: turns connections into struct kz_req for the api layer.
- * epoll + a thread pool, keep-alive (responses are queued on a later call than the first, see
- * reference/c-libraries.md), a 1 MiB body cap answered 413 before the body is read, connection
- * limits and timeouts, optional TLS, suspend/resume for answers that arrive later (publishes).
- * One JSON log line per request. */
+ * epoll + a thread pool, keep-alive (libmicrohttpd 0.9.75 keeps a connection alive only when the
+ * response is queued on a later handler call than the first), a 1 MiB body cap answered 413 before
+ * the body is read, connection limits and timeouts, optional TLS, suspend/resume for answers that
+ * arrive later (publishes). One JSON log line per request. */
 #ifndef KZ_HTTP_H
 #define KZ_HTTP_H
 

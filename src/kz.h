@@ -9,7 +9,8 @@
 
 #define KZ_VERSION "0.1.0"
 
-/** The one error type returned by every fallible function (STYLE rule 4). Mapped to HTTP in api.c.
+/** The one error type returned by every fallible function (docs/STYLE.md rule 4). Mapped to HTTP in
+ * api.c.
  */
 enum kz_err {
     KZ_OK = 0,

@@ -46,7 +46,7 @@ static void usage(FILE *f)
         f);
 }
 
-/* Startup failures are log lines too (CONTRACT §1: logs are JSON lines on stderr). */
+/* Startup failures are log lines too (README "Configuration": logs are JSON lines on stderr). */
 static void fatal(const char *what, const char *detail)
 {
     char esc[600];
@@ -61,7 +61,7 @@ static enum kz_err backlog_count(void *arg, int64_t now, int64_t *due, int64_t *
     return kz_store_backlog(arg, now, due, scheduled, inflight);
 }
 
-/* Everything a running command holds; one of these per process (STYLE rule 10). */
+/* Everything a running command holds; one of these per process (docs/STYLE.md rule 10). */
 struct kz_ctx {
     struct kz_config cfg;
     struct kz_store *st;

@@ -8,7 +8,8 @@
 
 enum kz_objtype { KZ_OBJ_GROUP = 0, KZ_OBJ_ACTION = 1, KZ_OBJ_ACTIONPACKAGE = 2, KZ_OBJ__COUNT };
 
-/* The 17 event types of CONTRACT §4.1, in contract order; bit i of an event mask is type i. */
+/* The 17 event types of the README endpoint table, in contract order; bit i of an event mask is
+ * type i. */
 enum kz_evtype {
     KZ_EV_ACTIONCREATED = 0,
     KZ_EV_ACTIONRESPONSE,

@@ -97,7 +97,8 @@ static const char *const migrations[] = {
     "CREATE INDEX deliveries_webhook ON deliveries(webhook_id, id);"
     "CREATE INDEX deliveries_event ON deliveries(event_seq);",
     /* 2: what a delivery's body took from its webhook, frozen when a PUT changes it, so that
-     * every attempt of a delivery sends the same bytes (CONTRACT §6). snap = 0: use the webhook. */
+     * every attempt of a delivery sends the same bytes (README "Publishing and delivery"). snap =
+     * 0: use the webhook. */
     "ALTER TABLE deliveries ADD COLUMN snap INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE deliveries ADD COLUMN snap_object_type INTEGER;"
     "ALTER TABLE deliveries ADD COLUMN snap_object_id TEXT;"

@@ -21,7 +21,7 @@
  *
  * Checked for every request: a status is set and is not 500 (the store is healthy, so a 500 is
  * a bug) or 503; every JSON answer parses; an error answer has message, errorCode and
- * errorCategoryKey, with the errorCode CONTRACT §2 gives for the status (405 has Allow, 429 has
+ * errorCategoryKey, with the errorCode docs/openapi.json gives for the status (405 has Allow, 429 has
  * Retry-After); no answer contains a secret (application secrets, refresh tokens, access
  * tokens, signing secrets: all random per run) unless the request itself carried it; a 2xx
  * without credentials is only /healthz or /metrics; a 2xx for /admin/... or /v1/events needs

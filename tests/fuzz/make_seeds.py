@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the seed corpora tests/fuzz/corpus/<target>/ from CONTRACT.md's examples, the Kaizala
+"""Writes the seed corpora tests/fuzz/corpus/<target>/ from the README's examples, the Kaizala
 reference payloads (kaizala-webhook-api.md sections 2.1, 2.2 and 4.4) and the odd inputs the SSRF
 guard and the parsers must survive. Deterministic: file names are a hash of the content, so
 re-running it changes nothing. Usage: python3 tests/fuzz/make_seeds.py (from anywhere)."""

@@ -3,7 +3,7 @@
 Python 3 standard library only; builds on kzlib (which this module does not change).
 
   compact(v)                     JSON text as the contract's delivery body uses it
-  expected_body(wid, hook, ev)   the exact delivery body (CONTRACT §6 field order) for one event
+  expected_body(wid, hook, ev)   the exact delivery body (README "Publishing and delivery" field order) for one event
   sign(secret, id, ts, body)     Standard Webhooks v1 signature header value
   signature_ok(secret, req)      does a received request carry a valid signature for its bytes?
   publish(srv, events)           POST /v1/events, asserting 202; returns the parsed answer
@@ -47,7 +47,7 @@ def expected_body(wid, hook, ev, data_text=None):
     """The delivery body for event `ev` (as published, with its eventId) sent to webhook `wid`
     created from `hook` (the create body: objectId, objectType, optional callBackContext).
 
-    Field order (CONTRACT §6): subscriptionId, objectId, objectType, eventType, eventId, groupId
+    Field order (README "Publishing and delivery"): subscriptionId, objectId, objectType, eventType, eventId, groupId
     (only when the event has one), data (as published, compact), context (only when
     callBackContext is set), fromUser, fromUserId, fromUserName, fromUserProfilePic ("" when not
     given). `data_text` overrides the compact rendering of data."""

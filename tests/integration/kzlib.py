@@ -690,7 +690,7 @@ class Server:
         self.db = db or self._fresh_db()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("KZHOOK_")}
         # kzhook counts its allocations; with this set, any still live at exit makes it exit 3
-        # and log "allocations live at exit" (STYLE rule 7), which stop() and close() report.
+        # and log "allocations live at exit" (docs/STYLE.md rule 7), which stop() and close() report.
         self.env["KZHOOK_CHECK_LEAKS"] = "1"
         self.env.update(env or {})
         a = []

@@ -1,4 +1,4 @@
-"""Admin API, access tokens, webhook-API authentication and rate limiting (CONTRACT §2, §3)."""
+"""Admin API, access tokens, webhook-API authentication and rate limiting (README "Endpoints")."""
 
 import time
 

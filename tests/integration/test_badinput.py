@@ -1,5 +1,5 @@
 """Hostile and malformed input: every answer is the contract's JSON error and the server survives
-(CONTRACT §2)."""
+(README "Endpoints")."""
 
 import json
 import socket

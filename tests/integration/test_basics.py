@@ -1,4 +1,4 @@
-"""Health, metrics, error format, routing, keep-alive (CONTRACT §1, §2)."""
+"""Health, metrics, error format, routing, keep-alive (README "Endpoints" and "Configuration")."""
 
 import json
 import re

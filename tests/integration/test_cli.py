@@ -1,5 +1,5 @@
 """The command line: `kzhook app create|list|delete`, configuration by environment, invalid
-configuration (CONTRACT §1, §3)."""
+configuration (README "Configuration" and "Endpoints")."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Crash safety (CONTRACT §1, §5, §6): `kill -9` while publishing and while retries are pending
+"""Crash safety (README "Publishing and delivery"): `kill -9` while publishing and while retries are pending
 loses no accepted event; duplicates stay bounded by what was in flight."""
 
 import http.client

@@ -1,4 +1,4 @@
-"""Publishing and delivery (CONTRACT §5–7): matching, the exact payload and signature,
+"""Publishing and delivery (README "Publishing and delivery"): matching, the exact payload and signature,
 idempotency, retries and dead-lettering, replay, timeouts and transport failures, Retry-After,
 per-endpoint isolation, delete, the delivery log, metrics, retention, SIGTERM drain, CLI publish."""
 
@@ -62,7 +62,7 @@ class DeliveryMixin:
         """One received request is exactly the contract's delivery of `ev` to `hook`."""
         self.assertEqual(req.method, "POST")
         self.assertEqual(req.body, expected_body(hook["id"], hook["body"], ev),
-                         "delivery body differs from CONTRACT §6")
+                         "delivery body differs from README "Publishing and delivery"")
         h = req.headers
         self.assertEqual(h.get("content-type", "").lower(), "application/json")
         self.assertRegex(h.get("user-agent", ""), UA_RE)
@@ -249,7 +249,7 @@ class Publish(DeliveryMixin, KzTestCase):
         self.assertTrue(signature_ok(h["secret"], q))
 
     def test_data_numbers_as_published(self):
-        """data is delivered "as published" (CONTRACT §6): decimal numbers keep their value
+        """data is delivered "as published" (README "Publishing and delivery"): decimal numbers keep their value
         (a receiver parsing decimals exactly must see 19.99, not 19.989999999999998) and
         integers beyond 64 bits are valid JSON data."""
         h = self.hook(self.p)
@@ -776,7 +776,7 @@ class Lifecycle(DeliveryMixin, KzTestCase):
                           ("Action", g2)])
 
     def test_body_is_stable_across_attempts_despite_update(self):
-        """CONTRACT §6: "The body and webhook-id never change between attempts of one delivery" —
+        """README "Publishing and delivery": "The body and webhook-id never change between attempts of one delivery" —
         also when the webhook's callBackContext/objectId is updated between two attempts."""
         h = self.hook(self.p, callBackContext="context-v1")
         ev = self.failing(h, n=1)
@@ -929,7 +929,7 @@ class Engine(DeliveryMixin, KzTestCase):
         return max(q.time for q in reqs) - t0, r, reqs
 
     def limit(self, n):
-        """How long n deliveries to a healthy endpoint may take: 1 s (CONTRACT §6 isolation, the
+        """How long n deliveries to a healthy endpoint may take: 1 s (README "Publishing and delivery": isolation, the
         issue's bound), stretched only when the machine itself is slow — measured as a Python
         client's time for the same number of requests to the same receiver, not via kzhook."""
         base = min(machine_baseline(self.rc, n) for _ in range(2))
@@ -968,7 +968,7 @@ class Engine(DeliveryMixin, KzTestCase):
 
     def test_many_slow_endpoints_do_not_starve_others(self):
         """65 slow endpoints at the default concurrency (8 each) want 520 attempts at once; a fast
-        endpoint must still be served at once (CONTRACT §6: a slow endpoint never delays others)."""
+        endpoint must still be served at once (README "Publishing and delivery": a slow endpoint never delays others)."""
         self.start("--allow-http-callbacks")
         slow_rc = self.receiver(tls=False)
         slows = []

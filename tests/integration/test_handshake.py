@@ -1,4 +1,4 @@
-"""The callback URL handshake and the SSRF guard (CONTRACT §4.5, §1 flags)."""
+"""The callback URL handshake and the SSRF guard (README "5-minute walkthrough" and "Configuration")."""
 
 import threading
 import time

@@ -630,7 +630,7 @@ class ChangeWhileDelivering(MultiNodeCase):
 
     def test_publish_racing_a_delete_on_another_node(self):
         """DELETE on B while A publishes to the webhook: nothing published after the delete is sent
-        to it (CONTRACT 4.4), and whatever rows A wrote for it meanwhile (matched just before the
+        to it (README "Endpoints": DELETE), and whatever rows A wrote for it meanwhile (matched just before the
         delete committed, or by A's index before the change reached it) must not stay due forever:
         the backlog drains and an idle node goes back to idle."""
         db = shared_db(self, PG_URL)

@@ -1,5 +1,5 @@
 """HTTPS API, persistence across restarts, the generated admin token and the request log
-(CONTRACT §1, §3)."""
+(README "Configuration" and "Endpoints")."""
 
 import http.client
 import re

@@ -1,4 +1,4 @@
-"""Signatures checked by an independent implementation (CONTRACT §6): a Node HTTPS receiver
+"""Signatures checked by an independent implementation (README "Publishing and delivery"): a Node HTTPS receiver
 verifies every delivery with the `standardwebhooks` npm package (tests/integration/node).
 
 Setup: `cd tests/integration/node && npm ci --no-audit --no-fund`. Without node or the installed

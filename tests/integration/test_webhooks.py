@@ -1,4 +1,4 @@
-"""The Kaizala webhook API: create, list, get, update, delete, isolation (CONTRACT §4.1–4.4)."""
+"""The Kaizala webhook API: create, list, get, update, delete, isolation (the README endpoint table–4.4)."""
 
 import base64
 
