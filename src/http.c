@@ -89,14 +89,25 @@ static void complete(struct kz_req *req)
     pthread_mutex_unlock(&cs->lock);
 }
 
+#define HANDOVER_MIN (64 * 1024)
+
 static enum MHD_Result send_answer(struct conn *cs)
 {
     struct kz_req *req = &cs->req;
     struct MHD_Response *r;
     enum MHD_Result ok;
 
-    r = MHD_create_response_from_buffer(req->out.len, req->out.data ? req->out.data : (void *)"",
-                                        MHD_RESPMEM_MUST_COPY);
+    /* A large answer (a page of deliveries: up to 4 MiB) is handed to libmicrohttpd, not copied,
+     * so a slow reader holds one copy of it, not two; small ones keep the buffer for reuse. */
+    if (req->out.len > HANDOVER_MIN) {
+        size_t len = req->out.len;
+
+        r = MHD_create_response_from_buffer_with_free_callback(len, kz_buf_take(&req->out),
+                                                               kz_free);
+    } else {
+        r = MHD_create_response_from_buffer(
+            req->out.len, req->out.data ? req->out.data : (void *)"", MHD_RESPMEM_MUST_COPY);
+    }
     if (!r)
         return MHD_NO;
     MHD_add_response_header(r, "Content-Type", req->content_type);

@@ -62,7 +62,7 @@ class DeliveryMixin:
         """One received request is exactly the contract's delivery of `ev` to `hook`."""
         self.assertEqual(req.method, "POST")
         self.assertEqual(req.body, expected_body(hook["id"], hook["body"], ev),
-                         "delivery body differs from README "Publishing and delivery"")
+                         'delivery body differs from README "Publishing and delivery"')
         h = req.headers
         self.assertEqual(h.get("content-type", "").lower(), "application/json")
         self.assertRegex(h.get("user-agent", ""), UA_RE)

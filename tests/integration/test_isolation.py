@@ -18,9 +18,29 @@ import threading
 import time
 
 from dlib import all_deliveries, create_hook, publish, uid, wait_until
-from kzlib import KzTestCase, timeout_scale, webhook_body
+from kzlib import KzTestCase, binary, timeout_scale, webhook_body
 
 PAGE_MAX = 4 * 1024 * 1024
+
+
+def _status_kib(pid, key):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _asan():
+    """True for a sanitizer build (its quarantine keeps freed memory resident)."""
+    try:
+        with open(binary(), "rb") as f:
+            return b"AddressSanitizer" in f.read()
+    except OSError:
+        return False
 
 
 def note(msg):
@@ -226,6 +246,41 @@ class LargePages(KzTestCase):
         r = self.srv.req("GET", "/v1/webhook/%s/deliveries?limit=10" % wid, token=tok)
         self.assertEqual(len(r.json["deliveries"]), 10)
         self.assertEqual(r.json["nextCursor"], r.json["deliveries"][-1]["deliveryId"])
+        self.slow_readers_hold_bounded_memory(tok, wid)
+
+    def slow_readers_hold_bounded_memory(self, tok, wid):
+        """40 clients ask for the biggest page (limit=1000) and do not read it: the server holds
+        at most about one page (<= 4 MiB) per connection. Before pages were cut, this page was
+        6 MiB, held twice per connection (~500 MB for 40 readers; 24.9 MB pages took 2 GB)."""
+        pid = self.srv.proc.pid
+        readers = 40
+        page_kib = (PAGE_MAX + 64 * 1024) // 1024
+        # per reader: one page, plus the MHD read buffer; ASan keeps freed memory in quarantine
+        budget_kib = readers * (page_kib + 512) + (300 * 1024 if _asan() else 32 * 1024)
+        base = _status_kib(pid, "VmRSS")
+        req = ("GET /v1/webhook/%s/deliveries?limit=1000 HTTP/1.1\r\nHost: x\r\n"
+               "accessToken: %s\r\n\r\n" % (wid, tok)).encode()
+        socks = []
+        peak = base
+        try:
+            for _ in range(readers):
+                c = socket.create_connection((self.srv.host, self.srv.port), timeout=10)
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                c.sendall(req)
+                socks.append(c)
+            deadline = time.time() + 5 * timeout_scale()
+            while time.time() < deadline:
+                peak = max(peak, _status_kib(pid, "VmRSS"))
+                time.sleep(0.05)
+            # the server still answers others while 40 readers stall
+            h = self.srv.req("GET", "/healthz", timeout=5)
+            self.assertEqual(h.status, 200)
+        finally:
+            for c in socks:
+                c.close()
+        note("40 slow readers of a %d KiB page: RSS %d -> peak %d KiB (+%d KiB, budget %d KiB)"
+             % (page_kib, base, peak, peak - base, budget_kib))
+        self.assertLess(peak - base, budget_kib)
 
     def test_webhook_list_is_cut_at_4_mib_with_next_cursor(self):
         app, tok = self.srv.app_token()
