@@ -121,7 +121,7 @@ class Fairness(KzTestCase):
                                objectType="Group", eventTypes=["TextMessageCreated"])
 
         t0 = time.time()
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
             list(pool.map(make, range(N_SILENT)))
         print("created %d webhooks for A in %.1fs" % (N_SILENT, time.time() - t0))
         create_hook(self, srv, tok_b, fast.url("/b"), objectId=group_b, objectType="Group",
