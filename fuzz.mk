@@ -23,7 +23,7 @@ FUZZ_SECONDS ?= 20
 FUZZ_JOBS    ?= 2
 FUZZ_TIMEOUT ?= 25
 FUZZ_FLAGS   ?=
-FUZZ_TARGETS := json url dur retry_after config api envelope
+FUZZ_TARGETS := json url dur retry_after config api envelope filter
 # Sub-makes re-read the makefile this was included from (the root Makefile, or fuzz.mk itself
 # when run as `make -f fuzz.mk ...`).
 FUZZ_MAKE    := $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST))
@@ -54,6 +54,7 @@ FUZZ_DICT_url         := tests/fuzz/url.dict
 FUZZ_DICT_config      := tests/fuzz/config.dict
 FUZZ_DICT_dur         := tests/fuzz/config.dict
 FUZZ_DICT_retry_after := tests/fuzz/retry_after.dict
+FUZZ_DICT_filter      := tests/fuzz/filter.dict
 FUZZ_DICT_api         := $(FUZZ_BUILD)/api.dict
 
 .PHONY: fuzz fuzz-long fuzz-regress fuzz-merge fuzz-build fuzz-deps $(FUZZ_TARGETS:%=fuzz-run-%)

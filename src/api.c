@@ -613,6 +613,12 @@ static enum kz_err webhook_routes(struct kz_api *api, struct kz_req *req, char *
     } else if (n == 4 && is(seg[3], "replay")) {
         if (!is(m, "POST"))
             return kz_api_method_not_allowed(req, "POST");
+    } else if (n == 4 && is(seg[3], "secret")) {
+        if (!is(m, "GET"))
+            return kz_api_method_not_allowed(req, "GET");
+    } else if (n == 5 && is(seg[3], "secret") && is(seg[4], "rotate")) {
+        if (!is(m, "POST"))
+            return kz_api_method_not_allowed(req, "POST");
     } else {
         return kz_api_reject(req, KZ_ERR_NOTFOUND, "no such endpoint");
     }
@@ -641,6 +647,10 @@ static enum kz_err webhook_routes(struct kz_api *api, struct kz_req *req, char *
         result = kz_api_webhook_delete(api, req, &app, id);
     else if (is(seg[3], "deliveries"))
         result = kz_api_delivery_list(api, req, &app, id);
+    else if (n == 4 && is(seg[3], "secret"))
+        result = kz_api_secret_get(api, req, &app, id);
+    else if (n == 5)
+        result = kz_api_secret_rotate(api, req, &app, id);
     else
         result = kz_api_replay(api, req, &app, id);
 out:

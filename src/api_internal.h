@@ -142,6 +142,11 @@ enum kz_err kz_api_delivery_list(struct kz_api *api, struct kz_req *req, const s
                                  const char *id);
 enum kz_err kz_api_replay(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
                           const char *id);
+/** GET /v1/webhook/{id}/secret and POST /v1/webhook/{id}/secret/rotate. */
+enum kz_err kz_api_secret_get(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                              const char *id);
+enum kz_err kz_api_secret_rotate(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                                 const char *id);
 
 /* api_publish.c */
 enum kz_err kz_api_publish(struct kz_api *api, struct kz_req *req);

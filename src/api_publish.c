@@ -240,8 +240,7 @@ static enum kz_err publish_prepare(struct kz_api *api, struct kz_req *req, struc
         struct kz_event *ev = &pb->items[i].ev;
 
         pb->items[i].n_targets =
-            kz_subidx_match(api->idx, ev->event_type, ev->group_id, ev->action_id,
-                            ev->action_package_id, now, &pb->matches, &pb->nmatch, &pb->capmatch);
+            kz_subidx_match(api->idx, ev, now, &pb->matches, &pb->nmatch, &pb->capmatch);
         /* Checked as the matches grow, so a refused request never holds more than one
          * event's matches beyond the limit. */
         if (pb->nmatch > (size_t)api->cfg->max_fanout) {

@@ -3,6 +3,8 @@
  * webhook is NotFound, never Forbidden (its existence is not revealed). */
 #include "api_internal.h"
 #include "alloc.h"
+#include "dur.h"
+#include "filter.h"
 #include "id.h"
 #include "json.h"
 #include "sign.h"
@@ -15,6 +17,16 @@
 
 #define DEFAULT_VALIDITY_MS INT64_C(63113852000)
 #define MAX_VALIDITY_MS INT64_C(253402300799999) /* 9999-12-31 */
+#define DEFAULT_OVERLAP_MS INT64_C(86400000)     /* a rotation's overlap: 24h */
+#define MAX_OVERLAP_MS INT64_C(604800000)        /* 7d */
+
+/* "headers": the stored object, {} when none. */
+static void o_headers(json_t *o, const struct kz_webhook *w)
+{
+    json_t *h = w->headers_json ? json_loads(w->headers_json, 0, NULL) : NULL;
+
+    json_object_set_new(o, "headers", h ? h : json_object());
+}
 
 static json_t *webhook_json(const struct kz_webhook *w, int64_t now)
 {
@@ -38,7 +50,41 @@ static json_t *webhook_json(const struct kz_webhook *w, int64_t now)
     json_object_set_new(o, "ts", json_integer(w->ts_ms));
     json_object_set_new(o, "validity", json_integer(w->validity_ms));
     json_object_set_new(o, "active", json_boolean(w->active && w->validity_ms > now));
+    o_headers(o, w);
+    /* Last, and null when set: filter_splice() writes the stored text in its place, so numbers
+     * come back exactly as written (1e400, 21-digit integers) rather than as doubles. */
+    json_object_set_new(o, "filter", w->filter_json ? json_null() : json_object());
     return o;
+}
+
+/* The serialised webhook_json(w) ends the text in `out`: put w's filter in place of the null
+ * written for it. */
+static enum kz_err filter_splice(struct kz_buf *out, const struct kz_webhook *w)
+{
+    static const char tail[] = "\"filter\":null}";
+    size_t n = sizeof(tail) - 1;
+
+    if (!w->filter_json)
+        return KZ_OK;
+    KZ_ASSERT(out->len >= n && !memcmp(out->data + out->len - n, tail, n));
+    out->len -= 5;
+    out->data[out->len] = '\0';
+    if (kz_buf_puts(out, w->filter_json) || kz_buf_puts(out, "}"))
+        return KZ_ERR_TOOBIG;
+    return KZ_OK;
+}
+
+/* kz_api_reply of webhook_json(w). */
+static enum kz_err reply_webhook(struct kz_req *req, const struct kz_webhook *w, int64_t now)
+{
+    enum kz_err e = kz_api_reply(req, 200, webhook_json(w, now));
+
+    if (!e && filter_splice(&req->out, w)) {
+        req->err.flavor = KZ_FLAVOR_INTERNAL;
+        snprintf(req->err.message, sizeof(req->err.message), "could not serialise the answer");
+        return KZ_ERR_NOMEM;
+    }
+    return e;
 }
 
 /* ==== reading a create or update body ==== */
@@ -61,6 +107,133 @@ static enum kz_err field_event_types(struct kz_req *req, const json_t *v, uint32
                                  i);
         *mask |= 1u << t;
     }
+    return KZ_OK;
+}
+
+/* ==== delivery controls: headers and filter (README.md "Delivery controls") ==== */
+
+/* Header names a webhook may not set: the transport's own, the signature's, the trace's. */
+static bool header_reserved(const char *name)
+{
+    static const char *const reserved[] = {
+        "host",       "content-type", "content-length", "transfer-encoding",
+        "connection", "user-agent",   "traceparent",    "kz-callback-token",
+    };
+    size_t i;
+
+    if (!strncasecmp(name, "webhook-", 8))
+        return true;
+    for (i = 0; i < KZ_ARRAY_LEN(reserved); i++) {
+        if (!strcasecmp(name, reserved[i]))
+            return true;
+    }
+    return false;
+}
+
+/* An HTTP token (RFC 9110 tchar). */
+static bool header_token(const char *s, size_t n)
+{
+    size_t i;
+
+    if (!n)
+        return false;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              strchr("!#$%&'*+-.^_`|~", c)))
+            return false;
+    }
+    return true;
+}
+
+/* "headers": absent or null = unchanged, {} = none, else up to KZ_HEADERS_MAX name: value. */
+static enum kz_err field_headers(struct kz_req *req, const json_t *doc, struct kz_webhook *w)
+{
+    json_t *v = kz_json_get(doc, "headers"), *val;
+    const char *name, *seen[KZ_HEADERS_MAX];
+    size_t n = 0, i;
+    struct kz_buf b;
+
+    if (!v || json_is_null(v))
+        return KZ_OK;
+    if (!json_is_object(v))
+        return kz_api_reject(req, KZ_ERR_INVALID, "headers must be an object of name: value");
+    if (json_object_size(v) > KZ_HEADERS_MAX)
+        return kz_api_reject(req, KZ_ERR_INVALID, "headers: at most %d entries", KZ_HEADERS_MAX);
+    json_object_foreach(v, name, val)
+    {
+        size_t nl = strlen(name);
+
+        if (nl > KZ_HEADER_NAME_MAX || !header_token(name, nl))
+            return kz_api_reject(req, KZ_ERR_INVALID,
+                                 "headers: \"%.64s\" is not an HTTP header name of 1..%d token "
+                                 "characters",
+                                 header_token(name, nl) ? name : "(invalid name)",
+                                 KZ_HEADER_NAME_MAX);
+        if (header_reserved(name))
+            return kz_api_reject(req, KZ_ERR_INVALID,
+                                 "headers: %s is set by kzhook and may not be overridden", name);
+        for (i = 0; i < n; i++) {
+            if (!strcasecmp(seen[i], name))
+                return kz_api_reject(req, KZ_ERR_INVALID,
+                                     "headers: %s is given twice (names are case-insensitive)",
+                                     name);
+        }
+        seen[n++] = name;
+        if (!json_is_string(val) || json_string_length(val) > KZ_HEADER_VALUE_MAX ||
+            !kz_api_header_safe(json_string_value(val), json_string_length(val)))
+            return kz_api_reject(req, KZ_ERR_INVALID,
+                                 "headers: the value of %s must be a string of printable ASCII, "
+                                 "at most %d bytes",
+                                 name, KZ_HEADER_VALUE_MAX);
+    }
+    kz_free(w->headers_json);
+    w->headers_json = NULL;
+    if (!n)
+        return KZ_OK;
+    kz_buf_init(&b, KZ_HEADERS_JSON_MAX);
+    if (kz_json_dump(v, &b)) {
+        kz_buf_cleanup(&b);
+        return kz_api_reject(req, KZ_ERR_INVALID, "headers: too large");
+    }
+    w->headers_json = kz_strndup(kz_buf_cstr(&b), b.len);
+    kz_buf_cleanup(&b);
+    return KZ_OK;
+}
+
+/* "filter": absent or null = unchanged, {} = none. Read from the body's text, not the parsed
+ * tree, so that its numbers keep their spelling; compiled here only to refuse a bad one (the
+ * subscription index compiles it again when it takes the webhook). */
+static enum kz_err field_filter(struct kz_req *req, const json_t *doc, struct kz_webhook *w)
+{
+    json_t *v = kz_json_get(doc, "filter");
+    struct kz_str raw;
+    struct kz_buf b;
+    struct kz_filter *f = NULL;
+    char err[300];
+    enum kz_err e;
+
+    if (!v || json_is_null(v))
+        return KZ_OK;
+    if (!json_is_object(v))
+        return kz_api_reject(req, KZ_ERR_INVALID, "filter must be a JSON object");
+    if (kz_json_raw_member(req->body, req->body_len, -1, "filter", &raw))
+        return kz_api_reject(req, KZ_ERR_INVALID, "filter must be a JSON object");
+    kz_buf_init(&b, KZ_FILTER_MAX);
+    if (kz_json_minify(raw, &b)) {
+        kz_buf_cleanup(&b);
+        return kz_api_reject(req, KZ_ERR_INVALID, "filter: more than %d bytes", KZ_FILTER_MAX);
+    }
+    e = kz_filter_compile(kz_buf_cstr(&b), b.len, &f, err, sizeof(err));
+    if (e) {
+        kz_buf_cleanup(&b);
+        return kz_api_reject(req, KZ_ERR_INVALID, "%s", err);
+    }
+    kz_free(w->filter_json);
+    w->filter_json = f ? kz_strndup(kz_buf_cstr(&b), b.len) : NULL;
+    kz_filter_free(f);
+    kz_buf_cleanup(&b);
     return KZ_OK;
 }
 
@@ -153,7 +326,10 @@ static enum kz_err webhook_fields(struct kz_req *req, const json_t *doc, struct 
         w->active = b;
         *active_given = true;
     }
-    return KZ_OK;
+    e = field_headers(req, doc, w);
+    if (e)
+        return e;
+    return field_filter(req, doc, w);
 }
 
 static enum kz_err check_grant(struct kz_req *req, const struct kz_app *app,
@@ -248,7 +424,7 @@ static void hook_write_end(struct hook_write *hw)
         snprintf(req->err.message, sizeof(req->err.message), "%s", hw->message);
         req->err.flavor = hw->flavor;
     } else if (hw->update) {
-        e = kz_api_reply(req, 200, webhook_json(&hw->w, kz_now_ms()));
+        e = reply_webhook(req, &hw->w, kz_now_ms());
     } else {
         e = kz_api_reply(
             req, 200,
@@ -407,7 +583,7 @@ static enum kz_err check_quota(struct kz_api *api, struct kz_req *req, const str
 enum kz_err kz_api_webhook_create(struct kz_api *api, struct kz_req *req, const struct kz_app *app)
 {
     enum kz_err result = KZ_ERR_INVALID;
-    json_t *doc = kz_api_parse_body(req, false, false);
+    json_t *doc = kz_api_parse_body(req, false, true); /* a filter may hold any number */
     struct kz_webhook w;
     bool url_changed, active_given;
 
@@ -444,6 +620,7 @@ out:
  * with "nextCursor" (the number of webhooks before the next page), absent otherwise. */
 struct list_ctx {
     struct kz_api_page pg;
+    struct kz_req *req;
     int64_t now;
     long long skip, seen;
 };
@@ -454,7 +631,8 @@ static void webhook_list_one(void *arg, const struct kz_webhook *w)
 
     if (lc->seen++ < lc->skip || lc->pg.cut)
         return;
-    kz_api_page_add(&lc->pg, webhook_json(w, lc->now));
+    if (kz_api_page_add(&lc->pg, webhook_json(w, lc->now)) && filter_splice(&lc->req->out, w))
+        lc->pg.fail = true;
 }
 
 enum kz_err kz_api_webhook_list(struct kz_api *api, struct kz_req *req, const struct kz_app *app)
@@ -483,6 +661,7 @@ enum kz_err kz_api_webhook_list(struct kz_api *api, struct kz_req *req, const st
             return kz_api_reject(req, KZ_ERR_INVALID, "cursor is not one this service returned");
     }
     lc.now = kz_now_ms();
+    lc.req = req;
     kz_api_page_begin(&lc.pg, req, "webhooks");
     e = kz_store_webhook_list(api->st, app->id, t, oid, webhook_list_one, &lc);
     if (e)
@@ -518,7 +697,7 @@ enum kz_err kz_api_webhook_get(struct kz_api *api, struct kz_req *req, const str
 
     if (e)
         return e;
-    e = kz_api_reply(req, 200, webhook_json(&w, kz_now_ms()));
+    e = reply_webhook(req, &w, kz_now_ms());
     kz_webhook_cleanup(&w);
     return e;
 }
@@ -537,7 +716,11 @@ enum kz_err kz_api_webhook_update(struct kz_api *api, struct kz_req *req, const 
     if (result)
         return result;
     result = KZ_ERR_INVALID;
-    doc = kz_api_parse_body(req, false, false);
+    /* The update leaves the secret alone (NULL keeps the stored one), so a rotation committed
+     * between our read and our write is not undone. */
+    kz_free(w.signing_secret);
+    w.signing_secret = NULL;
+    doc = kz_api_parse_body(req, false, true);
     if (!doc)
         goto out;
     was_active = w.active;
@@ -568,7 +751,7 @@ enum kz_err kz_api_webhook_update(struct kz_api *api, struct kz_req *req, const 
     kz_subidx_put(api->idx, &w, op.webhooks_version);
     if (wake && api->hooks.wake_dispatch)
         api->hooks.wake_dispatch(api->hooks.arg);
-    result = kz_api_reply(req, 200, webhook_json(&w, kz_now_ms()));
+    result = reply_webhook(req, &w, kz_now_ms());
 out:
     kz_free(old_url);
     kz_webhook_cleanup(&w);
@@ -730,4 +913,70 @@ enum kz_err kz_api_replay(struct kz_api *api, struct kz_req *req, const struct k
     if (op.u.replay.requeued && api->hooks.wake_dispatch)
         api->hooks.wake_dispatch(api->hooks.arg);
     return kz_api_reply(req, 202, json_pack("{s:I}", "requeued", (json_int_t)op.u.replay.requeued));
+}
+
+/* ==== signing secret (README.md "Delivery controls") ==== */
+
+enum kz_err kz_api_secret_get(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                              const char *id)
+{
+    struct kz_webhook w;
+    enum kz_err e = own_webhook(api, req, app, id, &w);
+
+    if (e)
+        return e;
+    e = kz_api_reply(req, 200, json_pack("{s:s}", "signingSecret", w.signing_secret));
+    kz_webhook_cleanup(&w);
+    return e;
+}
+
+/* A new secret; the one it replaces keeps signing (second) for `overlap`, so receivers can
+ * switch at their pace. A rotation during an overlap drops the older previous secret. */
+enum kz_err kz_api_secret_rotate(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                                 const char *id)
+{
+    struct kz_webhook w;
+    json_t *doc = NULL, *v;
+    int64_t overlap = DEFAULT_OVERLAP_MS, now;
+    char secret[KZ_SIGN_SECRET_SIZE];
+    struct kz_op op;
+    enum kz_err e = own_webhook(api, req, app, id, &w);
+
+    if (e)
+        return e;
+    kz_webhook_cleanup(&w);
+    if (req->body_len) {
+        doc = kz_api_parse_body(req, false, false);
+        if (!doc)
+            return KZ_ERR_INVALID;
+        v = kz_json_get(doc, "overlap");
+        if (v && !json_is_null(v) &&
+            (!json_is_string(v) || kz_dur_parse(json_string_value(v), &overlap) ||
+             overlap > MAX_OVERLAP_MS)) {
+            json_decref(doc);
+            return kz_api_reject(req, KZ_ERR_INVALID,
+                                 "overlap must be a duration from \"0s\" to \"7d\" (e.g. "
+                                 "\"24h\")");
+        }
+        json_decref(doc);
+    }
+    e = kz_sign_secret_new(secret, sizeof(secret));
+    if (e)
+        return kz_api_internal(req, e);
+    now = kz_now_ms();
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_WEBHOOK_ROTATE;
+    op.u.rotate.id = id;
+    op.u.rotate.app_id = app->id;
+    op.u.rotate.secret = secret;
+    op.u.rotate.now = now;
+    op.u.rotate.expires = now + overlap;
+    e = kz_store_exec(api->st, &op);
+    if (e == KZ_ERR_NOTFOUND)
+        return kz_api_reject(req, e, "no webhook %s", id);
+    if (e)
+        return kz_api_internal(req, e);
+    return kz_api_reply(req, 200,
+                        json_pack("{s:s, s:I}", "signingSecret", secret, "previousExpiresAt",
+                                  (json_int_t)(now + overlap)));
 }

@@ -84,8 +84,12 @@ void kz_webhook_cleanup(struct kz_webhook *w)
     kz_free(w->callback_token);
     kz_free(w->callback_context);
     kz_free(w->signing_secret);
+    kz_free(w->headers_json);
+    kz_free(w->filter_json);
+    kz_free(w->prev_secret);
     w->object_id = w->callback_url = w->callback_token = NULL;
     w->callback_context = w->signing_secret = NULL;
+    w->headers_json = w->filter_json = w->prev_secret = NULL;
 }
 
 void kz_webhook_copy(struct kz_webhook *dst, const struct kz_webhook *src)
@@ -96,6 +100,9 @@ void kz_webhook_copy(struct kz_webhook *dst, const struct kz_webhook *src)
     dst->callback_token = kz_strdup(src->callback_token);
     dst->callback_context = kz_strdup(src->callback_context);
     dst->signing_secret = kz_strdup(src->signing_secret);
+    dst->headers_json = kz_strdup(src->headers_json);
+    dst->filter_json = kz_strdup(src->filter_json);
+    dst->prev_secret = kz_strdup(src->prev_secret);
 }
 
 void kz_event_cleanup(struct kz_event *e)

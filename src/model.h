@@ -58,6 +58,13 @@ const char *kz_dstate_name(enum kz_dstate s);
 #define KZ_NAME_MAX 200     /* application name */
 #define KZ_BODY_MAX (1024 * 1024)
 #define KZ_RESPONSE_KEEP 4096 /* bytes of a receiver's answer kept in the delivery log */
+#define KZ_HEADERS_MAX 20     /* custom headers per webhook */
+#define KZ_HEADER_NAME_MAX 64
+#define KZ_HEADER_VALUE_MAX 1024
+/* headers_json at most: 20 entries of escaped name and value ("\u00XX" is 6 bytes a byte) */
+#define KZ_HEADERS_JSON_MAX                                                                        \
+    (2 + KZ_HEADERS_MAX * (6 + KZ_HEADER_NAME_MAX + 6 * KZ_HEADER_VALUE_MAX))
+#define KZ_FILTER_MAX 4096 /* bytes of a webhook's filter as written */
 
 /** An application (Kaizala connector). Strings are owned by the struct; kz_app_cleanup frees. */
 struct kz_app {
@@ -85,6 +92,11 @@ struct kz_webhook {
     int64_t ts_ms;          /* creation time */
     int64_t validity_ms;    /* expiry */
     bool active;
+    /* Delivery controls (README.md "Delivery controls"); NULL when unset. */
+    char *headers_json;   /* extra request headers: compact JSON object of strings */
+    char *filter_json;    /* event filter: compact JSON object as written (numbers verbatim) */
+    char *prev_secret;    /* the secret before the last rotation, during its overlap */
+    int64_t prev_expires; /* epoch ms until which prev_secret also signs; 0 when none */
 };
 void kz_webhook_cleanup(struct kz_webhook *w);
 /** Deep copy; dst must be uninitialised or cleaned. */

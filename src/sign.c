@@ -226,3 +226,39 @@ out:
     EVP_MAC_free(mac);
     return result;
 }
+
+/* Signs with one secret into out (KZ_SIGN_V1_SIZE bytes); the decoded key is wiped after. */
+static enum kz_err sign_with(const char *secret, const char *msg_id, int64_t ts, const char *body,
+                             size_t len, char *out)
+{
+    unsigned char key[128];
+    size_t keylen = 0;
+    enum kz_err result = kz_sign_key_decode(secret, key, sizeof(key), &keylen);
+
+    if (!result)
+        result = kz_sign_v1(key, keylen, msg_id, ts, body, len, out, KZ_SIGN_V1_SIZE);
+    OPENSSL_cleanse(key, sizeof(key));
+    return result;
+}
+
+enum kz_err kz_sign_header(const char *secret, const char *prev_secret, const char *msg_id,
+                           int64_t ts, const char *body, size_t len, char *out, size_t outlen)
+{
+    enum kz_err result = KZ_ERR_TOOBIG;
+    size_t n;
+
+    if (outlen)
+        out[0] = '\0';
+    if (outlen < KZ_SIGN_HEADER_SIZE)
+        return result;
+    result = sign_with(secret, msg_id, ts, body, len, out);
+    if (result || !prev_secret)
+        goto out;
+    n = strlen(out);
+    out[n] = ' ';
+    result = sign_with(prev_secret, msg_id, ts, body, len, out + n + 1);
+out:
+    if (result)
+        out[0] = '\0';
+    return result;
+}

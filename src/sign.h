@@ -55,6 +55,20 @@ enum kz_err kz_sign_key_decode(const char *whsec, unsigned char *key, size_t key
 enum kz_err kz_sign_v1(const unsigned char *key, size_t keylen, const char *msg_id, int64_t ts,
                        const char *body, size_t len, char *out, size_t outlen);
 
+/** Size of a buffer for a webhook-signature header value: two v1 signatures and a space. */
+#define KZ_SIGN_HEADER_SIZE (2 * KZ_SIGN_V1_SIZE)
+
+/**
+ * The value of a webhook-signature header: "v1,<sig with secret>", followed by
+ * " v1,<sig with prev_secret>" when `prev_secret` is not NULL (a rotation's overlap: a receiver
+ * holding either secret verifies, the current one comes first). Both secrets are "whsec_..."
+ * strings as kz_sign_key_decode() reads them. Returns KZ_OK; KZ_ERR_INVALID when a secret
+ * does not decode or `msg_id` is NULL; KZ_ERR_TOOBIG when `outlen` < KZ_SIGN_HEADER_SIZE;
+ * KZ_ERR_IO when libcrypto fails. `out` is "" on error when `outlen` > 0.
+ */
+enum kz_err kz_sign_header(const char *secret, const char *prev_secret, const char *msg_id,
+                           int64_t ts, const char *body, size_t len, char *out, size_t outlen);
+
 /**
  * Standard base64 (RFC 4648 section 4, with '=' padding) of the `n` bytes at `in`, NUL-terminated
  * into `out`. Returns the length written, not counting the NUL; returns 0 and writes "" (when

@@ -110,6 +110,13 @@ static bool event_ok(const struct kz_event *e)
 }
 
 /* The checks every op passes before any SQL. An op failing them gets KZ_ERR_INVALID, alone. */
+/* NULL, or text of at most `max` bytes: the delivery-control columns (headers, filter) are
+ * bounded on both backends by the API's limits, never by what a backend happens to accept. */
+static bool text_within(const char *s, size_t max)
+{
+    return !s || strnlen(s, max + 1) <= max;
+}
+
 static bool op_valid(const struct kz_op *op)
 {
     size_t i;
@@ -122,7 +129,12 @@ static bool op_valid(const struct kz_op *op)
     case KZ_OP_WEBHOOK_UPDATE:
         return memchr(op->u.webhook.id, '\0', sizeof(op->u.webhook.id)) &&
                memchr(op->u.webhook.app_id, '\0', sizeof(op->u.webhook.app_id)) &&
-               (op->type == KZ_OP_WEBHOOK_UPDATE || op->u.max_per_app >= 0);
+               (op->type == KZ_OP_WEBHOOK_UPDATE || op->u.max_per_app >= 0) &&
+               text_within(op->u.webhook.headers_json, KZ_HEADERS_JSON_MAX) &&
+               text_within(op->u.webhook.filter_json, KZ_FILTER_MAX);
+    case KZ_OP_WEBHOOK_ROTATE:
+        return op->u.rotate.id && op->u.rotate.secret && *op->u.rotate.secret &&
+               op->u.rotate.expires >= 0;
     case KZ_OP_APP_CREATE:
     case KZ_OP_RELEASE:
     case KZ_OP_PRUNE:
@@ -232,7 +244,7 @@ static bool batch_lazy(struct kz_op **ops, size_t n)
 static bool op_wide(enum kz_op_type t)
 {
     return t == KZ_OP_WEBHOOK_UPDATE || t == KZ_OP_WEBHOOK_DELETE || t == KZ_OP_REPLAY ||
-           t == KZ_OP_WEBHOOK_ACTIVE || t == KZ_OP_APP_DELETE;
+           t == KZ_OP_WEBHOOK_ACTIVE || t == KZ_OP_APP_DELETE || t == KZ_OP_WEBHOOK_ROTATE;
 }
 
 /* An op that can see, or undo, rows a PUBLISH inserts: publishes are not moved past it. */
@@ -374,6 +386,8 @@ static enum kz_err call_op(struct kz_store *st, struct kz_op *op, bool *bump)
         return b->webhook_delete(be, op);
     case KZ_OP_WEBHOOK_ACTIVE:
         return b->webhook_active(be, op);
+    case KZ_OP_WEBHOOK_ROTATE:
+        return b->webhook_rotate(be, op);
     case KZ_OP_PUBLISH:
         return b->publish(be, &op, 1);
     case KZ_OP_CLAIM:

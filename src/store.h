@@ -52,6 +52,12 @@ enum kz_op_type {
     KZ_OP_REPLAY,         /* requeue non-succeeded deliveries of a webhook since a time */
     KZ_OP_RELEASE,        /* inflight deliveries whose lease ended -> pending */
     KZ_OP_PRUNE,          /* retention */
+    KZ_OP_WEBHOOK_ROTATE, /* webhook u.rotate.id (owned by u.rotate.app_id unless it is ""):
+                             signing_secret = u.rotate.secret; the replaced secret becomes
+                             prev_secret until u.rotate.expires when that is after u.rotate.now,
+                             else prev_secret is cleared (a secret older than the replaced one is
+                             never kept); KZ_ERR_NOTFOUND if absent. webhooks_version is not
+                             bumped: no index holds secrets, each claim reads them */
 };
 
 /** One published event and the webhooks it matched (computed by the caller from the
@@ -146,6 +152,10 @@ struct kz_op {
             size_t limit; /* rows per step; the store caps it at KZ_PRUNE_LIMIT_MAX */
             int64_t pruned;
         } prune;
+        struct {
+            const char *id, *app_id, *secret;
+            int64_t now, expires; /* epoch ms */
+        } rotate;                 /* WEBHOOK_ROTATE */
     } u;
     enum kz_err result;                        /* set by the writer before done() */
     int64_t webhooks_version;                  /* meta "webhooks_version" after this op's batch */

@@ -96,6 +96,8 @@ struct kz_backend_ops {
     enum kz_err (*webhook_update)(struct kz_backend *be, struct kz_op *op);
     enum kz_err (*webhook_delete)(struct kz_backend *be, struct kz_op *op);
     enum kz_err (*webhook_active)(struct kz_backend *be, struct kz_op *op);
+    /** KZ_OP_WEBHOOK_ROTATE: one UPDATE; KZ_ERR_NOTFOUND when no row matched. */
+    enum kz_err (*webhook_rotate)(struct kz_backend *be, struct kz_op *op);
     /** Publishes `ops[0..n)` (all PUBLISH, all valid) in order; an event_id seen earlier (stored
      * or earlier in the set) is a duplicate of that first one. Sets every item's results. n is 1
      * unless `publish_sets`. */

@@ -140,6 +140,11 @@ static const char *const migrations[] = {
     "ALTER TABLE deliveries ADD COLUMN snap_object_type INTEGER;"
     "ALTER TABLE deliveries ADD COLUMN snap_object_id TEXT;"
     "ALTER TABLE deliveries ADD COLUMN snap_context TEXT;",
+    /* 3: delivery controls (see SQLite): extra headers, event filter, the replaced secret. */
+    "ALTER TABLE webhooks ADD COLUMN headers_json TEXT;"
+    "ALTER TABLE webhooks ADD COLUMN filter_json TEXT;"
+    "ALTER TABLE webhooks ADD COLUMN prev_secret TEXT;"
+    "ALTER TABLE webhooks ADD COLUMN prev_secret_expires BIGINT NOT NULL DEFAULT 0;",
 };
 
 /* ==== statements ==== */
@@ -148,8 +153,9 @@ static const char *const migrations[] = {
  * and row_event() read them in this order. */
 #define WH_COLS                                                                                    \
     "w.id, w.application_id, w.object_type, w.object_id, w.event_mask, w.callback_url, "           \
-    "w.callback_token, w.callback_context, w.signing_secret, w.ts_ms, w.validity_ms, w.active"
-#define WH_NCOLS 12
+    "w.callback_token, w.callback_context, w.signing_secret, w.ts_ms, w.validity_ms, w.active, "   \
+    "w.headers_json, w.filter_json, w.prev_secret, w.prev_secret_expires"
+#define WH_NCOLS 16
 #define EV_COLS                                                                                    \
     "e.seq, e.event_id, e.event_type, e.group_id, e.action_id, e.action_package_id, "              \
     "e.from_user, e.from_user_id, e.from_user_name, e.from_user_pic, e.data_json, e.created_at"
@@ -168,6 +174,7 @@ enum stmt_id {
     S_WH_COUNT_APP,
     S_WH_INSERT,
     S_WH_UPDATE,
+    S_WH_ROTATE,
     S_DLV_SNAP,
     S_WH_DELETE,
     S_WH_DEL_DELIVERIES,
@@ -225,13 +232,19 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_WH_COUNT_APP] = "SELECT count(*) FROM webhooks WHERE application_id = $1",
     [S_WH_INSERT] = "INSERT INTO webhooks(id, application_id, object_type, object_id, event_mask,"
                     " callback_url, callback_token, callback_context, signing_secret, ts_ms,"
-                    " validity_ms, active)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    " validity_ms, active, headers_json, filter_json)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     [S_WH_UPDATE] = "UPDATE webhooks SET object_type = $1, object_id = $2, event_mask = $3,"
                     " callback_url = $4, callback_token = $5, callback_context = $6,"
                     " signing_secret = COALESCE($7, signing_secret), validity_ms = $8,"
-                    " active = $9"
+                    " active = $9, headers_json = $12, filter_json = $13"
                     " WHERE id = $10 AND ($11 = '' OR application_id = $11)",
+    [S_WH_ROTATE] = "UPDATE webhooks SET"
+                    " prev_secret = CASE WHEN $5::bigint > $4::bigint THEN signing_secret END,"
+                    " prev_secret_expires = CASE WHEN $5::bigint > $4::bigint THEN $5::bigint"
+                    " ELSE 0 END,"
+                    " signing_secret = $3"
+                    " WHERE id = $1 AND ($2 = '' OR application_id = $2)",
     [S_DLV_SNAP] = "UPDATE deliveries AS d SET snap = 1, snap_object_type = w.object_type,"
                    " snap_object_id = w.object_id, snap_context = w.callback_context"
                    " FROM webhooks AS w WHERE w.id = $1 AND d.webhook_id = $1"
@@ -587,6 +600,10 @@ static bool row_webhook(const PGresult *r, int row, int c0, struct kz_webhook *w
     w->ts_ms = col_int(r, row, c0 + 9);
     w->validity_ms = col_int(r, row, c0 + 10);
     w->active = col_int(r, row, c0 + 11) != 0;
+    w->headers_json = col_dup(r, row, c0 + 12);
+    w->filter_json = col_dup(r, row, c0 + 13);
+    w->prev_secret = col_dup(r, row, c0 + 14);
+    w->prev_expires = col_int(r, row, c0 + 15);
     return ok;
 }
 
@@ -1383,6 +1400,8 @@ static enum kz_err op_webhook_insert(struct kz_backend *be, struct kz_op *op)
     p_int(&p, w->ts_ms);
     p_int(&p, w->validity_ms);
     p_int(&p, w->active);
+    p_text(&p, w->headers_json);
+    p_text(&p, w->filter_json);
     return run_count(c, S_WH_INSERT, &p, "webhook insert", NULL);
 }
 
@@ -1415,7 +1434,26 @@ static enum kz_err op_webhook_update(struct kz_backend *be, struct kz_op *op)
     p_int(&p, w->active);
     p_fixed(&p, w->id, sizeof(w->id));
     p_fixed(&p, w->app_id, sizeof(w->app_id));
+    p_text(&p, w->headers_json);
+    p_text(&p, w->filter_json);
     result = run_count(c, S_WH_UPDATE, &p, "webhook update", &changed);
+    if (!result && !changed)
+        result = KZ_ERR_NOTFOUND;
+    return result;
+}
+
+static enum kz_err op_webhook_rotate(struct kz_backend *be, struct kz_op *op)
+{
+    struct params p = {0};
+    int64_t changed = 0;
+    enum kz_err result;
+
+    p_text(&p, op->u.rotate.id);
+    p_text(&p, op->u.rotate.app_id ? op->u.rotate.app_id : "");
+    p_text(&p, op->u.rotate.secret);
+    p_int(&p, op->u.rotate.now);
+    p_int(&p, op->u.rotate.expires);
+    result = run_count(be->wr, S_WH_ROTATE, &p, "webhook rotate", &changed);
     if (!result && !changed)
         result = KZ_ERR_NOTFOUND;
     return result;
@@ -2310,6 +2348,7 @@ const struct kz_backend_ops kz_store_pg_ops = {
     .token_add = op_token_add,
     .webhook_insert = op_webhook_insert,
     .webhook_update = op_webhook_update,
+    .webhook_rotate = op_webhook_rotate,
     .webhook_delete = op_webhook_delete,
     .webhook_active = op_webhook_active,
     .publish = op_publish,

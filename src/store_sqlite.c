@@ -106,6 +106,12 @@ static const char *const migrations[] = {
     /* 3: the pending rows of each webhook, for claims that must pass over excluded endpoints
      * (docs/internals/STORE.md, CLAIM). Partial: a row leaves it when it is claimed. */
     "CREATE INDEX deliveries_pending ON deliveries(webhook_id, next_attempt_at) WHERE state = 0;",
+    /* 4: delivery controls (README.md "Delivery controls"): extra headers and the event filter
+     * as JSON text, and the secret a rotation replaced with the end of its overlap. */
+    "ALTER TABLE webhooks ADD COLUMN headers_json TEXT;"
+    "ALTER TABLE webhooks ADD COLUMN filter_json TEXT;"
+    "ALTER TABLE webhooks ADD COLUMN prev_secret TEXT;"
+    "ALTER TABLE webhooks ADD COLUMN prev_secret_expires INTEGER NOT NULL DEFAULT 0;",
 };
 
 /* ==== statements ==== */
@@ -114,8 +120,9 @@ static const char *const migrations[] = {
  * and row_event() read them in this order. */
 #define WH_COLS                                                                                    \
     "w.id, w.application_id, w.object_type, w.object_id, w.event_mask, w.callback_url, "           \
-    "w.callback_token, w.callback_context, w.signing_secret, w.ts_ms, w.validity_ms, w.active"
-#define WH_NCOLS 12
+    "w.callback_token, w.callback_context, w.signing_secret, w.ts_ms, w.validity_ms, w.active, "   \
+    "w.headers_json, w.filter_json, w.prev_secret, w.prev_secret_expires"
+#define WH_NCOLS 16
 #define EV_COLS                                                                                    \
     "e.seq, e.event_id, e.event_type, e.group_id, e.action_id, e.action_package_id, "              \
     "e.from_user, e.from_user_id, e.from_user_name, e.from_user_pic, e.data_json, e.created_at"
@@ -150,6 +157,7 @@ enum stmt_id {
     S_WH_COUNT_APP,
     S_WH_INSERT,
     S_WH_UPDATE,
+    S_WH_ROTATE,
     S_DLV_SNAP,
     S_WH_DELETE,
     S_WH_DEL_DELIVERIES,
@@ -213,13 +221,18 @@ static const char *const stmt_sql[S__COUNT] = {
                        " VALUES (?1, ?2, ?3)",
     [S_WH_INSERT] = "INSERT INTO webhooks(id, application_id, object_type, object_id, event_mask,"
                     " callback_url, callback_token, callback_context, signing_secret, ts_ms,"
-                    " validity_ms, active)"
-                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    " validity_ms, active, headers_json, filter_json)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     [S_WH_UPDATE] = "UPDATE webhooks SET object_type = ?1, object_id = ?2, event_mask = ?3,"
                     " callback_url = ?4, callback_token = ?5, callback_context = ?6,"
                     " signing_secret = COALESCE(?7, signing_secret), validity_ms = ?8,"
-                    " active = ?9"
+                    " active = ?9, headers_json = ?12, filter_json = ?13"
                     " WHERE id = ?10 AND (?11 = '' OR application_id = ?11)",
+    [S_WH_ROTATE] = "UPDATE webhooks SET"
+                    " prev_secret = CASE WHEN ?5 > ?4 THEN signing_secret END,"
+                    " prev_secret_expires = CASE WHEN ?5 > ?4 THEN ?5 ELSE 0 END,"
+                    " signing_secret = ?3"
+                    " WHERE id = ?1 AND (?2 = '' OR application_id = ?2)",
     /* Before a webhook's objectType/objectId/callBackContext change, its unfinished deliveries
      * keep the values their body was (or will first be) built from. */
     [S_DLV_SNAP] = "UPDATE deliveries SET snap = 1, snap_object_type = w.object_type,"
@@ -504,6 +517,10 @@ static bool row_webhook(sqlite3_stmt *q, int c0, struct kz_webhook *w)
     w->ts_ms = sqlite3_column_int64(q, c0 + 9);
     w->validity_ms = sqlite3_column_int64(q, c0 + 10);
     w->active = sqlite3_column_int(q, c0 + 11) != 0;
+    w->headers_json = col_dup(q, c0 + 12);
+    w->filter_json = col_dup(q, c0 + 13);
+    w->prev_secret = col_dup(q, c0 + 14);
+    w->prev_expires = sqlite3_column_int64(q, c0 + 15);
     return ok;
 }
 
@@ -1034,6 +1051,8 @@ static enum kz_err op_webhook_insert(struct kz_backend *be, struct kz_op *op)
     b_int(&b, w->ts_ms);
     b_int(&b, w->validity_ms);
     b_int(&b, w->active);
+    b_text(&b, w->headers_json);
+    b_text(&b, w->filter_json);
     rc = run(&b);
     return rc ? fail(c, "webhook insert", rc) : KZ_OK;
 }
@@ -1067,9 +1086,29 @@ static enum kz_err op_webhook_update(struct kz_backend *be, struct kz_op *op)
     b_int(&b, w->active);
     b_fixed(&b, w->id, sizeof(w->id));
     b_fixed(&b, w->app_id, sizeof(w->app_id));
+    b_text(&b, w->headers_json);
+    b_text(&b, w->filter_json);
     rc = run(&b);
     if (rc)
         return fail(c, "webhook update", rc);
+    return sqlite3_changes64(c->db) ? KZ_OK : KZ_ERR_NOTFOUND;
+}
+
+static enum kz_err op_webhook_rotate(struct kz_backend *be, struct kz_op *op)
+{
+    struct conn *c = be->wr;
+    struct bind b;
+    int rc;
+
+    prep(c, S_WH_ROTATE, &b);
+    b_text(&b, op->u.rotate.id);
+    b_text(&b, op->u.rotate.app_id ? op->u.rotate.app_id : "");
+    b_text(&b, op->u.rotate.secret);
+    b_int(&b, op->u.rotate.now);
+    b_int(&b, op->u.rotate.expires);
+    rc = run(&b);
+    if (rc)
+        return fail(c, "webhook rotate", rc);
     return sqlite3_changes64(c->db) ? KZ_OK : KZ_ERR_NOTFOUND;
 }
 
@@ -1922,6 +1961,7 @@ const struct kz_backend_ops kz_store_sqlite_ops = {
     .token_add = op_token_add,
     .webhook_insert = op_webhook_insert,
     .webhook_update = op_webhook_update,
+    .webhook_rotate = op_webhook_rotate,
     .webhook_delete = op_webhook_delete,
     .webhook_active = op_webhook_active,
     .publish = op_publish,

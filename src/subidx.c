@@ -2,6 +2,7 @@
 #include "subidx.h"
 #include "alloc.h"
 #include "buf.h"
+#include "filter.h"
 #include "store.h"
 
 #include <pthread.h>
@@ -18,7 +19,16 @@ struct entry {
     uint32_t event_mask;
     int64_t validity_ms;
     bool active;
+    struct kz_filter *filter; /* compiled once here; NULL: every event passes */
+    bool filter_bad;          /* a stored filter this binary cannot compile: nothing passes */
 };
+
+static void entry_free(struct entry *e)
+{
+    kz_filter_free(e->filter);
+    kz_free(e->object_id);
+    kz_free(e);
+}
 
 struct kz_subidx {
     pthread_rwlock_t lock;
@@ -53,8 +63,7 @@ static void clear(struct kz_subidx *idx)
         while (e) {
             struct entry *next = e->next;
 
-            kz_free(e->object_id);
-            kz_free(e);
+            entry_free(e);
             e = next;
         }
         idx->buckets[i] = NULL;
@@ -106,8 +115,7 @@ static bool unlink_id(struct kz_subidx *idx, const char *id)
 
             if (!strcmp(e->id, id)) {
                 *pp = e->next;
-                kz_free(e->object_id);
-                kz_free(e);
+                entry_free(e);
                 idx->count--;
                 return true;
             }
@@ -129,6 +137,9 @@ static void insert(struct kz_subidx *idx, const struct kz_webhook *w)
     e->event_mask = w->event_mask;
     e->validity_ms = w->validity_ms;
     e->active = w->active;
+    if (w->filter_json &&
+        kz_filter_compile(w->filter_json, strlen(w->filter_json), &e->filter, NULL, 0))
+        e->filter_bad = true;
     if (idx->count >= idx->nbuckets)
         grow(idx);
     b = e->hash & (idx->nbuckets - 1);
@@ -176,8 +187,7 @@ void kz_subidx_remove_app(struct kz_subidx *idx, const char *app_id, int64_t ver
 
             if (!strcmp(e->app_id, app_id)) {
                 *pp = e->next;
-                kz_free(e->object_id);
-                kz_free(e);
+                entry_free(e);
                 idx->count--;
             } else {
                 pp = &e->next;
@@ -263,7 +273,8 @@ enum kz_err kz_subidx_sync(struct kz_subidx *idx, struct kz_store *st, bool forc
 }
 
 static size_t match_key(struct kz_subidx *idx, enum kz_objtype t, const char *oid, uint32_t bit,
-                        int64_t now, struct kz_match **out, size_t *n, size_t *cap)
+                        const struct kz_filter_event *fe, int64_t now, struct kz_match **out,
+                        size_t *n, size_t *cap)
 {
     uint32_t h;
     struct entry *e;
@@ -274,6 +285,8 @@ static size_t match_key(struct kz_subidx *idx, enum kz_objtype t, const char *oi
     h = key_hash(t, oid);
     for (e = idx->buckets[h & (idx->nbuckets - 1)]; e; e = e->next) {
         if (e->hash != h || e->type != t || !(e->event_mask & bit) || strcmp(e->object_id, oid))
+            continue;
+        if (e->filter_bad || !kz_filter_match(e->filter, fe))
             continue;
         if (*n == *cap) {
             *cap = *cap ? *cap * 2 : 16;
@@ -287,17 +300,25 @@ static size_t match_key(struct kz_subidx *idx, enum kz_objtype t, const char *oi
     return added;
 }
 
-size_t kz_subidx_match(struct kz_subidx *idx, enum kz_evtype et, const char *group_id,
-                       const char *action_id, const char *action_package_id, int64_t now,
+size_t kz_subidx_match(struct kz_subidx *idx, const struct kz_event *ev, int64_t now,
                        struct kz_match **out, size_t *n, size_t *cap)
 {
-    uint32_t bit = 1u << et;
+    uint32_t bit = 1u << ev->event_type;
     size_t added = 0;
+    struct kz_filter_event fe = {
+        .event_type = kz_evtype_name(ev->event_type),
+        .from_user = ev->from_user,
+        .from_user_id = ev->from_user_id,
+        .from_user_name = ev->from_user_name,
+        .data_json = ev->data_json,
+        .data_len = ev->data_json ? strlen(ev->data_json) : 0,
+    };
 
     pthread_rwlock_rdlock(&idx->lock);
-    added += match_key(idx, KZ_OBJ_GROUP, group_id, bit, now, out, n, cap);
-    added += match_key(idx, KZ_OBJ_ACTION, action_id, bit, now, out, n, cap);
-    added += match_key(idx, KZ_OBJ_ACTIONPACKAGE, action_package_id, bit, now, out, n, cap);
+    added += match_key(idx, KZ_OBJ_GROUP, ev->group_id, bit, &fe, now, out, n, cap);
+    added += match_key(idx, KZ_OBJ_ACTION, ev->action_id, bit, &fe, now, out, n, cap);
+    added +=
+        match_key(idx, KZ_OBJ_ACTIONPACKAGE, ev->action_package_id, bit, &fe, now, out, n, cap);
     pthread_rwlock_unlock(&idx->lock);
     return added;
 }

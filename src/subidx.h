@@ -31,10 +31,11 @@ void kz_subidx_set_active(struct kz_subidx *idx, const char *webhook_id, bool ac
                           int64_t version);
 /** Rebuilds from the store when its webhooks_version differs from ours (or `force`). */
 enum kz_err kz_subidx_sync(struct kz_subidx *idx, struct kz_store *st, bool force);
-/** Appends to *out (kz_realloc'd, *n and *cap updated) every webhook matching an event of type `et`
- * with the given ids (NULL: absent) at time `now`. Returns the number appended. */
-size_t kz_subidx_match(struct kz_subidx *idx, enum kz_evtype et, const char *group_id,
-                       const char *action_id, const char *action_package_id, int64_t now,
+/** Appends to *out (kz_realloc'd, *n and *cap updated) every webhook matching the published
+ * event `ev` at time `now`: its type and one of its groupId/actionId/actionPackageId (NULL:
+ * absent), and the webhook's filter (compiled when the webhook entered the index; see
+ * filter.h), evaluated on the event as published. Returns the number appended. */
+size_t kz_subidx_match(struct kz_subidx *idx, const struct kz_event *ev, int64_t now,
                        struct kz_match **out, size_t *n, size_t *cap);
 /** Number of webhooks indexed, and how many are inactive. */
 void kz_subidx_counts(struct kz_subidx *idx, size_t *total, size_t *inactive);

@@ -16,7 +16,7 @@ WEBHOOK = {"id": WID, "objectId": "g1", "objectType": "Group",
            "events": ["SurveyResponse", "TextMessageCreated"], "filters": [],
            "callbackUrl": "https://hooks.example.org/kz", "callbackToken": "s3cret",
            "callBackContext": "tenant-42", "ts": 1796176754680, "validity": 1859290606680,
-           "active": True}
+           "active": True, "headers": {}, "filter": {}}
 DELIVERY = {"deliveryId": "2", "eventId": "m-1", "eventType": "TextMessageCreated",
             "status": "pending", "attempts": 2, "lastStatusCode": 500, "lastError": "HTTP 500",
             "lastResponse": "ok", "nextAttemptAt": 1796176755806, "createdAt": 1796176754696,
@@ -135,8 +135,8 @@ class CheckerFails(KzTestCase):
                  err(401, "InvalidToken", "Invalid token. Failure reason:unknown token"))
 
     def test_extra_property(self):
-        m = self.bad("Additional properties are not allowed ('headers' was unexpected)", "GET",
-                     "/v1/webhook/" + WID, 200, JSON, js(dict(WEBHOOK, headers={})))
+        m = self.bad("Additional properties are not allowed ('notAField' was unexpected)", "GET",
+                     "/v1/webhook/" + WID, 200, JSON, js(dict(WEBHOOK, notAField=0)))
         self.assertIn("getWebhook", m)
         self.bad("Additional properties are not allowed", "POST", "/v1/events", 202, JSON,
                  b'{"eventId":"e1","deliveries":1,"extra":true}')

@@ -7,6 +7,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <string.h>
 
 #include "sign.h"
@@ -352,6 +353,42 @@ static void test_sign_errors(void **state)
     assert_int_equal(strncmp(sig, "v1,", 3), 0);
 }
 
+/* kz_sign_header: the current secret's signature, then the previous one's, space-separated. */
+static void test_sign_header(void **state)
+{
+    static const char s1[] = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    static const char s2[] = "whsec_c2VjcmV0";
+    unsigned char key[64];
+    size_t keylen;
+    char a[KZ_SIGN_V1_SIZE], b[KZ_SIGN_V1_SIZE], both[2 * KZ_SIGN_V1_SIZE + 8];
+    char out[KZ_SIGN_HEADER_SIZE];
+
+    (void)state;
+    assert_int_equal(kz_sign_key_decode(s1, key, sizeof(key), &keylen), KZ_OK);
+    assert_int_equal(kz_sign_v1(key, keylen, "msg", 1700000000, "{}", 2, a, sizeof(a)), KZ_OK);
+    assert_int_equal(kz_sign_key_decode(s2, key, sizeof(key), &keylen), KZ_OK);
+    assert_int_equal(kz_sign_v1(key, keylen, "msg", 1700000000, "{}", 2, b, sizeof(b)), KZ_OK);
+    assert_int_equal(kz_sign_header(s1, NULL, "msg", 1700000000, "{}", 2, out, sizeof(out)), KZ_OK);
+    assert_string_equal(out, a);
+    assert_int_equal(kz_sign_header(s1, s2, "msg", 1700000000, "{}", 2, out, sizeof(out)), KZ_OK);
+    snprintf(both, sizeof(both), "%s %s", a, b);
+    assert_string_equal(out, both);
+    assert_int_equal(kz_sign_header(s2, s1, "msg", 1700000000, "{}", 2, out, sizeof(out)), KZ_OK);
+    snprintf(both, sizeof(both), "%s %s", b, a);
+    assert_string_equal(out, both);
+    /* errors leave "" */
+    assert_int_equal(kz_sign_header(s1, "whsec_!!", "msg", 1, "{}", 2, out, sizeof(out)),
+                     KZ_ERR_INVALID);
+    assert_string_equal(out, "");
+    assert_int_equal(kz_sign_header(NULL, NULL, "msg", 1, "{}", 2, out, sizeof(out)),
+                     KZ_ERR_INVALID);
+    assert_int_equal(kz_sign_header(s1, NULL, NULL, 1, "{}", 2, out, sizeof(out)), KZ_ERR_INVALID);
+    assert_string_equal(out, "");
+    assert_int_equal(kz_sign_header(s1, NULL, "msg", 1, "{}", 2, out, sizeof(out) - 1),
+                     KZ_ERR_TOOBIG);
+    assert_string_equal(out, "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -371,6 +408,7 @@ int main(void)
         cmocka_unit_test(test_sign_more_vectors),
         cmocka_unit_test(test_sign_every_input_matters),
         cmocka_unit_test(test_sign_errors),
+        cmocka_unit_test(test_sign_header),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -931,6 +931,124 @@ static void test_webhooks_crud(void **state)
     assert_int_equal(meta_version(f->st), v0 + 6);
 }
 
+/* Delivery controls: headers and filter are stored and replaced by UPDATE (NULL clears them);
+ * ROTATE keeps the replaced secret while its overlap lasts, only the newest one, never touches
+ * the bumped version, and is matched by app; UPDATE leaves the rotation alone; the store refuses
+ * texts over their limits before any SQL. */
+static void test_webhook_controls_and_rotate(void **state)
+{
+    struct fx *f = *state;
+    struct kz_op op;
+    struct kz_webhook w;
+    struct kz_claimed *row;
+    int64_t v;
+    char *big;
+    const char *const ids[] = {"wh-r"};
+    const bool act[] = {true};
+    struct kz_publish_item it;
+
+    add_app(f->st, "app-1", T0);
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_WEBHOOK_INSERT;
+    fill_webhook(&op.u.webhook, "wh-r", "app-1", "g1");
+    op.u.webhook.headers_json = (char *)"{\"X-A\":\"1\"}";
+    op.u.webhook.filter_json = (char *)"{\"data.n\":{\"$gt\":1e400}}";
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    v = op.webhooks_version;
+    assert_int_equal(kz_store_webhook_get(f->st, "wh-r", &w), KZ_OK);
+    assert_string_equal(w.headers_json, "{\"X-A\":\"1\"}");
+    assert_string_equal(w.filter_json, "{\"data.n\":{\"$gt\":1e400}}");
+    assert_null(w.prev_secret);
+    assert_int_equal(w.prev_expires, 0);
+    kz_webhook_cleanup(&w);
+
+    /* rotate with an overlap: the replaced secret is kept until then */
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_WEBHOOK_ROTATE;
+    op.u.rotate.id = "wh-r";
+    op.u.rotate.app_id = "app-2";
+    op.u.rotate.secret = "whsec_bmV3MQ==";
+    op.u.rotate.now = T0;
+    op.u.rotate.expires = T0 + 5000;
+    assert_int_equal(exec(f->st, &op), KZ_ERR_NOTFOUND); /* another app's */
+    op.u.rotate.app_id = "app-1";
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.webhooks_version, v); /* not bumped */
+    op.u.rotate.secret = "whsec_bmV3Mg==";
+    op.u.rotate.expires = T0 + 9000;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(kz_store_webhook_get(f->st, "wh-r", &w), KZ_OK);
+    assert_string_equal(w.signing_secret, "whsec_bmV3Mg==");
+    assert_string_equal(w.prev_secret, "whsec_bmV3MQ=="); /* only the newest previous */
+    assert_int_equal(w.prev_expires, T0 + 9000);
+    kz_webhook_cleanup(&w);
+
+    /* UPDATE replaces headers/filter (NULL clears), keeps secret and rotation */
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_WEBHOOK_UPDATE;
+    fill_webhook(&op.u.webhook, "wh-r", "app-1", "g1");
+    op.u.webhook.signing_secret = NULL;
+    op.u.webhook.headers_json = NULL;
+    op.u.webhook.filter_json = (char *)"{\"fromUser\":\"x\"}";
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(kz_store_webhook_get(f->st, "wh-r", &w), KZ_OK);
+    assert_null(w.headers_json);
+    assert_string_equal(w.filter_json, "{\"fromUser\":\"x\"}");
+    assert_string_equal(w.signing_secret, "whsec_bmV3Mg==");
+    assert_string_equal(w.prev_secret, "whsec_bmV3MQ==");
+    kz_webhook_cleanup(&w);
+
+    /* a claim carries the rotation to the dispatcher */
+    fill_item(&it, "ev-r", T0, ids, act, 1);
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_PUBLISH;
+    op.u.publish.items = &it;
+    op.u.publish.n = 1;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    claim(f->st, &op, T0 + 10, 10, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 1);
+    row = &op.u.claim.out[0];
+    assert_string_equal(row->wh.prev_secret, "whsec_bmV3MQ==");
+    assert_int_equal(row->wh.prev_expires, T0 + 9000);
+    assert_string_equal(row->wh.filter_json, "{\"fromUser\":\"x\"}");
+    kz_claim_cleanup(&op);
+
+    /* no overlap: the previous secret is dropped */
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_WEBHOOK_ROTATE;
+    op.u.rotate.id = "wh-r";
+    op.u.rotate.app_id = "";
+    op.u.rotate.secret = "whsec_bmV3Mw==";
+    op.u.rotate.now = T0 + 100;
+    op.u.rotate.expires = T0 + 100;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(kz_store_webhook_get(f->st, "wh-r", &w), KZ_OK);
+    assert_string_equal(w.signing_secret, "whsec_bmV3Mw==");
+    assert_null(w.prev_secret);
+    assert_int_equal(w.prev_expires, 0);
+    kz_webhook_cleanup(&w);
+    op.u.rotate.secret = NULL;
+    assert_int_equal(exec(f->st, &op), KZ_ERR_INVALID);
+    op.u.rotate.secret = "";
+    assert_int_equal(exec(f->st, &op), KZ_ERR_INVALID);
+    op.u.rotate.id = "nope";
+    op.u.rotate.secret = "whsec_eA==";
+    assert_int_equal(exec(f->st, &op), KZ_ERR_NOTFOUND);
+
+    /* limits are the store's policy, the same on both backends */
+    big = test_malloc(KZ_FILTER_MAX + 2);
+    memset(big, 'x', KZ_FILTER_MAX + 1);
+    big[KZ_FILTER_MAX + 1] = '\0';
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_WEBHOOK_UPDATE;
+    fill_webhook(&op.u.webhook, "wh-r", "app-1", "g1");
+    op.u.webhook.filter_json = big;
+    assert_int_equal(exec(f->st, &op), KZ_ERR_INVALID);
+    big[KZ_FILTER_MAX] = '\0';
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    test_free(big);
+}
+
 static void test_webhook_delete_cascades(void **state)
 {
     struct fx *f = *state;
@@ -3399,6 +3517,7 @@ static const struct tcase cases[] = {
     T(apps, BOTH),
     T(tokens, BOTH),
     T(webhooks_crud, BOTH),
+    T(webhook_controls_and_rotate, BOTH),
     T(webhook_delete_cascades, BOTH),
     T(app_delete_cascades, BOTH),
     T(publish_and_idempotency, BOTH),

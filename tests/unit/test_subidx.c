@@ -34,8 +34,15 @@ static size_t match(struct kz_subidx *idx, enum kz_evtype et, const char *g, con
 {
     size_t n = 0, cap = 0;
 
+    struct kz_event ev;
+
+    memset(&ev, 0, sizeof(ev));
+    ev.event_type = et;
+    ev.group_id = (char *)g;
+    ev.action_id = (char *)a;
+    ev.action_package_id = (char *)p;
     *m = NULL;
-    kz_subidx_match(idx, et, g, a, p, now, m, &n, &cap);
+    kz_subidx_match(idx, &ev, now, m, &n, &cap);
     return n;
 }
 
@@ -170,12 +177,55 @@ static void replace_and_grow(void **state)
     kz_subidx_free(idx);
 }
 
+/* The filter is compiled when the webhook enters the index and evaluated per event; a PUT that
+ * replaces it (put again) takes effect for the next event; a filter that does not compile
+ * lets nothing through. */
+static void filters_are_kept_compiled(void **state)
+{
+    struct kz_subidx *idx = kz_subidx_new();
+    struct kz_webhook w = mk("f1", "app", KZ_OBJ_GROUP, "g1", BIT(KZ_EV_SURVEYRESPONSE), true, FAR);
+    struct kz_webhook plain =
+        mk("p1", "app", KZ_OBJ_GROUP, "g1", BIT(KZ_EV_SURVEYRESPONSE), true, FAR);
+    struct kz_event ev;
+    struct kz_match *m = NULL;
+    size_t n = 0, cap = 0;
+
+    (void)state;
+    w.filter_json = (char *)"{\"data.total\":{\"$gte\":100},\"fromUserId\":\"u1\"}";
+    kz_subidx_put(idx, &w, 0);
+    kz_subidx_put(idx, &plain, 0);
+    memset(&ev, 0, sizeof(ev));
+    ev.event_type = KZ_EV_SURVEYRESPONSE;
+    ev.group_id = (char *)"g1";
+    ev.from_user_id = (char *)"u1";
+    ev.data_json = (char *)"{\"total\":99.99}";
+    assert_int_equal(kz_subidx_match(idx, &ev, 0, &m, &n, &cap), 1);
+    assert_string_equal(m[0].webhook_id, "p1");
+    n = 0;
+    ev.data_json = (char *)"{\"total\":100000000000000000000000}";
+    assert_int_equal(kz_subidx_match(idx, &ev, 0, &m, &n, &cap), 2);
+    n = 0;
+    ev.from_user_id = NULL;
+    assert_int_equal(kz_subidx_match(idx, &ev, 0, &m, &n, &cap), 1);
+    n = 0;
+    w.filter_json = NULL;
+    kz_subidx_put(idx, &w, 0);
+    assert_int_equal(kz_subidx_match(idx, &ev, 0, &m, &n, &cap), 2);
+    n = 0;
+    w.filter_json = (char *)"{\"nope\":1}";
+    kz_subidx_put(idx, &w, 0);
+    assert_int_equal(kz_subidx_match(idx, &ev, 0, &m, &n, &cap), 1);
+    kz_free(m);
+    kz_subidx_free(idx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(scopes_and_types),
         cmocka_unit_test(inactive_and_expired_are_skipped_not_dropped),
         cmocka_unit_test(replace_and_grow),
+        cmocka_unit_test(filters_are_kept_compiled),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
