@@ -434,6 +434,8 @@ static void start(struct kz_dispatch *d, struct kz_sched_ep *e, struct kz_claime
     x->headers = add_header(x->headers, "webhook-signature", sig);
     if (row->wh.callback_token)
         x->headers = add_header(x->headers, "kz-callback-token", row->wh.callback_token);
+    if (row->ev.traceparent) /* the publisher's, unchanged on every attempt */
+        x->headers = add_header(x->headers, "traceparent", row->ev.traceparent);
     curl_easy_setopt(x->h, CURLOPT_HTTPHEADER, x->headers);
     curl_easy_setopt(x->h, CURLOPT_POST, 1L);
     curl_easy_setopt(x->h, CURLOPT_POSTFIELDS, x->body.data);

@@ -56,7 +56,8 @@ const char *kz_dstate_name(enum kz_dstate s);
 #define KZ_CONTEXT_MAX 4096 /* callBackContext */
 #define KZ_NAME_MAX 200     /* application name */
 #define KZ_BODY_MAX (1024 * 1024)
-#define KZ_RESPONSE_KEEP 4096 /* bytes of a receiver's answer kept in the delivery log */
+#define KZ_RESPONSE_KEEP 4096  /* bytes of a receiver's answer kept in the delivery log */
+#define KZ_TRACEPARENT_MAX 256 /* a traceparent header kept with an event (W3C: 55 for 00) */
 
 /** An application (Kaizala connector). Strings are owned by the struct; kz_app_cleanup frees. */
 struct kz_app {
@@ -98,6 +99,10 @@ struct kz_event {
     char *from_user, *from_user_id, *from_user_name, *from_user_pic;
     char *data_json;
     int64_t created_at;
+    bool is_bot;           /* isBotfromUser */
+    char *source_group_id; /* sourceGroupId; the API sets it to group_id when not given */
+    char *traceparent;     /* W3C traceparent of the publish request, sent with every attempt;
+                              NULL when none (printable ASCII, <= KZ_TRACEPARENT_MAX bytes) */
 };
 void kz_event_cleanup(struct kz_event *e);
 
