@@ -13,7 +13,7 @@ LDFLAGS   += $(SAN)
 SRCS      := $(wildcard src/*.c)
 LIBSRCS   := $(filter-out src/main.c,$(SRCS))
 OBJS      := $(SRCS:src/%.c=$(BUILD)/obj/%.o)
-LIBOBJS   := $(LIBSRCS:src/%.c=$(BUILD)/obj/%.o)
+LIBOBJS   := $(LIBSRCS:src/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/openapi_json.o
 UNITSRCS  := $(wildcard tests/unit/test_*.c)
 UNITBINS  := $(UNITSRCS:tests/unit/%.c=$(BUILD)/unit/%)
 
@@ -33,6 +33,24 @@ $(BUILD)/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)
 	@echo "CC $<"
 	@$(CC) $(CFLAGS) -c $< -o $@
+
+# docs/openapi.json embedded into the binary (src/openapi.h): a C array written with od and sed,
+# both in coreutils/sed, so a machine with only the build dependencies can make it.
+$(BUILD)/gen/openapi_json.c: docs/openapi.json
+	@mkdir -p $(dir $@)
+	@echo "GEN $@"
+	@{ echo '/* Generated from docs/openapi.json by the Makefile: do not edit. */'; \
+	   echo '#include "openapi.h"'; \
+	   echo 'const unsigned char kz_openapi_json[] = {'; \
+	   od -An -v -tx1 $< | sed 's/ *\([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	   echo '0x00};'; \
+	   echo 'const size_t kz_openapi_json_len = sizeof(kz_openapi_json) - 1;'; } > $@.tmp
+	@mv $@.tmp $@
+
+$(BUILD)/obj/gen/openapi_json.o: $(BUILD)/gen/openapi_json.c
+	@mkdir -p $(dir $@)
+	@echo "CC $<"
+	@$(CC) $(CFLAGS) -Isrc -c $< -o $@
 
 $(BUILD)/libkz.a: $(LIBOBJS)
 	@rm -f $@

@@ -44,7 +44,8 @@ FUZZ_LDLIBS  := $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null) -pthread -lm
 #   make fuzz FUZZ_SRCDIR=/tmp/src-fixed FUZZ_BUILD=build-fuzz-fixed
 FUZZ_SRCDIR  ?= src
 FUZZ_LIBSRCS := $(filter-out $(FUZZ_SRCDIR)/main.c,$(wildcard $(FUZZ_SRCDIR)/*.c))
-FUZZ_LIBOBJS := $(FUZZ_LIBSRCS:$(FUZZ_SRCDIR)/%.c=$(FUZZ_BUILD)/obj/%.o)
+FUZZ_LIBOBJS := $(FUZZ_LIBSRCS:$(FUZZ_SRCDIR)/%.c=$(FUZZ_BUILD)/obj/%.o) \
+                $(FUZZ_BUILD)/obj/gen/openapi_json.o
 FUZZ_BINS    := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 
 # Dictionary per target (libFuzzer takes one); api gets the union of json, url and its own.
@@ -69,6 +70,14 @@ $(FUZZ_BUILD)/obj/%.o: $(FUZZ_SRCDIR)/%.c
 	@mkdir -p $(dir $@)
 	@echo "CC (fuzz) $<"
 	@$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(FUZZ_SAN) -c $< -o $@
+
+# docs/openapi.json, embedded as in the root Makefile (src/openapi.h)
+$(FUZZ_BUILD)/obj/gen/openapi_json.o: docs/openapi.json
+	@mkdir -p $(dir $@)
+	@{ echo '#include "openapi.h"'; echo 'const unsigned char kz_openapi_json[] = {'; \
+	   od -An -v -tx1 $< | sed 's/ *\([0-9a-f][0-9a-f]\)/0x\1,/g'; echo '0x00};'; \
+	   echo 'const size_t kz_openapi_json_len = sizeof(kz_openapi_json) - 1;'; } > $@.c
+	@$(FUZZ_CC) $(FUZZ_CFLAGS) -I$(FUZZ_SRCDIR) -c $@.c -o $@
 
 $(FUZZ_BUILD)/libkz-fuzz.a: $(FUZZ_LIBOBJS)
 	@rm -f $@

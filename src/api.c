@@ -7,6 +7,7 @@
 #include "alloc.h"
 #include "id.h"
 #include "json.h"
+#include "openapi.h"
 #include "sign.h"
 
 #include <stdarg.h>
@@ -389,8 +390,9 @@ enum kz_err kz_api_opt_str(struct kz_req *req, const json_t *obj, const char *na
     size_t len;
 
     *out = NULL;
+    /* null is the same as leaving the field out (typed .NET/Java models send every property) */
     if (present)
-        *present = v != NULL;
+        *present = v && !json_is_null(v);
     if (!v || json_is_null(v))
         return KZ_OK;
     if (empty_ok && json_is_string(v) && !json_string_length(v))
@@ -420,6 +422,22 @@ bool kz_api_app_grants(const struct kz_app *app, const char *object_id)
 }
 
 /* ==== authentication ==== */
+
+/* A fixed path segment: matched ignoring ASCII case, as .NET routing did (`/V1/Webhook`). */
+static bool seg_is(const char *seg, const char *name)
+{
+    return !strcasecmp(seg, name);
+}
+
+/* Ids in paths are our lower-case UUIDs; a client that upper-cased one (.NET's Guid "X" or "B"
+ * formats are upper-case) still names the same webhook or application. */
+static void lower_id(char *s)
+{
+    for (; *s; s++) {
+        if (*s >= 'A' && *s <= 'Z')
+            *s = (char)(*s - 'A' + 'a');
+    }
+}
 
 static const char *bearer(struct kz_req *req)
 {
@@ -498,7 +516,7 @@ static enum kz_err access_token(struct kz_api *api, struct kz_req *req)
     const char *secret = req->header(req->conn, "applicationSecret");
     const char *refresh = req->header(req->conn, "refreshToken");
     struct kz_app app;
-    char h1[65], h2[65], token[KZ_API_SECRET_CHARS + 1], hash[65];
+    char h1[65], h2[65], token[KZ_API_SECRET_CHARS + 1], hash[65], id_lc[65];
     struct kz_op op;
     enum kz_err e;
     bool ok;
@@ -518,6 +536,9 @@ static enum kz_err access_token(struct kz_api *api, struct kz_req *req)
                                                  "refreshToken are required)");
     if (strlen(id) > 64 || strlen(secret) > 1024 || strlen(refresh) > 1024)
         return kz_api_reject(req, KZ_ERR_AUTH, BAD_APP_CREDENTIALS);
+    snprintf(id_lc, sizeof(id_lc), "%s", id); /* a GUID, matched in any case as .NET did */
+    lower_id(id_lc);
+    id = id_lc;
     e = kz_store_app_get(api->st, id, &app);
     if (e == KZ_ERR_NOTFOUND) {
         kz_ratelimit_auth(api->rl, strlen(id) < 64 ? id : "", req->remote_ip, kz_now_ms(), true);
@@ -590,6 +611,16 @@ static bool is(const char *a, const char *b)
     return !strcmp(a, b);
 }
 
+/* GET /openapi.json: the bytes of docs/openapi.json, embedded at build time. */
+static enum kz_err openapi(struct kz_req *req)
+{
+    if (kz_buf_append(&req->out, kz_openapi_json, kz_openapi_json_len))
+        return kz_api_internal(req, KZ_ERR_NOMEM);
+    req->status = 200;
+    req->content_type = "application/json";
+    return KZ_OK;
+}
+
 /* /v1/webhook...: the method is checked first (so 404/405 are decided before authenticating:
  * the shape of the API is not a secret but nothing else is revealed), then the access token,
  * then --rate-limit. */
@@ -607,10 +638,10 @@ static enum kz_err webhook_routes(struct kz_api *api, struct kz_req *req, char *
     } else if (n == 3) {
         if (!is(m, "GET") && !is(m, "PUT") && !is(m, "DELETE"))
             return kz_api_method_not_allowed(req, "GET, PUT, DELETE");
-    } else if (n == 4 && is(seg[3], "deliveries")) {
+    } else if (n == 4 && seg_is(seg[3], "deliveries")) {
         if (!is(m, "GET"))
             return kz_api_method_not_allowed(req, "GET");
-    } else if (n == 4 && is(seg[3], "replay")) {
+    } else if (n == 4 && seg_is(seg[3], "replay")) {
         if (!is(m, "POST"))
             return kz_api_method_not_allowed(req, "POST");
     } else if (n == 4 && is(seg[3], "secret")) {
@@ -636,6 +667,8 @@ static enum kz_err webhook_routes(struct kz_api *api, struct kz_req *req, char *
         result = kz_api_reject(req, KZ_ERR_NOTFOUND, "no such webhook");
         goto out;
     }
+    if (id)
+        lower_id(seg[2]);
     if (n == 2)
         result = is(m, "GET") ? kz_api_webhook_list(api, req, &app)
                               : kz_api_webhook_create(api, req, &app);
@@ -645,7 +678,7 @@ static enum kz_err webhook_routes(struct kz_api *api, struct kz_req *req, char *
         result = kz_api_webhook_update(api, req, &app, id);
     else if (n == 3)
         result = kz_api_webhook_delete(api, req, &app, id);
-    else if (is(seg[3], "deliveries"))
+    else if (seg_is(seg[3], "deliveries"))
         result = kz_api_delivery_list(api, req, &app, id);
     else if (n == 4 && is(seg[3], "secret"))
         result = kz_api_secret_get(api, req, &app, id);
@@ -680,6 +713,7 @@ static enum kz_err admin_routes(struct kz_api *api, struct kz_req *req, char **s
         return is(m, "GET") ? kz_api_app_list(api, req) : kz_api_app_create_req(api, req);
     if (!kz_id_is_safe(seg[3], 64))
         return kz_api_reject(req, KZ_ERR_NOTFOUND, "no application with that id");
+    lower_id(seg[3]);
     return kz_api_app_delete(api, req, seg[3]);
 }
 
@@ -698,26 +732,31 @@ static enum kz_err route(struct kz_api *api, struct kz_req *req)
     if (n > KZ_ARRAY_LEN(seg) || !n)
         return kz_api_reject(req, KZ_ERR_NOTFOUND, "no such endpoint");
 
-    if (n == 1 && is(seg[0], "healthz")) {
+    if (n == 1 && seg_is(seg[0], "healthz")) {
         if (!is(m, "GET") && !is(m, "HEAD"))
             return kz_api_method_not_allowed(req, "GET");
         return kz_api_healthz(api, req);
     }
-    if (n == 1 && is(seg[0], "metrics")) {
+    if (n == 1 && seg_is(seg[0], "metrics")) {
         if (!is(m, "GET"))
             return kz_api_method_not_allowed(req, "GET");
         return kz_api_metrics(api, req);
     }
-    if (is(seg[0], "admin") && n >= 3 && is(seg[1], "v1") && is(seg[2], "applications"))
+    if (n == 1 && seg_is(seg[0], "openapi.json")) {
+        if (!is(m, "GET"))
+            return kz_api_method_not_allowed(req, "GET");
+        return openapi(req);
+    }
+    if (seg_is(seg[0], "admin") && n >= 3 && seg_is(seg[1], "v1") && seg_is(seg[2], "applications"))
         return admin_routes(api, req, seg, n);
-    if (!is(seg[0], "v1") || n < 2)
+    if (!seg_is(seg[0], "v1") || n < 2)
         return kz_api_reject(req, KZ_ERR_NOTFOUND, "no such endpoint");
-    if (n == 2 && is(seg[1], "accessToken")) {
+    if (n == 2 && seg_is(seg[1], "accessToken")) {
         if (!is(m, "GET") && !is(m, "POST"))
             return kz_api_method_not_allowed(req, "GET, POST");
         return access_token(api, req);
     }
-    if (n == 2 && is(seg[1], "events")) {
+    if (n == 2 && seg_is(seg[1], "events")) {
         if (!is(m, "POST"))
             return kz_api_method_not_allowed(req, "POST");
         e = require_admin(api, req);
@@ -725,7 +764,7 @@ static enum kz_err route(struct kz_api *api, struct kz_req *req)
             return e;
         return kz_api_publish(api, req);
     }
-    if (is(seg[1], "webhook"))
+    if (seg_is(seg[1], "webhook"))
         return webhook_routes(api, req, seg, n);
     return kz_api_reject(req, KZ_ERR_NOTFOUND, "no such endpoint");
 }

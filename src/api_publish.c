@@ -3,6 +3,7 @@
  * The request is PENDING meanwhile; publish_done() answers it from the store writer thread. */
 #include "api_internal.h"
 #include "alloc.h"
+#include "envelope.h"
 #include "id.h"
 #include "json.h"
 
@@ -51,9 +52,11 @@ static void publish_release(struct kz_api_pending *p)
 
 /* Fills one event from a JSON object; the error names the field, prefixed by `where`.
  * `offset`: where the event's object starts in the request body (for `data` as written), or
- * -1 when unknown (then `data` is re-serialised from the parsed tree). */
+ * -1 when unknown (then `data` is re-serialised from the parsed tree). `traceparent`: the
+ * request's valid traceparent header, or NULL. */
 static enum kz_err event_from_json(struct kz_req *req, const json_t *o, const char *where,
-                                   struct kz_event *ev, struct kz_buf *scratch, long offset)
+                                   struct kz_event *ev, struct kz_buf *scratch, long offset,
+                                   const char *traceparent)
 {
     json_t *v;
     int t;
@@ -70,6 +73,7 @@ static enum kz_err event_from_json(struct kz_req *req, const json_t *o, const ch
         {"fromUserId", &ev->from_user_id, 1024},
         {"fromUserName", &ev->from_user_name, 1024},
         {"fromUserProfilePic", &ev->from_user_pic, KZ_URL_MAX},
+        {"sourceGroupId", &ev->source_group_id, KZ_ID_MAX},
     };
     size_t i;
 
@@ -98,6 +102,14 @@ static enum kz_err event_from_json(struct kz_req *req, const json_t *o, const ch
     if (!ev->group_id && !ev->action_id && !ev->action_package_id)
         return kz_api_reject(req, KZ_ERR_INVALID,
                              "%sone of groupId, actionId, actionPackageId is required", where);
+    /* Kaizala's callbacks carry both; a publisher that knows no sub-groups gives neither. */
+    if (!ev->source_group_id && ev->group_id)
+        ev->source_group_id = kz_strdup(ev->group_id);
+    v = kz_json_get(o, "isBotfromUser");
+    if (v && !json_is_null(v) && kz_json_bool(v, &ev->is_bot))
+        return kz_api_reject(req, KZ_ERR_INVALID, "%sisBotfromUser must be true or false", where);
+    if (traceparent)
+        ev->traceparent = kz_strdup(traceparent);
     v = kz_json_get(o, "data");
     kz_buf_reset(scratch);
     if (!v || json_is_null(v)) {
@@ -202,8 +214,13 @@ static enum kz_err publish_prepare(struct kz_api *api, struct kz_req *req, struc
     struct kz_buf scratch;
     size_t i, k, n, *offs = NULL;
     int64_t now = kz_now_ms();
+    const char *tp = req->header(req->conn, "traceparent");
 
     *out = NULL;
+    /* W3C Trace Context: a malformed traceparent is dropped (the trace restarts downstream),
+     * never a reason to refuse the events. */
+    if (tp && !kz_traceparent_valid(tp, strlen(tp)))
+        tp = NULL;
     kz_buf_init(&scratch, KZ_BODY_MAX);
     if (!doc)
         goto out;
@@ -232,7 +249,7 @@ static enum kz_err publish_prepare(struct kz_api *api, struct kz_req *req, struc
         if (pb->array)
             snprintf(where, sizeof(where), "events[%zu]: ", i);
         result = event_from_json(req, o, where, &pb->items[i].ev, &scratch,
-                                 offs[i] == (size_t)-1 ? -1 : (long)offs[i]);
+                                 offs[i] == (size_t)-1 ? -1 : (long)offs[i], tp);
         if (result)
             goto out;
     }

@@ -260,6 +260,8 @@ static enum kz_err webhook_fields(struct kz_req *req, const json_t *doc, struct 
         return kz_api_reject(req, KZ_ERR_INVALID, "objectId is required");
     }
     v = kz_json_get(doc, "objectType");
+    if (json_is_null(v))
+        v = NULL; /* null = left out: required on create, unchanged in a PUT */
     if (v || !update) {
         int t = json_is_string(v) ? kz_objtype_from_name(json_string_value(v)) : -1;
 
@@ -269,6 +271,8 @@ static enum kz_err webhook_fields(struct kz_req *req, const json_t *doc, struct 
         w->object_type = (enum kz_objtype)t;
     }
     v = kz_json_get(doc, "eventTypes");
+    if (json_is_null(v))
+        v = NULL;
     if (v || !update) {
         e = field_event_types(req, v, &w->event_mask);
         if (e)
@@ -304,16 +308,23 @@ static enum kz_err webhook_fields(struct kz_req *req, const json_t *doc, struct 
         kz_free(w->callback_context);
         w->callback_context = s;
     }
+    /* validity: 0, "0", "" and null mean the default, as a typed .NET/Java model sends an unset
+     * long as 0: now + two years on create, unchanged in a PUT. */
     v = kz_json_get(doc, "validity");
+    if (v && json_is_string(v) && !json_string_length(v))
+        v = NULL;
     if (v && !json_is_null(v)) {
         int64_t ms;
 
-        if (kz_json_i64(v, &ms) || ms > MAX_VALIDITY_MS)
+        if (kz_json_i64(v, &ms) || ms < 0 || ms > MAX_VALIDITY_MS)
             return kz_api_reject(req, KZ_ERR_INVALID,
                                  "validity must be epoch milliseconds (number or numeric string)");
-        if (ms <= now)
+        if (ms && ms <= now)
             return kz_api_reject(req, KZ_ERR_INVALID, "validity must be in the future");
-        w->validity_ms = ms;
+        if (ms)
+            w->validity_ms = ms;
+        else if (!update)
+            w->validity_ms = w->ts_ms + DEFAULT_VALIDITY_MS;
     } else if (!update) {
         w->validity_ms = w->ts_ms + DEFAULT_VALIDITY_MS;
     }

@@ -465,6 +465,8 @@ static void start(struct kz_dispatch *d, struct kz_sched_ep *e, struct kz_claime
     x->headers = add_header(x->headers, "webhook-signature", sig);
     if (row->wh.callback_token)
         x->headers = add_header(x->headers, "kz-callback-token", row->wh.callback_token);
+    if (row->ev.traceparent) /* the publisher's, unchanged on every attempt */
+        x->headers = add_header(x->headers, "traceparent", row->ev.traceparent);
     x->headers = add_custom_headers(x->headers, row->wh.headers_json);
     curl_easy_setopt(x->h, CURLOPT_HTTPHEADER, x->headers);
     curl_easy_setopt(x->h, CURLOPT_POST, 1L);

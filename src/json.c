@@ -152,6 +152,14 @@ enum kz_err kz_json_str(const json_t *v, size_t maxlen, const char **out, size_t
     return KZ_OK;
 }
 
+size_t kz_json_bom(const char *body, size_t len)
+{
+    if (body && len >= 3 && (unsigned char)body[0] == 0xef && (unsigned char)body[1] == 0xbb &&
+        (unsigned char)body[2] == 0xbf)
+        return 3;
+    return 0;
+}
+
 static json_t *parse(const char *body, size_t len, size_t flags, char *err, size_t errlen);
 static json_t *finish(json_t *doc, json_error_t *jerr, char *err, size_t errlen);
 
@@ -227,7 +235,10 @@ json_t *kz_json_parse_lenient_numbers(const char *body, size_t len, char *err, s
     char *copy;
     size_t i;
     bool in_str = false;
+    size_t bom = kz_json_bom(body, len);
 
+    body = body ? body + bom : body;
+    len -= bom;
     if (!body || !len)
         return parse(body, len, JSON_DECODE_INT_AS_REAL, err, errlen);
     /* Fast path: almost every body has only numbers a double holds. */
@@ -297,10 +308,14 @@ static json_t *parse(const char *body, size_t len, size_t flags, char *err, size
 {
     json_error_t jerr;
 
+    size_t bom = kz_json_bom(body, len);
+
     if (!body) {
         body = "";
         len = 0;
     }
+    body += bom;
+    len -= bom;
     /* JSON_DISABLE_EOF_CHECK is deliberately absent: trailing garbage is an error. */
     return finish(json_loadb(body, len, JSON_REJECT_DUPLICATES | flags, &jerr), &jerr, err, errlen);
 }
@@ -447,7 +462,7 @@ static enum kz_err member_of(const char *doc, size_t len, size_t i, const char *
 
 enum kz_err kz_json_array_offsets(const char *doc, size_t len, size_t *offs, size_t n)
 {
-    size_t i = skip_ws(doc, 0, len), k;
+    size_t i = skip_ws(doc, kz_json_bom(doc, len), len), k;
 
     if (i >= len || doc[i] != '[')
         return KZ_ERR_NOTFOUND;
@@ -471,13 +486,15 @@ enum kz_err kz_json_raw_member_at(const char *doc, size_t len, size_t offset, co
 {
     if (offset > len)
         return KZ_ERR_NOTFOUND;
+    if (!offset)
+        offset = kz_json_bom(doc, len);
     return member_of(doc, len, offset, key, out);
 }
 
 enum kz_err kz_json_raw_member(const char *doc, size_t len, long index, const char *key,
                                struct kz_str *out)
 {
-    size_t i = skip_ws(doc, 0, len);
+    size_t i = skip_ws(doc, kz_json_bom(doc, len), len);
 
     if (index >= 0) {
         long k;

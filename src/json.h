@@ -51,8 +51,16 @@ enum kz_err kz_json_i64(const json_t *v, int64_t *out);
 enum kz_err kz_json_str(const json_t *v, size_t maxlen, const char **out, size_t *len);
 
 /**
+ * Length of the UTF-8 byte-order mark (EF BB BF) at the start of `body`: 3, or 0 when there is
+ * none (or `len` < 3). .NET's readers skipped it, so Kaizala clients may send one; every parse
+ * and raw lookup below ignores it. Pure; any thread.
+ */
+size_t kz_json_bom(const char *body, size_t len);
+
+/**
  * Parses `len` bytes at `body` (need not be NUL-terminated; `body` may be NULL when `len` is 0).
- * Duplicate keys, trailing non-whitespace after the value, "\u0000" inside strings, and a top
+ * A leading UTF-8 byte-order mark is skipped (only there: anywhere else it is an error). Duplicate
+ * keys, trailing non-whitespace after the value, "\u0000" inside strings, and a top
  * level that is not an object or array are all rejected. Returns a new reference the caller
  * must json_decref(), or NULL on failure. On failure, when `err` is not NULL and `errlen` > 0,
  * writes a short NUL-terminated human message with line and column into `err` (truncated to
@@ -68,12 +76,12 @@ json_t *kz_json_parse(const char *body, size_t len, char *err, size_t errlen);
 json_t *kz_json_parse_lenient_numbers(const char *body, size_t len, char *err, size_t errlen);
 
 /**
- * Finds, in the JSON text `doc` (already validated by kz_json_parse*), the bytes of the value of
- * member `key` of the top-level object (`index` < 0) or of element `index` of the top-level
- * array. The key matches as kz_json_get does: exact case first, else the first ASCII
- * case-insensitive match (keys containing escapes never match). On success `*out` points into
- * `doc` at the value exactly as written (no surrounding whitespace) and KZ_OK is returned;
- * KZ_ERR_NOTFOUND otherwise. Pure; any thread.
+ * Finds, in the JSON text `doc` (already validated by kz_json_parse*; a leading byte-order mark is
+ * skipped), the bytes of the value of member `key` of the top-level object (`index` < 0) or of
+ * element `index` of the top-level array. The key matches as kz_json_get does: exact case first,
+ * else the first ASCII case-insensitive match (keys containing escapes never match). On success
+ * `*out` points into `doc` at the value exactly as written (no surrounding whitespace) and KZ_OK is
+ * returned; KZ_ERR_NOTFOUND otherwise. Pure; any thread.
  */
 enum kz_err kz_json_raw_member(const char *doc, size_t len, long index, const char *key,
                                struct kz_str *out);
@@ -87,8 +95,9 @@ enum kz_err kz_json_raw_member_at(const char *doc, size_t len, size_t offset, co
                                   struct kz_str *out);
 
 /**
- * Byte offsets of the first `n` elements of the top-level array of the validated JSON text
- * `doc`. KZ_ERR_NOTFOUND when `doc` is not an array or has fewer elements. Pure; any thread.
+ * Byte offsets (from the start of `doc`, byte-order mark included) of the first `n` elements of
+ * the top-level array of the validated JSON text `doc`. KZ_ERR_NOTFOUND when `doc` is not an array
+ * or has fewer elements. Pure; any thread.
  */
 enum kz_err kz_json_array_offsets(const char *doc, size_t len, size_t *offs, size_t n);
 

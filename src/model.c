@@ -116,6 +116,8 @@ void kz_event_cleanup(struct kz_event *e)
     kz_free(e->from_user_name);
     kz_free(e->from_user_pic);
     kz_free(e->data_json);
+    kz_free(e->source_group_id);
+    kz_free(e->traceparent);
     memset(e, 0, sizeof(*e));
 }
 

@@ -64,7 +64,8 @@ const char *kz_dstate_name(enum kz_dstate s);
 /* headers_json at most: 20 entries of escaped name and value ("\u00XX" is 6 bytes a byte) */
 #define KZ_HEADERS_JSON_MAX                                                                        \
     (2 + KZ_HEADERS_MAX * (6 + KZ_HEADER_NAME_MAX + 6 * KZ_HEADER_VALUE_MAX))
-#define KZ_FILTER_MAX 4096 /* bytes of a webhook's filter as written */
+#define KZ_FILTER_MAX 4096     /* bytes of a webhook's filter as written */
+#define KZ_TRACEPARENT_MAX 256 /* a traceparent header kept with an event (W3C: 55 for 00) */
 
 /** An application (Kaizala connector). Strings are owned by the struct; kz_app_cleanup frees. */
 struct kz_app {
@@ -111,6 +112,10 @@ struct kz_event {
     char *from_user, *from_user_id, *from_user_name, *from_user_pic;
     char *data_json;
     int64_t created_at;
+    bool is_bot;           /* isBotfromUser */
+    char *source_group_id; /* sourceGroupId; the API sets it to group_id when not given */
+    char *traceparent;     /* W3C traceparent of the publish request, sent with every attempt;
+                              NULL when none (printable ASCII, <= KZ_TRACEPARENT_MAX bytes) */
 };
 void kz_event_cleanup(struct kz_event *e);
 

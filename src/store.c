@@ -102,11 +102,27 @@ static bool text_ok(const char *s)
     return true;
 }
 
+/* NULL, or 1..KZ_TRACEPARENT_MAX bytes of printable ASCII: it is sent as an HTTP header with every
+ * attempt, so no byte may break the header block (the API passes on only valid W3C values). */
+static bool traceparent_ok(const char *s)
+{
+    size_t i;
+
+    if (!s)
+        return true;
+    for (i = 0; s[i]; i++) {
+        if (i == KZ_TRACEPARENT_MAX || (unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e)
+            return false;
+    }
+    return i > 0;
+}
+
 static bool event_ok(const struct kz_event *e)
 {
     return e->event_id && text_ok(e->event_id) && text_ok(e->group_id) && text_ok(e->action_id) &&
            text_ok(e->action_package_id) && text_ok(e->from_user) && text_ok(e->from_user_id) &&
-           text_ok(e->from_user_name) && text_ok(e->from_user_pic) && text_ok(e->data_json);
+           text_ok(e->from_user_name) && text_ok(e->from_user_pic) && text_ok(e->data_json) &&
+           text_ok(e->source_group_id) && traceparent_ok(e->traceparent);
 }
 
 /* The checks every op passes before any SQL. An op failing them gets KZ_ERR_INVALID, alone. */

@@ -145,6 +145,10 @@ static const char *const migrations[] = {
     "ALTER TABLE webhooks ADD COLUMN filter_json TEXT;"
     "ALTER TABLE webhooks ADD COLUMN prev_secret TEXT;"
     "ALTER TABLE webhooks ADD COLUMN prev_secret_expires BIGINT NOT NULL DEFAULT 0;",
+    /* 4: isBotfromUser, sourceGroupId and the publisher's traceparent (see SQLite). */
+    "ALTER TABLE events ADD COLUMN is_bot INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE events ADD COLUMN source_group_id TEXT;"
+    "ALTER TABLE events ADD COLUMN traceparent TEXT;",
 };
 
 /* ==== statements ==== */
@@ -158,7 +162,8 @@ static const char *const migrations[] = {
 #define WH_NCOLS 16
 #define EV_COLS                                                                                    \
     "e.seq, e.event_id, e.event_type, e.group_id, e.action_id, e.action_package_id, "              \
-    "e.from_user, e.from_user_id, e.from_user_name, e.from_user_pic, e.data_json, e.created_at"
+    "e.from_user, e.from_user_id, e.from_user_name, e.from_user_pic, e.data_json, e.created_at, "  \
+    "e.is_bot, e.source_group_id, e.traceparent"
 #define APP_COLS "id, name, object_ids_json, secret_hash, refresh_hash, created_at"
 
 enum stmt_id {
@@ -254,17 +259,18 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_WH_DELETE] = "DELETE FROM webhooks WHERE id = $1 AND ($2 = '' OR application_id = $2)",
     [S_WH_DEL_DELIVERIES] = "DELETE FROM deliveries WHERE webhook_id = $1",
     [S_WH_ACTIVE] = "UPDATE webhooks SET active = $2 WHERE id = $1",
-    /* A set of new events and their deliveries in one statement. $1..$12 are one array per
-     * event column, one element per distinct event_id; $13..$16 one element per delivery: its
-     * event_id, webhook, state, created_at. Events that already exist are skipped (and get no
-     * deliveries); RETURNING names the ones inserted. ORDER BY ord inserts deliveries in item
-     * order, so their ids (nextval runs after the sort) follow the targets' order. */
+    /* A set of new events and their deliveries in one statement. $1..$12 and $17..$19 are one
+     * array per event column, one element per distinct event_id; $13..$16 one element per
+     * delivery: its event_id, webhook, state, created_at. Events that already exist are skipped
+     * (and get no deliveries); RETURNING names the ones inserted. ORDER BY ord inserts deliveries
+     * in item order, so their ids (nextval runs after the sort) follow the targets' order. */
     [S_PUBLISH] =
         "WITH ins AS (INSERT INTO events(event_id, event_type, group_id, action_id,"
         " action_package_id, from_user, from_user_id, from_user_name, from_user_pic, data_json,"
-        " n_deliveries, created_at)"
+        " n_deliveries, created_at, is_bot, source_group_id, traceparent)"
         " SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[],"
-        " $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int[], $12::bigint[])"
+        " $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int[], $12::bigint[],"
+        " $17::int[], $18::text[], $19::text[])"
         " ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id),"
         " dlv AS (INSERT INTO deliveries(webhook_id, event_seq, state, attempts, next_attempt_at,"
         " lease_until, last_status, created_at, updated_at)"
@@ -383,7 +389,7 @@ struct kz_backend {
     int64_t prune_cursor;  /* events.seq where the orphan-event sweep resumes */
     bool sp_open;          /* savepoint "op" exists in the current transaction */
     bool sp_fresh;         /* ... and no op has used it yet */
-    struct kz_buf arr[16]; /* array literals being built */
+    struct kz_buf arr[19]; /* array literals being built */
     struct vec items, first, uniq;
 
     _Atomic int wr_pid; /* server pid of the write connection: own NOTIFYs are ignored */
@@ -622,6 +628,9 @@ static void row_event(const PGresult *r, int row, int c0, struct kz_event *e)
     e->from_user_pic = col_dup(r, row, c0 + 9);
     e->data_json = col_dup(r, row, c0 + 10);
     e->created_at = col_int(r, row, c0 + 11);
+    e->is_bot = col_int(r, row, c0 + 12) != 0;
+    e->source_group_id = col_dup(r, row, c0 + 13);
+    e->traceparent = col_dup(r, row, c0 + 14);
 }
 
 static bool row_app(const PGresult *r, int row, struct kz_app *a)
@@ -1545,7 +1554,7 @@ static enum kz_err op_publish(struct kz_backend *be, struct kz_op **pops, size_t
         uniq[nu++] = i;
     }
 
-    for (k = 0; k < 16; k++)
+    for (k = 0; k < 19; k++)
         arr_begin(&be->arr[k]);
     for (i = 0; i < nu; i++) {
         const struct kz_publish_item *it = its[uniq[i]];
@@ -1564,6 +1573,9 @@ static enum kz_err op_publish(struct kz_backend *be, struct kz_op **pops, size_t
         arr_str(&be->arr[9], e->data_json);
         arr_int(&be->arr[10], (int64_t)it->n_targets);
         arr_int(&be->arr[11], created);
+        arr_int(&be->arr[16], e->is_bot);
+        arr_str(&be->arr[17], e->source_group_id);
+        arr_str(&be->arr[18], e->traceparent);
         for (k = 0; k < it->n_targets; k++) {
             arr_str(&be->arr[12], e->event_id);
             arr_str(&be->arr[13], it->webhook_ids[k]);
@@ -1571,7 +1583,7 @@ static enum kz_err op_publish(struct kz_backend *be, struct kz_op **pops, size_t
             arr_int(&be->arr[15], created);
         }
     }
-    result = p_arrays(&p, be->arr, 16);
+    result = p_arrays(&p, be->arr, 19);
     if (result)
         goto out;
     r = run(c, S_PUBLISH, &p, "publish", &result);

@@ -112,6 +112,12 @@ static const char *const migrations[] = {
     "ALTER TABLE webhooks ADD COLUMN filter_json TEXT;"
     "ALTER TABLE webhooks ADD COLUMN prev_secret TEXT;"
     "ALTER TABLE webhooks ADD COLUMN prev_secret_expires INTEGER NOT NULL DEFAULT 0;",
+    /* 5: what real Kaizala callbacks carry besides the documented fields (isBotfromUser,
+     * sourceGroupId), and the publisher's traceparent, sent with every attempt. Rows of earlier
+     * versions: not a bot, sourceGroupId = groupId (envelope.c), no traceparent. */
+    "ALTER TABLE events ADD COLUMN is_bot INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE events ADD COLUMN source_group_id TEXT;"
+    "ALTER TABLE events ADD COLUMN traceparent TEXT;",
 };
 
 /* ==== statements ==== */
@@ -125,7 +131,8 @@ static const char *const migrations[] = {
 #define WH_NCOLS 16
 #define EV_COLS                                                                                    \
     "e.seq, e.event_id, e.event_type, e.group_id, e.action_id, e.action_package_id, "              \
-    "e.from_user, e.from_user_id, e.from_user_name, e.from_user_pic, e.data_json, e.created_at"
+    "e.from_user, e.from_user_id, e.from_user_name, e.from_user_pic, e.data_json, e.created_at, "  \
+    "e.is_bot, e.source_group_id, e.traceparent"
 #define CLAIM_WEBHOOKS_MAX 4096 /* webhooks one claim with exclusions looks at */
 #define APP_COLS "id, name, object_ids_json, secret_hash, refresh_hash, created_at"
 /* what a claim reads: claim_rows() takes them in this order */
@@ -246,8 +253,8 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_WH_ACTIVE] = "UPDATE webhooks SET active = ?2 WHERE id = ?1",
     [S_EV_INSERT] = "INSERT INTO events(event_id, event_type, group_id, action_id,"
                     " action_package_id, from_user, from_user_id, from_user_name, from_user_pic,"
-                    " data_json, n_deliveries, created_at)"
-                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                    " data_json, n_deliveries, created_at, is_bot, source_group_id, traceparent)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
                     " ON CONFLICT(event_id) DO NOTHING",
     [S_EV_LOOKUP] = "SELECT seq, n_deliveries FROM events WHERE event_id = ?1",
     [S_DLV_INSERT] = "INSERT INTO deliveries(webhook_id, event_seq, state, attempts,"
@@ -539,6 +546,9 @@ static void row_event(sqlite3_stmt *q, int c0, struct kz_event *e)
     e->from_user_pic = col_dup(q, c0 + 9);
     e->data_json = col_dup(q, c0 + 10);
     e->created_at = sqlite3_column_int64(q, c0 + 11);
+    e->is_bot = sqlite3_column_int(q, c0 + 12) != 0;
+    e->source_group_id = col_dup(q, c0 + 13);
+    e->traceparent = col_dup(q, c0 + 14);
 }
 
 static bool row_app(sqlite3_stmt *q, struct kz_app *a)
@@ -1168,6 +1178,9 @@ static enum kz_err publish_one(struct conn *c, struct kz_publish_item *it, int64
     b_text(&b, e->data_json);
     b_int(&b, (int64_t)it->n_targets);
     b_int(&b, created);
+    b_int(&b, e->is_bot);
+    b_text(&b, e->source_group_id);
+    b_text(&b, e->traceparent);
     rc = run(&b);
     if (rc)
         return fail(c, "event insert", rc);

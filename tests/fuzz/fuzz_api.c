@@ -17,16 +17,17 @@
  * Input: byte 0 picks the method; byte 1 is a set of credential flags (FL_*); then, separated by
  * NULs: the path, the query string (k=v&k=v, not decoded), header lines ("Name: value", one per
  * line), and the body (the rest, NULs included). In the path, query and headers the markers
- * {W} {W2} {W3} {A} {B} become the fixture's webhook and application ids.
+ * {W} {W2} {W3} {A} {B} become the fixture's webhook and application ids ({WU} and {AU}: W's
+ * and A's in upper case).
  *
  * Checked for every request: a status is set and is not 500 (the store is healthy, so a 500 is
  * a bug) or 503; every JSON answer parses; an error answer has message, errorCode and
  * errorCategoryKey, with the errorCode docs/openapi.json gives for the status (405 has Allow, 429 has
  * Retry-After); no answer contains a secret (application secrets, refresh tokens, access
  * tokens, signing secrets: all random per run) unless the request itself carried it; a 2xx
- * without credentials is only /healthz or /metrics; a 2xx for /admin/... or /v1/events needs
- * the admin token; a 2xx for one application never shows the other's webhooks;
- * kz_alloc_live() is back to its value before the request once it has been answered (not
+ * without credentials is only /healthz, /metrics or /openapi.json (in any case); a 2xx for
+ * /admin/... or /v1/events needs the admin token; a 2xx for one application never shows the other's
+ * webhooks; kz_alloc_live() is back to its value before the request once it has been answered (not
  * asserted after a successful change, whose subscription index entries legitimately live on,
  * nor when calibration found the count unstable). */
 #include "fuzz_common.h"
@@ -42,6 +43,7 @@
 #include "store.h"
 #include "subidx.h"
 
+#include <ctype.h>
 #include <curl/curl.h>
 #include <dirent.h>
 #include <errno.h>
@@ -345,28 +347,28 @@ static long stat_count[STAT_ROUTES][6];
 
 static int stat_route(size_t n, char seg[8][80])
 {
-    if (n == 1 && !strcmp(seg[0], "healthz"))
+    if (n == 1 && !strcasecmp(seg[0], "healthz"))
         return 0;
-    if (n == 1 && !strcmp(seg[0], "metrics"))
+    if (n == 1 && !strcasecmp(seg[0], "metrics"))
         return 1;
-    if (n >= 3 && !strcmp(seg[0], "admin") && !strcmp(seg[1], "v1") &&
-        !strcmp(seg[2], "applications"))
+    if (n >= 3 && !strcasecmp(seg[0], "admin") && !strcasecmp(seg[1], "v1") &&
+        !strcasecmp(seg[2], "applications"))
         return n == 3 ? 2 : 3;
-    if (n < 2 || strcmp(seg[0], "v1"))
+    if (n < 2 || strcasecmp(seg[0], "v1"))
         return 10;
-    if (n == 2 && !strcmp(seg[1], "accessToken"))
+    if (n == 2 && !strcasecmp(seg[1], "accessToken"))
         return 4;
-    if (n == 2 && !strcmp(seg[1], "events"))
+    if (n == 2 && !strcasecmp(seg[1], "events"))
         return 5;
-    if (strcmp(seg[1], "webhook"))
+    if (strcasecmp(seg[1], "webhook"))
         return 10;
     if (n == 2)
         return 6;
     if (n == 3)
         return 7;
-    if (n == 4 && !strcmp(seg[3], "deliveries"))
+    if (n == 4 && !strcasecmp(seg[3], "deliveries"))
         return 8;
-    if (n == 4 && !strcmp(seg[3], "replay"))
+    if (n == 4 && !strcasecmp(seg[3], "replay"))
         return 9;
     return 10;
 }
@@ -546,18 +548,22 @@ struct parsed {
 /* Copy of `s` (n bytes) with the fixture markers replaced; malloc'ed, NUL-terminated. */
 static char *substitute(const char *s, size_t n)
 {
-    const char *marks[5][2] = {{"{W}", fx.wh[0].id},
-                               {"{W2}", fx.wh[1].id},
-                               {"{W3}", fx.wh[2].id},
-                               {"{A}", fx.a.row.id},
-                               {"{B}", fx.b.row.id}};
+    char wu[40], au[40];
+    const char *marks[7][2] = {{"{W}", fx.wh[0].id}, {"{W2}", fx.wh[1].id}, {"{W3}", fx.wh[2].id},
+                               {"{A}", fx.a.row.id}, {"{B}", fx.b.row.id},  {"{WU}", wu},
+                               {"{AU}", au}};
     size_t cap = n * 40 + 1, o = 0, i = 0, k;
     char *out = malloc(cap);
 
     if (!out)
         abort();
+    /* {WU} and {AU}: W's and A's ids in upper case (ids match in any case) */
+    for (k = 0; k < sizeof(wu); k++) {
+        wu[k] = (char)toupper((unsigned char)fx.wh[0].id[k]);
+        au[k] = (char)toupper((unsigned char)fx.a.row.id[k]);
+    }
     while (i < n) {
-        for (k = 0; k < 5; k++) {
+        for (k = 0; k < 7; k++) {
             size_t ml = strlen(marks[k][0]);
 
             if (n - i >= ml && !memcmp(s + i, marks[k][0], ml)) {
@@ -567,7 +573,7 @@ static char *substitute(const char *s, size_t n)
                 break;
             }
         }
-        if (k == 5)
+        if (k == 7)
             out[o++] = s[i++];
     }
     out[o] = '\0';
@@ -707,11 +713,13 @@ static void check_response(const struct kz_req *req, const struct parsed *in, bo
                    "answer %d leaks secret #%zu: %.300s", st, i, body);
     if (!ok2xx)
         return;
+    /* fixed path segments match in any ASCII case, as the api routes them */
     if (!f && !fuzz_auth)
-        FUZZ_CHECK(n == 1 && (!strcmp(seg[0], "healthz") || !strcmp(seg[0], "metrics")),
+        FUZZ_CHECK(n == 1 && (!strcasecmp(seg[0], "healthz") || !strcasecmp(seg[0], "metrics") ||
+                              !strcasecmp(seg[0], "openapi.json")),
                    "%d without credentials for %s %.200s", st, in->method, in->path);
-    if (n >= 1 && (!strcmp(seg[0], "admin") ||
-                   (n == 2 && !strcmp(seg[0], "v1") && !strcmp(seg[1], "events"))))
+    if (n >= 1 && (!strcasecmp(seg[0], "admin") ||
+                   (n == 2 && !strcasecmp(seg[0], "v1") && !strcasecmp(seg[1], "events"))))
         FUZZ_CHECK((f & FL_ADMIN) || fuzz_auth, "%d on an admin route without the admin token: %s",
                    st, in->path);
     if (fuzz_auth || (f & (FL_ADMIN | FL_APPCREDS_A | FL_WRONGSECRET_A)))

@@ -1,7 +1,8 @@
 /* fuzz_envelope.c — the delivery body (src/envelope.h) built from an event and a webhook.
  *
- * Input: NUL-separated pieces: 4 control bytes (object type, event type, which optional fields
- * are set, buffer limit), then webhook id, objectId, eventId, groupId, callBackContext, fromUser,
+ * Input: NUL-separated pieces: 4 control bytes (object type, plus bit 7: isBotfromUser and
+ * bit 6: a sourceGroupId equal to the fromUserId piece; event type; which optional fields are
+ * set; buffer limit), then webhook id, objectId, eventId, groupId, callBackContext, fromUser,
  * fromUserId, fromUserName, fromUserProfilePic, and last the `data` JSON text (may contain NULs).
  * Strings reach the envelope in production only from JSON strings (valid UTF-8, no NUL), so a
  * piece that is not valid UTF-8 is left unset; `data` is stored as kzhook stores it: the compact
@@ -78,7 +79,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_t *env, *dv;
     json_error_t jerr;
     enum kz_err e;
-    const char *keys[12];
+    const char *keys[16];
+    const char *source;
     size_t nkeys = 0;
     void *it;
 
@@ -114,6 +116,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     OPT(6, ev.from_user_name, P_FUNAME);
     OPT(7, ev.from_user_pic, P_FUPIC);
 #undef OPT
+    ev.is_bot = (ctrl[0] & 0x80) != 0;
+    if ((ctrl[0] & 0x40) && piece[P_FUID])
+        ev.source_group_id = utf8_or_null(piece[P_FUID], len[P_FUID]);
+    source = ev.source_group_id ? ev.source_group_id : ev.group_id;
     if (len[P_DATA]) {
         json_t *d = json_loadb((const char *)piece[P_DATA], len[P_DATA],
                                JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL);
@@ -144,15 +150,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     keys[nkeys++] = "objectType";
     keys[nkeys++] = "eventType";
     keys[nkeys++] = "eventId";
-    if (ev.group_id)
-        keys[nkeys++] = "groupId";
     keys[nkeys++] = "data";
     if (wh.callback_context)
         keys[nkeys++] = "context";
     keys[nkeys++] = "fromUser";
     keys[nkeys++] = "fromUserId";
+    keys[nkeys++] = "isBotfromUser";
     keys[nkeys++] = "fromUserName";
     keys[nkeys++] = "fromUserProfilePic";
+    if (ev.group_id)
+        keys[nkeys++] = "groupId";
+    if (source)
+        keys[nkeys++] = "sourceGroupId";
     for (i = 0, it = json_object_iter(env); it; it = json_object_iter_next(env, it), i++)
         FUZZ_CHECK(i < nkeys && !strcmp(json_object_iter_key(it), keys[i]),
                    "member %zu is %s, want %s", i, json_object_iter_key(it),
@@ -171,6 +180,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     expect_str(env, "fromUserId", ev.from_user_id);
     expect_str(env, "fromUserName", ev.from_user_name);
     expect_str(env, "fromUserProfilePic", ev.from_user_pic);
+    if (source)
+        expect_str(env, "sourceGroupId", source);
+    FUZZ_CHECK(json_is_boolean(json_object_get(env, "isBotfromUser")) &&
+                   json_is_true(json_object_get(env, "isBotfromUser")) == ev.is_bot,
+               "%s", "isBotfromUser is not the event's");
 
     /* data: spliced verbatim, and the same value. */
     {

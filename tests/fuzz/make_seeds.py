@@ -88,6 +88,21 @@ JSON_BODIES = [
 ]
 for b in JSON_BODIES:
     put("json", b)
+# .NET leniency: a leading UTF-8 byte-order mark (only there), null for optional fields, the
+# Kaizala callback fields a publisher may set
+BOM = b"\xef\xbb\xbf"
+NULLS = ('{"objectId":null,"objectType":null,"eventTypes":null,"callBackUrl":null,'
+         '"callBackToken":null,"callBackContext":null,"validity":0,"Active":null}')
+KZ_PUBLISH = ('{"eventType":"TextMessageCreated","groupId":"g1","isBotfromUser":"TRUE",'
+              '"sourceGroupId":"parent-g","fromUser":null,"data":{"n":1.50}}')
+for b in [CREATE, PUBLISH, NULLS, KZ_PUBLISH, "[" + KZ_PUBLISH + "]", '{"validity":""}',
+          '{"validity":"0"}', '{"isBotfromUser":"yes","sourceGroupId":7}']:
+    put("json", BOM + b.encode())
+    put("json", b.encode())
+put("json", BOM)
+put("json", BOM + BOM + b"{}")
+put("json", b" " + BOM + b"{}")
+put("json", b'{"a":' + BOM + b'1}')
 put("json", b'{"a":"\xff\xfe"}')
 put("json", b'{"a":"\xed\xa0\x80"}')
 
@@ -179,6 +194,10 @@ put("envelope", env([0, 0, 0xff, 0], ["id\"\\\n", "o\u00e9", "e\x01", "g", "c\""
                                       ""], '"just a string"'))
 put("envelope", env([0, 16, 0x00, 3], F, "[1,2.5,-0,1e300,null,true]"))
 put("envelope", env([0, 5, 0xff, 0], F, "not json"))
+# bit 7 of the first control byte: isBotfromUser; bit 6: a sourceGroupId (the fromUserId piece)
+put("envelope", env([0x80, 1, 0xff, 0], F, json.dumps(RESP_DATA)))
+put("envelope", env([0xc0, 6, 0xfb, 0], F, '{"text":"hello"}'))
+put("envelope", env([0x42, 3, 0x20, 9], F, "{}"))
 
 # ---- api: method byte, flag byte, path NUL query NUL headers NUL body ---------------------
 M = {"GET": 0, "POST": 1, "PUT": 2, "DELETE": 3, "HEAD": 4, "PATCH": 5}
@@ -265,6 +284,32 @@ SEEDS = [
     api("GET", 0, "/admin/v1/applications", "", "Authorization: Bearer wrong"),
     api("PATCH", TA, "/v1/webhook"), api("GET", TA, "/v1/webhook/{W}/x/y/z/a/b/c/d/e"),
     api("GET", TA, "/" * 1100),
+    # .NET leniency and Kaizala fidelity: BOM, nulls, paths and ids in any case, traceparent
+    api("POST", TA, "/v1/webhook", "", "", "\ufeff" + A_CREATE),
+    api("POST", TA, "/V1/WebHook", "", "", A_CREATE.replace('"s3cret"', "null")),
+    api("POST", TA, "/v1/webhook", "", "", A_CREATE[:-1] + ',"validity":0}'),
+    api("POST", TA, "/v1/webhook", "", "", A_CREATE[:-1] + ',"validity":""}'),
+    api("POST", TA, "/v1/webhook", "", "", A_CREATE.replace('"g1"', "null")),
+    api("PUT", TA, "/V1/WEBHOOK/{WU}", "", "", "\ufeff" + NULLS),
+    api("PUT", TA, "/v1/webhook/{W}", "", "", '{"Active":null,"validity":"0"}'),
+    api("GET", TA, "/V1/Webhook/{WU}/DELIVERIES"),
+    api("POST", TA, "/v1/webhook/{WU}/Replay", "", "", "\ufeff" + '{"since":0}'),
+    api("DELETE", TA, "/v1/WEBHOOK/{WU}"),
+    api("GET", 0, "/OpenAPI.json"), api("GET", 0, "/openapi.json"), api("POST", 0, "/openapi.json"),
+    api("GET", 0, "/V1/ACCESSTOKEN", "", "applicationId: {AU}\napplicationSecret: x\n"
+        "refreshToken: y"),
+    api("GET", ADMIN, "/ADMIN/V1/Applications"),
+    api("POST", ADMIN, "/V1/Events", "", "traceparent: "
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", KZ_PUBLISH),
+    api("POST", ADMIN, "/v1/events", "", "traceparent: "
+        "cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future", "[" + KZ_PUBLISH + "]"),
+    api("POST", ADMIN, "/v1/events", "", "traceparent: "
+        "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01", "\ufeff" + KZ_PUBLISH),
+    api("POST", ADMIN, "/v1/events", "", "traceparent: ff-x\r\nX: 1",
+        '{"eventType":"MemberAdded","groupId":"g1","isBotfromUser":"yes"}'),
+    api("POST", ADMIN, "/v1/events", "", "",
+        '{"eventType":"MemberAdded","groupId":"g1","sourceGroupId":"","isBotfromUser":null,'
+        '"eventId":null,"data":null}'),
 ]
 for s in SEEDS:
     put("api", s)

@@ -47,15 +47,15 @@ def expected_body(wid, hook, ev, data_text=None):
     """The delivery body for event `ev` (as published, with its eventId) sent to webhook `wid`
     created from `hook` (the create body: objectId, objectType, optional callBackContext).
 
-    Field order (README "Publishing and delivery"): subscriptionId, objectId, objectType, eventType, eventId, groupId
-    (only when the event has one), data (as published, compact), context (only when
-    callBackContext is set), fromUser, fromUserId, fromUserName, fromUserProfilePic ("" when not
-    given). `data_text` overrides the compact rendering of data."""
+    Field order (that of real Kaizala callbacks, README "Publishing and delivery"): subscriptionId, objectId,
+    objectType, eventType, eventId, data (as published, compact), context (only when
+    callBackContext is set), fromUser, fromUserId, isBotfromUser (false unless published true),
+    fromUserName, fromUserProfilePic ("" when not given), groupId (only when the event has one),
+    sourceGroupId (as published, else the groupId; absent when neither). `data_text` overrides
+    the compact rendering of data."""
     items = [("subscriptionId", wid), ("objectId", hook["objectId"]),
              ("objectType", hook["objectType"]), ("eventType", ev["eventType"]),
              ("eventId", ev["eventId"])]
-    if ev.get("groupId"):
-        items.append(("groupId", ev["groupId"]))
     parts = ["%s:%s" % (compact(k), compact(v)) for k, v in items]
     # data is delivered as published, minified: kzlib publishes with json.dumps' defaults
     # (non-ASCII as \u escapes), and kzhook keeps the publisher's spelling of every token.
@@ -63,8 +63,16 @@ def expected_body(wid, hook, ev, data_text=None):
                               else json.dumps(ev.get("data", {}), separators=(",", ":"))))
     if hook.get("callBackContext") is not None:
         parts.append('"context":' + compact(hook["callBackContext"]))
-    for k in ("fromUser", "fromUserId", "fromUserName", "fromUserProfilePic"):
-        parts.append("%s:%s" % (compact(k), compact(ev.get(k) or "")))
+    tail = [("fromUser", ev.get("fromUser") or ""), ("fromUserId", ev.get("fromUserId") or ""),
+            ("isBotfromUser", ev.get("isBotfromUser") in (True, "true", "True", "TRUE")),
+            ("fromUserName", ev.get("fromUserName") or ""),
+            ("fromUserProfilePic", ev.get("fromUserProfilePic") or "")]
+    if ev.get("groupId"):
+        tail.append(("groupId", ev["groupId"]))
+    source = ev.get("sourceGroupId") or ev.get("groupId")
+    if source:
+        tail.append(("sourceGroupId", source))
+    parts += ["%s:%s" % (compact(k), compact(v)) for k, v in tail]
     return ("{" + ",".join(parts) + "}").encode("utf-8")
 
 

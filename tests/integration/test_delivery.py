@@ -192,8 +192,9 @@ class Publish(DeliveryMixin, KzTestCase):
         self.assertDelivery(req, h, ev, token=token)
         b = req.json()
         self.assertEqual(list(b), ["subscriptionId", "objectId", "objectType", "eventType", "eventId",
-                                   "groupId", "data", "context", "fromUser", "fromUserId",
-                                   "fromUserName", "fromUserProfilePic"])
+                                   "data", "context", "fromUser", "fromUserId", "isBotfromUser",
+                                   "fromUserName", "fromUserProfilePic", "groupId",
+                                   "sourceGroupId"])
         self.assertEqual(b["data"], data)
         self.assertEqual(b["context"], context)
         self.assertEqual(b["subscriptionId"], h["id"])

@@ -637,6 +637,56 @@ static void test_minify(void **state)
     kz_buf_cleanup(&b);
 }
 
+/* A leading UTF-8 byte-order mark is ignored by every parse and raw lookup, as .NET's readers
+ * did; anywhere else (after whitespace, twice, inside a value's place) it is still an error. */
+static void test_bom(void **state)
+{
+    const char obj[] = "\xef\xbb\xbf{\"data\": {\"n\": 1.50}, \"x\": null}";
+    const char arr[] = "\xef\xbb\xbf[{\"data\":1},{\"data\":[2]}]";
+    char err[128];
+    json_t *doc;
+    struct kz_str v;
+    size_t offs[2];
+
+    (void)state;
+    assert_int_equal(kz_json_bom(obj, strlen(obj)), 3);
+    assert_int_equal(kz_json_bom("\xef\xbb", 2), 0);
+    assert_int_equal(kz_json_bom("{}", 2), 0);
+    assert_int_equal(kz_json_bom(NULL, 0), 0);
+    doc = kz_json_parse(obj, strlen(obj), err, sizeof(err));
+    assert_non_null(doc);
+    assert_true(json_is_null(kz_json_get(doc, "x")));
+    json_decref(doc);
+    doc = kz_json_parse_lenient_numbers(arr, strlen(arr), err, sizeof(err));
+    assert_non_null(doc);
+    assert_int_equal(json_array_size(doc), 2);
+    json_decref(doc);
+    /* the lenient parser's slow path (a number beyond a double) skips it too */
+    doc = kz_json_parse_lenient_numbers("\xef\xbb\xbf{\"a\":1e400}", 14, err, sizeof(err));
+    assert_non_null(doc);
+    json_decref(doc);
+    /* raw lookups see the same document */
+    assert_int_equal(kz_json_raw_member(obj, strlen(obj), -1, "data", &v), KZ_OK);
+    assert_int_equal(v.len, strlen("{\"n\": 1.50}"));
+    assert_memory_equal(v.p, "{\"n\": 1.50}", v.len);
+    assert_int_equal(kz_json_raw_member_at(obj, strlen(obj), 0, "data", &v), KZ_OK);
+    assert_int_equal(v.len, strlen("{\"n\": 1.50}"));
+    assert_int_equal(kz_json_array_offsets(arr, strlen(arr), offs, 2), KZ_OK);
+    assert_int_equal(offs[0], 4);
+    assert_int_equal(kz_json_raw_member_at(arr, strlen(arr), offs[1], "data", &v), KZ_OK);
+    assert_memory_equal(v.p, "[2]", 3);
+    assert_int_equal(kz_json_raw_member(arr, strlen(arr), 1, "data", &v), KZ_OK);
+    assert_memory_equal(v.p, "[2]", 3);
+    /* only the very first bytes */
+    assert_null(kz_json_parse(" \xef\xbb\xbf{}", 6, err, sizeof(err)));
+    assert_null(kz_json_parse("\xef\xbb\xbf\xef\xbb\xbf{}", 8, err, sizeof(err)));
+    assert_null(kz_json_parse("{\"a\":\xef\xbb\xbf"
+                              "1}",
+                              10, err, sizeof(err)));
+    assert_null(kz_json_parse("\xef\xbb\xbf", 3, err, sizeof(err)));
+    assert_null(kz_json_parse("\xef\xbb{}", 4, err, sizeof(err)));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -665,6 +715,7 @@ int main(void)
         cmocka_unit_test_teardown(test_lenient_huge_numbers_still_strict, check_no_leak),
         cmocka_unit_test_teardown(test_array_offsets, check_no_leak),
         cmocka_unit_test_teardown(test_minify, check_no_leak),
+        cmocka_unit_test_teardown(test_bom, check_no_leak),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1220,6 +1220,76 @@ static void test_publish_and_idempotency(void **state)
     assert_int_equal(exec_isolated(f, &op), KZ_ERR_INVALID);
 }
 
+/* The Kaizala callback fields and the traceparent are stored with the event and come back with
+ * every claim as published; an event without them claims back not-a-bot, no source group, no
+ * traceparent. A traceparent that could break a header block, or is over KZ_TRACEPARENT_MAX,
+ * fails its op alone (store.c's policy, the same on both backends). */
+static void test_publish_kaizala_fields_and_traceparent(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-k"};
+    const char *tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    bool act[] = {true};
+    struct kz_publish_item items[2];
+    struct kz_op op = {.type = KZ_OP_PUBLISH};
+    struct kz_op cl;
+    char longtp[KZ_TRACEPARENT_MAX + 2];
+    size_t i;
+
+    add_app(f->st, "app-k", T0);
+    add_webhook(f->st, ids[0], "app-k", "g1");
+    fill_item(&items[0], "ev-k1", T0, ids, act, 1);
+    items[0].ev.is_bot = true;
+    items[0].ev.source_group_id = (char *)"sub-g \"1\"";
+    items[0].ev.traceparent = (char *)tp;
+    fill_item(&items[1], "ev-k2", T0 + 1, ids, act, 1);
+    op.u.publish.items = items;
+    op.u.publish.n = 2;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    for (i = 0; i < 2; i++) {
+        claim(f->st, &cl, T0 + 10 + (int64_t)i * 100000, 1, NULL, 0);
+        assert_int_equal(cl.u.claim.n_out, 1);
+        if (i == 0) {
+            assert_string_equal(cl.u.claim.out[0].ev.event_id, "ev-k1");
+            assert_true(cl.u.claim.out[0].ev.is_bot);
+            assert_string_equal(cl.u.claim.out[0].ev.source_group_id, "sub-g \"1\"");
+            assert_string_equal(cl.u.claim.out[0].ev.traceparent, tp);
+        } else {
+            assert_string_equal(cl.u.claim.out[0].ev.event_id, "ev-k2");
+            assert_false(cl.u.claim.out[0].ev.is_bot);
+            assert_null(cl.u.claim.out[0].ev.source_group_id);
+            assert_null(cl.u.claim.out[0].ev.traceparent);
+        }
+        kz_claim_cleanup(&cl);
+    }
+    /* refused before any SQL: CR/LF, a control byte, empty, too long */
+    fill_item(&items[0], "ev-k3", T0, ids, act, 1);
+    op.u.publish.n = 1;
+    items[0].ev.traceparent =
+        (char *)"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nX: 1";
+    assert_int_equal(exec(f->st, &op), KZ_ERR_INVALID);
+    items[0].ev.traceparent = (char *)"\t";
+    assert_int_equal(exec(f->st, &op), KZ_ERR_INVALID);
+    items[0].ev.traceparent = (char *)"";
+    assert_int_equal(exec(f->st, &op), KZ_ERR_INVALID);
+    memset(longtp, 'a', sizeof(longtp) - 1);
+    longtp[sizeof(longtp) - 1] = '\0';
+    items[0].ev.traceparent = longtp;
+    assert_int_equal(exec(f->st, &op), KZ_ERR_INVALID);
+    items[0].ev.traceparent = NULL;
+    items[0].ev.source_group_id = (char *)"\xff";
+    assert_int_equal(exec(f->st, &op), KZ_ERR_INVALID);
+    /* exactly the limit is kept */
+    longtp[KZ_TRACEPARENT_MAX] = '\0';
+    items[0].ev.source_group_id = NULL;
+    items[0].ev.traceparent = longtp;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    claim(f->st, &cl, T0 + 10000000, 1, NULL, 0);
+    assert_int_equal(cl.u.claim.n_out, 1);
+    assert_string_equal(cl.u.claim.out[0].ev.traceparent, longtp);
+    kz_claim_cleanup(&cl);
+}
+
 /* Many PUBLISH ops in one batch become one set: duplicates across ops and against stored events
  * are reported per item; an invalid op (no event_id) and an op the server rejects (invalid
  * UTF-8) fail alone; a webhook delete in the same batch still removes deliveries published
@@ -3522,6 +3592,7 @@ static const struct tcase cases[] = {
     T(app_delete_cascades, BOTH),
     T(publish_and_idempotency, BOTH),
     T(publish_batch_set, BOTH),
+    T(publish_kaizala_fields_and_traceparent, BOTH),
     T(failed_op_rolls_back_alone, BOTH),
     T(claim_order_limit_exclude_lease, BOTH),
     T(claim_with_exclusions_shares_the_limit, BOTH),
