@@ -613,6 +613,15 @@ static enum kz_err webhook_routes(struct kz_api *api, struct kz_req *req, char *
     } else if (n == 4 && is(seg[3], "replay")) {
         if (!is(m, "POST"))
             return kz_api_method_not_allowed(req, "POST");
+    } else if (n == 4 && is(seg[3], "test")) {
+        if (!is(m, "POST"))
+            return kz_api_method_not_allowed(req, "POST");
+    } else if (n == 5 && is(seg[3], "deliveries")) {
+        if (!is(m, "GET"))
+            return kz_api_method_not_allowed(req, "GET");
+    } else if (n == 6 && is(seg[3], "deliveries") && is(seg[5], "retry")) {
+        if (!is(m, "POST"))
+            return kz_api_method_not_allowed(req, "POST");
     } else {
         return kz_api_reject(req, KZ_ERR_NOTFOUND, "no such endpoint");
     }
@@ -639,6 +648,12 @@ static enum kz_err webhook_routes(struct kz_api *api, struct kz_req *req, char *
         result = kz_api_webhook_update(api, req, &app, id);
     else if (n == 3)
         result = kz_api_webhook_delete(api, req, &app, id);
+    else if (n == 5)
+        result = kz_api_delivery_get(api, req, &app, id, seg[4]);
+    else if (n == 6)
+        result = kz_api_delivery_retry(api, req, &app, id, seg[4]);
+    else if (is(seg[3], "test"))
+        result = kz_api_webhook_test(api, req, &app, id);
     else if (is(seg[3], "deliveries"))
         result = kz_api_delivery_list(api, req, &app, id);
     else
