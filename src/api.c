@@ -644,10 +644,19 @@ static enum kz_err webhook_routes(struct kz_api *api, struct kz_req *req, char *
     } else if (n == 4 && seg_is(seg[3], "replay")) {
         if (!is(m, "POST"))
             return kz_api_method_not_allowed(req, "POST");
-    } else if (n == 4 && is(seg[3], "secret")) {
+    } else if (n == 4 && seg_is(seg[3], "secret")) {
         if (!is(m, "GET"))
             return kz_api_method_not_allowed(req, "GET");
-    } else if (n == 5 && is(seg[3], "secret") && is(seg[4], "rotate")) {
+    } else if (n == 5 && seg_is(seg[3], "secret") && seg_is(seg[4], "rotate")) {
+        if (!is(m, "POST"))
+            return kz_api_method_not_allowed(req, "POST");
+    } else if (n == 4 && seg_is(seg[3], "test")) {
+        if (!is(m, "POST"))
+            return kz_api_method_not_allowed(req, "POST");
+    } else if (n == 5 && seg_is(seg[3], "deliveries")) {
+        if (!is(m, "GET"))
+            return kz_api_method_not_allowed(req, "GET");
+    } else if (n == 6 && seg_is(seg[3], "deliveries") && seg_is(seg[5], "retry")) {
         if (!is(m, "POST"))
             return kz_api_method_not_allowed(req, "POST");
     } else {
@@ -678,12 +687,18 @@ static enum kz_err webhook_routes(struct kz_api *api, struct kz_req *req, char *
         result = kz_api_webhook_update(api, req, &app, id);
     else if (n == 3)
         result = kz_api_webhook_delete(api, req, &app, id);
-    else if (seg_is(seg[3], "deliveries"))
+    else if (n == 4 && seg_is(seg[3], "deliveries"))
         result = kz_api_delivery_list(api, req, &app, id);
-    else if (n == 4 && is(seg[3], "secret"))
+    else if (n == 4 && seg_is(seg[3], "secret"))
         result = kz_api_secret_get(api, req, &app, id);
-    else if (n == 5)
+    else if (n == 4 && seg_is(seg[3], "test"))
+        result = kz_api_webhook_test(api, req, &app, id);
+    else if (n == 5 && seg_is(seg[3], "secret"))
         result = kz_api_secret_rotate(api, req, &app, id);
+    else if (n == 5)
+        result = kz_api_delivery_get(api, req, &app, id, seg[4]);
+    else if (n == 6)
+        result = kz_api_delivery_retry(api, req, &app, id, seg[4]);
     else
         result = kz_api_replay(api, req, &app, id);
 out:

@@ -88,5 +88,12 @@ void kz_api_publish_sync(struct kz_api *api, const char *body, size_t len, int *
 /** Creates an application (as POST /admin/v1/applications); fills status and body. */
 void kz_api_app_create(struct kz_api *api, const char *body, size_t len, int *status,
                        struct kz_buf *out);
+/** The operator's webhook commands (the CLI: any application's webhooks), JSON in `out`:
+ * "list" (id: an application id or NULL for all) -> 200 {"webhooks": [...]}; "get" id -> 200
+ * the webhook; "test" id, arg: the request body or NULL -> as POST /v1/webhook/{id}/test;
+ * "retry" id, arg: deliveryId -> as POST .../deliveries/{deliveryId}/retry; "delivery" id, arg:
+ * deliveryId -> as GET .../deliveries/{deliveryId}. */
+void kz_api_cli_webhook(struct kz_api *api, const char *cmd, const char *id, const char *arg,
+                        int *status, struct kz_buf *out);
 
 #endif

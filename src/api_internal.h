@@ -147,6 +147,13 @@ enum kz_err kz_api_secret_get(struct kz_api *api, struct kz_req *req, const stru
                               const char *id);
 enum kz_err kz_api_secret_rotate(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
                                  const char *id);
+/* attempt history, retry, test events; `app` NULL: the operator (any webhook) */
+enum kz_err kz_api_delivery_get(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                                const char *id, const char *delivery);
+enum kz_err kz_api_delivery_retry(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                                  const char *id, const char *delivery);
+enum kz_err kz_api_webhook_test(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                                const char *id);
 
 /* api_publish.c */
 enum kz_err kz_api_publish(struct kz_api *api, struct kz_req *req);

@@ -4,6 +4,7 @@
 #include "api_internal.h"
 #include "alloc.h"
 #include "dur.h"
+#include "envelope.h"
 #include "filter.h"
 #include "id.h"
 #include "json.h"
@@ -990,4 +991,408 @@ enum kz_err kz_api_secret_rotate(struct kz_api *api, struct kz_req *req, const s
     return kz_api_reply(req, 200,
                         json_pack("{s:s, s:I}", "signingSecret", secret, "previousExpiresAt",
                                   (json_int_t)(now + overlap)));
+}
+
+/* ==== one delivery with its attempts; retry; test events (README, "Attempt history, retry and
+ * test events"). `app` NULL: the operator (the CLI), who may act on any webhook. ==== */
+
+/* A deliveryId path segment: the decimal id this service returned; 0 when it is not one. */
+static int64_t delivery_id_of(const char *s)
+{
+    int64_t v = 0;
+    size_t i;
+
+    for (i = 0; s[i]; i++) {
+        if (s[i] < '0' || s[i] > '9' || i >= 18)
+            return 0;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+/* Loads webhook `id` for `app` (any owner when NULL). */
+static enum kz_err load_webhook(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                                const char *id, struct kz_webhook *w)
+{
+    enum kz_err e;
+
+    if (app)
+        return own_webhook(api, req, app, id, w);
+    memset(w, 0, sizeof(*w));
+    e = kz_store_webhook_get(api->st, id, w);
+    if (e == KZ_ERR_NOTFOUND)
+        return kz_api_reject(req, e, "no webhook %s", id);
+    if (e)
+        return kz_api_internal(req, e);
+    return KZ_OK;
+}
+
+static void set_str(json_t *o, const char *name, const char *v)
+{
+    if (v)
+        json_object_set_new(o, name, json_string(v));
+}
+
+/* The event as published: its fields and its data. */
+static json_t *event_json(const struct kz_event *ev)
+{
+    json_t *o = json_object();
+    json_t *data;
+
+    json_object_set_new(o, "eventType", json_string(kz_evtype_name(ev->event_type)));
+    set_str(o, "eventId", ev->event_id);
+    set_str(o, "groupId", ev->group_id);
+    set_str(o, "actionId", ev->action_id);
+    set_str(o, "actionPackageId", ev->action_package_id);
+    set_str(o, "fromUser", ev->from_user);
+    set_str(o, "fromUserId", ev->from_user_id);
+    set_str(o, "fromUserName", ev->from_user_name);
+    set_str(o, "fromUserProfilePic", ev->from_user_pic);
+    /* an integer beyond 64 bits (kept as published in "body") is shown as a number here */
+    data = ev->data_json ? json_loads(ev->data_json, JSON_DECODE_ANY, NULL) : NULL;
+    if (!data && ev->data_json)
+        data = json_loads(ev->data_json, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, NULL);
+    json_object_set_new(o, "data", data ? data : json_object());
+    json_object_set_new(o, "createdAt", json_integer(ev->created_at));
+    return o;
+}
+
+static json_t *attempt_json(const struct kz_attempt_row *a)
+{
+    json_t *o = json_object();
+
+    json_object_set_new(o, "at", json_integer(a->at));
+    json_object_set_new(o, "durationMs", json_integer(a->duration_ms));
+    json_object_set_new(o, "statusCode", a->status ? json_integer(a->status) : json_null());
+    json_object_set_new(o, "error", a->error ? utf8_json(a->error) : json_null());
+    json_object_set_new(o, "response", a->response ? utf8_json(a->response) : json_null());
+    return o;
+}
+
+static enum kz_err delivery_get(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                                const char *id, const char *delivery)
+{
+    struct kz_delivery_detail dd;
+    struct kz_webhook w;
+    struct kz_buf body;
+    json_t *o, *arr;
+    int64_t did = delivery_id_of(delivery);
+    enum kz_err e;
+    size_t i;
+
+    e = load_webhook(api, req, app, id, &w);
+    if (e)
+        return e;
+    kz_webhook_cleanup(&w);
+    e = did ? kz_store_delivery_get(api->st, id, did, &dd) : KZ_ERR_NOTFOUND;
+    if (e == KZ_ERR_NOTFOUND)
+        return kz_api_reject(req, e, "webhook %s has no delivery %s", id, delivery);
+    if (e)
+        return kz_api_internal(req, e);
+    /* the bytes every attempt sends: the dispatcher's own function on the same stored rows */
+    kz_buf_init(&body, KZ_BODY_MAX * 2);
+    e = kz_envelope_build(&dd.wh, &dd.ev, &body);
+    if (e) {
+        kz_buf_cleanup(&body);
+        kz_delivery_detail_cleanup(&dd);
+        return kz_api_internal(req, e);
+    }
+    o = delivery_json(&dd.d);
+    json_object_set_new(o, "event", event_json(&dd.ev));
+    json_object_set_new(o, "body", json_stringn(body.data ? body.data : "", body.len));
+    arr = json_array();
+    for (i = 0; i < dd.n_attempts; i++)
+        json_array_append_new(arr, attempt_json(&dd.attempts[i]));
+    json_object_set_new(o, "attempts", arr);
+    kz_buf_cleanup(&body);
+    kz_delivery_detail_cleanup(&dd);
+    return kz_api_reply(req, 200, o);
+}
+
+enum kz_err kz_api_delivery_get(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                                const char *id, const char *delivery)
+{
+    return delivery_get(api, req, app, id, delivery);
+}
+
+/* A webhook that is off or past its validity takes no retry and no test event (409). */
+static enum kz_err require_active(struct kz_req *req, const struct kz_webhook *w)
+{
+    if (w->active && w->validity_ms > kz_now_ms())
+        return KZ_OK;
+    return kz_api_reject(req, KZ_ERR_CONFLICT,
+                         "webhook %s is %s: enable it first (PUT {\"Active\": true})", w->id,
+                         w->active ? "expired" : "inactive");
+}
+
+static enum kz_err delivery_retry(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                                  const char *id, const char *delivery)
+{
+    struct kz_webhook w;
+    struct kz_op op;
+    int64_t did = delivery_id_of(delivery);
+    enum kz_err e;
+
+    e = load_webhook(api, req, app, id, &w);
+    if (e)
+        return e;
+    e = require_active(req, &w);
+    kz_webhook_cleanup(&w);
+    if (e)
+        return e;
+    if (!did)
+        return kz_api_reject(req, KZ_ERR_NOTFOUND, "webhook %s has no delivery %s", id, delivery);
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_RETRY;
+    op.u.retry.webhook_id = id;
+    op.u.retry.delivery_id = did;
+    op.u.retry.now = kz_now_ms();
+    e = kz_store_exec(api->st, &op);
+    if (e == KZ_ERR_NOTFOUND)
+        return kz_api_reject(req, e, "webhook %s has no delivery %s", id, delivery);
+    if (e == KZ_ERR_CONFLICT) /* disabled between the read above and the op */
+        return kz_api_reject(req, e, "webhook %s is inactive: enable it first", id);
+    if (e)
+        return kz_api_internal(req, e);
+    if (op.u.retry.requeued && api->hooks.wake_dispatch)
+        api->hooks.wake_dispatch(api->hooks.arg);
+    return kz_api_reply(req, 202, json_object());
+}
+
+enum kz_err kz_api_delivery_retry(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                                  const char *id, const char *delivery)
+{
+    return delivery_retry(api, req, app, id, delivery);
+}
+
+/* The first event type the webhook lists. */
+static enum kz_evtype first_event(uint32_t mask)
+{
+    int i;
+
+    for (i = 0; i < KZ_EV__COUNT; i++) {
+        if (mask & (1u << i))
+            return (enum kz_evtype)i;
+    }
+    return KZ_EV_ACTIONCREATED;
+}
+
+/* Reads a test request's body (empty = every default) into `ev`'s type and data. */
+static enum kz_err test_fields(struct kz_req *req, const struct kz_webhook *w, struct kz_event *ev,
+                               struct kz_buf *scratch)
+{
+    json_t *doc = NULL, *v;
+    enum kz_err e = KZ_OK;
+    int t;
+
+    ev->event_type = first_event(w->event_mask);
+    kz_buf_reset(scratch);
+    kz_buf_puts(scratch, "{}");
+    if (!req->body_len)
+        goto out;
+    doc = kz_api_parse_body(req, false, false);
+    if (!doc)
+        return KZ_ERR_INVALID;
+    v = kz_json_get(doc, "eventType");
+    if (v && !json_is_null(v)) {
+        t = json_is_string(v) ? kz_evtype_from_name(json_string_value(v)) : -1;
+        if (t < 0 || !(w->event_mask & (1u << t))) {
+            e = kz_api_reject(req, KZ_ERR_INVALID,
+                              "eventType must be one of the event types this webhook lists");
+            goto out;
+        }
+        ev->event_type = (enum kz_evtype)t;
+    }
+    v = kz_json_get(doc, "data");
+    if (v && !json_is_null(v)) {
+        if (!json_is_object(v)) {
+            e = kz_api_reject(req, KZ_ERR_INVALID, "data must be a JSON object");
+            goto out;
+        }
+        kz_buf_reset(scratch);
+        if (kz_json_dump(v, scratch)) {
+            e = kz_api_reject(req, KZ_ERR_INVALID, "data too large");
+            goto out;
+        }
+    }
+out:
+    json_decref(doc);
+    return e;
+}
+
+static enum kz_err webhook_test(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                                const char *id)
+{
+    struct kz_webhook w;
+    struct kz_event ev;
+    struct kz_publish_item it;
+    struct kz_buf scratch;
+    struct kz_op op;
+    const char *target;
+    bool active = true;
+    char uuid[37], eid[48];
+    int64_t did = 0;
+    enum kz_err e;
+
+    memset(&ev, 0, sizeof(ev));
+    kz_buf_init(&scratch, KZ_BODY_MAX);
+    e = load_webhook(api, req, app, id, &w);
+    if (e)
+        goto done;
+    e = require_active(req, &w);
+    if (!e)
+        e = test_fields(req, &w, &ev, &scratch);
+    if (e)
+        goto out;
+    /* a synthetic event for this webhook only: it goes through the normal pipeline (stored,
+     * claimed, signed, retried, logged) but matches nothing else, whatever its fields */
+    kz_id_uuid4(uuid);
+    snprintf(eid, sizeof(eid), "test_%s", uuid);
+    ev.event_id = kz_strdup(eid);
+    ev.data_json = kz_strndup(kz_buf_cstr(&scratch), scratch.len);
+    ev.created_at = kz_now_ms();
+    if (w.object_type == KZ_OBJ_GROUP)
+        ev.group_id = kz_strdup(w.object_id);
+    else if (w.object_type == KZ_OBJ_ACTION)
+        ev.action_id = kz_strdup(w.object_id);
+    else
+        ev.action_package_id = kz_strdup(w.object_id);
+    memset(&it, 0, sizeof(it));
+    it.ev = ev;
+    target = w.id;
+    it.webhook_ids = &target;
+    it.target_active = &active;
+    it.n_targets = 1;
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_PUBLISH;
+    op.u.publish.items = &it;
+    op.u.publish.n = 1;
+    e = kz_store_exec(api->st, &op);
+    if (!e && it.deliveries != 1)
+        e = KZ_ERR_NOTFOUND; /* the webhook was deleted meanwhile */
+    if (!e)
+        e = kz_store_delivery_of_event(api->st, w.id, eid, &did);
+    if (e == KZ_ERR_NOTFOUND) {
+        e = kz_api_reject(req, e, "no webhook %s", id);
+        goto out;
+    }
+    if (e) {
+        e = kz_api_internal(req, e);
+        goto out;
+    }
+    if (api->hooks.wake_dispatch)
+        api->hooks.wake_dispatch(api->hooks.arg);
+    snprintf(uuid, sizeof(uuid), "%lld", (long long)did);
+    e = kz_api_reply(req, 202, json_pack("{s:s, s:s}", "eventId", eid, "deliveryId", uuid));
+out:
+    kz_webhook_cleanup(&w);
+done:
+    kz_event_cleanup(&ev);
+    kz_buf_cleanup(&scratch);
+    return e;
+}
+
+enum kz_err kz_api_webhook_test(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                                const char *id)
+{
+    return webhook_test(api, req, app, id);
+}
+
+/* ==== the same, for the CLI (the operator: any application's webhooks) ==== */
+
+static const char *cli_no_header(void *conn, const char *name)
+{
+    (void)conn;
+    (void)name;
+    return NULL;
+}
+
+/* Runs one of the handlers above on a request made up here; fills status and body. */
+static void cli_run(struct kz_api *api, const char *method, const char *body, size_t len,
+                    const char *id, const char *delivery, int *status, struct kz_buf *out)
+{
+    struct kz_req req;
+    enum kz_err e;
+
+    memset(&req, 0, sizeof(req));
+    kz_req_init(&req);
+    req.method = method;
+    req.path = "/v1/webhook";
+    req.body = body;
+    req.body_len = len;
+    req.header = cli_no_header;
+    req.query = cli_no_header;
+    if (!strcmp(method, "GET"))
+        e = delivery_get(api, &req, NULL, id, delivery);
+    else if (delivery)
+        e = delivery_retry(api, &req, NULL, id, delivery);
+    else
+        e = webhook_test(api, &req, NULL, id);
+    if (e)
+        kz_api_error_answer(&req, e);
+    *status = req.status;
+    kz_buf_append(out, req.out.data, req.out.len);
+    kz_req_cleanup(&req);
+}
+
+struct cli_list {
+    json_t *arr;
+    int64_t now;
+};
+
+static void cli_list_one(void *arg, const struct kz_webhook *w)
+{
+    struct cli_list *cl = arg;
+    json_t *o = webhook_json(w, cl->now);
+
+    json_object_set_new(o, "applicationId", json_string(w->app_id));
+    json_array_append_new(cl->arr, o);
+}
+
+void kz_api_cli_webhook(struct kz_api *api, const char *cmd, const char *id, const char *arg,
+                        int *status, struct kz_buf *out)
+{
+    struct cli_list cl;
+    struct kz_webhook w;
+    json_t *o;
+    char *text;
+    enum kz_err e;
+
+    *status = 500;
+    if (!strcmp(cmd, "list") || !strcmp(cmd, "get")) {
+        cl.arr = json_array();
+        cl.now = kz_now_ms();
+        if (!strcmp(cmd, "list")) {
+            e = kz_store_webhook_list(api->st, id, -1, NULL, cli_list_one, &cl);
+        } else {
+            memset(&w, 0, sizeof(w));
+            e = kz_store_webhook_get(api->st, id, &w);
+            if (!e)
+                cli_list_one(&cl, &w);
+            kz_webhook_cleanup(&w);
+        }
+        if (e) {
+            json_decref(cl.arr);
+            *status = e == KZ_ERR_NOTFOUND ? 404 : 503;
+            kz_buf_puts(out, e == KZ_ERR_NOTFOUND ? "{\"message\":\"no such webhook\"}"
+                                                  : "{\"message\":\"the store failed\"}");
+            return;
+        }
+        o = !strcmp(cmd, "list") ? json_pack("{s:o}", "webhooks", cl.arr)
+                                 : json_incref(json_array_get(cl.arr, 0));
+        if (strcmp(cmd, "list"))
+            json_decref(cl.arr);
+        text = json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+        if (text)
+            kz_buf_puts(out, text);
+        kz_free(text);
+        *status = text ? 200 : 500;
+    } else if (!strcmp(cmd, "test")) {
+        cli_run(api, "POST", arg, arg ? strlen(arg) : 0, id, NULL, status, out);
+    } else if (!strcmp(cmd, "retry")) {
+        cli_run(api, "POST", NULL, 0, id, arg, status, out);
+    } else if (!strcmp(cmd, "delivery")) {
+        cli_run(api, "GET", NULL, 0, id, arg, status, out);
+    }
 }

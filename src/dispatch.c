@@ -37,6 +37,7 @@ struct xfer {
     size_t resp_total;
     int64_t retry_after_ms;
     int64_t started_us;
+    int64_t started_ms; /* epoch ms: the attempt's `at` in its history */
     int64_t delivery_id;
     int attempts;                 /* made before this one */
     char errbuf[CURL_ERROR_SIZE]; /* libcurl's detailed reason for a failed transfer */
@@ -50,6 +51,7 @@ struct cbatch {
     struct kz_op op;
     struct kz_dispatch *d;
     struct kz_attempt *items;
+    bool *disabled; /* per item: its dead delivery disabled the webhook (set by the store) */
     size_t n, cap;
     char **strs;
     size_t nstrs, capstrs;
@@ -123,6 +125,7 @@ static struct kz_attempt *batch_add(struct kz_dispatch *d)
     if (b->n == b->cap) {
         b->cap = b->cap ? b->cap * 2 : 64;
         b->items = kz_realloc(b->items, b->cap * sizeof(*b->items));
+        b->disabled = kz_realloc(b->disabled, b->cap * sizeof(*b->disabled));
     }
     memset(&b->items[b->n], 0, sizeof(b->items[0]));
     return &b->items[b->n++];
@@ -136,6 +139,7 @@ static void batch_free(struct cbatch *b)
         kz_free(b->strs[i]);
     kz_free(b->strs);
     kz_free(b->items);
+    kz_free(b->disabled);
     kz_free(b);
 }
 
@@ -167,14 +171,22 @@ static void complete_done(struct kz_op *op, void *arg)
             return;
         }
     } else {
-        /* The store disabled the webhook of a dead delivery in the same transaction (unless a
-         * replay or re-enable got there first) and bumped webhooks_version; the index follows
-         * at the next sync, and rows claimed meanwhile see the stored state and are skipped. */
+        /* A dead delivery disabled its webhook in the same transaction only when nothing to
+         * that webhook succeeded since the delivery's first attempt (the store's disable rule),
+         * and bumped webhooks_version; the index follows at the next sync, and rows claimed
+         * meanwhile see the stored state and are skipped. */
         for (i = 0; i < b->n; i++) {
-            if (b->items[i].state == KZ_D_DEAD) {
+            if (b->items[i].state != KZ_D_DEAD)
+                continue;
+            if (b->disabled[i]) {
                 atomic_fetch_add(&d->m->webhooks_disabled, 1);
                 kz_log("warn", "webhook disabled after its last retry failed",
-                       "\"webhookId\":\"%s\"", b->items[i].webhook_id);
+                       "\"webhookId\":\"%s\",\"deliveryId\":%lld", b->items[i].webhook_id,
+                       (long long)b->items[i].delivery_id);
+            } else {
+                kz_log("warn", "delivery dead; webhook kept active (it succeeded since)",
+                       "\"webhookId\":\"%s\",\"deliveryId\":%lld", b->items[i].webhook_id,
+                       (long long)b->items[i].delivery_id);
             }
         }
     }
@@ -192,6 +204,7 @@ static void submit_batch(struct kz_dispatch *d, struct cbatch *b)
     b->op.type = KZ_OP_COMPLETE;
     b->op.u.complete.items = b->items;
     b->op.u.complete.n = b->n;
+    b->op.u.complete.disabled = b->disabled;
     b->op.done = complete_done;
     b->op.arg = b;
     b->op.result = KZ_OK;
@@ -379,15 +392,19 @@ static struct curl_slist *add_custom_headers(struct curl_slist *l, const char *h
     return l;
 }
 
-/* Records the outcome of one attempt of `row`'s delivery. */
+/* Records the outcome of one attempt of `row`'s delivery, started at epoch ms `at` and lasting
+ * `duration_ms` (its entry in the attempt history). */
 static void record(struct kz_dispatch *d, int64_t delivery_id, const char *webhook_id,
-                   int attempts_before, int status, const char *error, const struct kz_buf *resp,
-                   int64_t retry_after_ms, bool success)
+                   int attempts_before, int64_t at, int64_t duration_ms, int status,
+                   const char *error, const struct kz_buf *resp, int64_t retry_after_ms,
+                   bool success)
 {
     struct kz_attempt *a = batch_add(d);
     int64_t delay;
 
     a->delivery_id = delivery_id;
+    a->at = at > 0 ? at : 1;
+    a->duration_ms = duration_ms > 0 ? duration_ms : 0;
     snprintf(a->webhook_id, sizeof(a->webhook_id), "%s", webhook_id);
     a->attempts = attempts_before + 1;
     a->status = status;
@@ -443,16 +460,16 @@ static void start(struct kz_dispatch *d, struct kz_sched_ep *e, struct kz_claime
     if (kz_envelope_build(&row->wh, &row->ev, &x->body) ||
         kz_sign_header(row->wh.signing_secret, prev, row->ev.event_id, now_s, x->body.data,
                        x->body.len, sig, sizeof(sig))) {
-        record(d, row->delivery_id, row->wh.id, row->attempts, 0, "could not build the request",
-               NULL, -1, false);
+        record(d, row->delivery_id, row->wh.id, row->attempts, kz_now_ms(), 0, 0,
+               "could not build the request", NULL, -1, false);
         xfer_put(d, x);
         kz_sched_done(d->sched, e);
         return;
     }
     memset(&t, 0, sizeof(t)); /* no pinned address: the open-socket guard checks every connect */
     if (kz_outbound_setup(d->cfg, x->h, row->wh.callback_url, &t, &resolve)) {
-        record(d, row->delivery_id, row->wh.id, row->attempts, 0, "invalid callback URL", NULL, -1,
-               false);
+        record(d, row->delivery_id, row->wh.id, row->attempts, kz_now_ms(), 0, 0,
+               "invalid callback URL", NULL, -1, false);
         xfer_put(d, x);
         kz_sched_done(d->sched, e);
         return;
@@ -484,12 +501,13 @@ static void start(struct kz_dispatch *d, struct kz_sched_ep *e, struct kz_claime
     curl_easy_setopt(x->h, CURLOPT_TCP_KEEPALIVE, 1L);
     x->ep = e;
     x->started_us = kz_mono_us();
+    x->started_ms = kz_now_ms();
     if (!curl_multi_add_handle(d->multi, x->h)) {
         active_link(d, x);
         atomic_fetch_add(&d->m->inflight, 1);
     } else {
-        record(d, row->delivery_id, row->wh.id, row->attempts, 0, "could not start the request",
-               NULL, -1, false);
+        record(d, row->delivery_id, row->wh.id, row->attempts, x->started_ms, 0, 0,
+               "could not start the request", NULL, -1, false);
         xfer_put(d, x);
         kz_sched_done(d->sched, e);
     }
@@ -513,6 +531,7 @@ static void reap(struct kz_dispatch *d)
         long status = 0;
         CURLcode rc = msg->data.result;
         char err[300] = "";
+        int64_t elapsed_us;
         bool ok;
 
         if (msg->msg != CURLMSG_DONE)
@@ -521,7 +540,8 @@ static void reap(struct kz_dispatch *d)
         curl_easy_getinfo(x->h, CURLINFO_RESPONSE_CODE, &status);
         curl_multi_remove_handle(d->multi, x->h);
         active_unlink(d, x);
-        kz_metrics_observe_latency(d->m, kz_mono_us() - x->started_us);
+        elapsed_us = kz_mono_us() - x->started_us;
+        kz_metrics_observe_latency(d->m, elapsed_us);
         /* A 2xx is a success even when we stopped reading an endless answer. */
         ok = status >= 200 && status <= 299 && (rc == CURLE_OK || rc == CURLE_WRITE_ERROR);
         if (!ok) {
@@ -533,8 +553,9 @@ static void reap(struct kz_dispatch *d)
             else
                 snprintf(err, sizeof(err), "%s", curl_reason(x, rc));
         }
-        record(d, x->delivery_id, kz_sched_ep_id(x->ep), x->attempts, (int)status, ok ? NULL : err,
-               &x->resp, x->retry_after_ms, ok);
+        record(d, x->delivery_id, kz_sched_ep_id(x->ep), x->attempts, x->started_ms,
+               (elapsed_us + 500) / 1000, (int)status, ok ? NULL : err, &x->resp, x->retry_after_ms,
+               ok);
         atomic_fetch_sub(&d->m->inflight, 1);
         kz_sched_done(d->sched, x->ep);
         xfer_put(d, x);

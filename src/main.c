@@ -1,4 +1,5 @@
-/* main.c — wires the modules together: `serve`, and the operator commands `app` and `publish`. */
+/* main.c — wires the modules together: `serve`, and the operator commands `app`, `webhook` and
+ * `publish`. */
 #include "alloc.h"
 #include "api.h"
 #include "config.h"
@@ -34,6 +35,11 @@ static void usage(FILE *f)
         "       kzhook publish --event-type TYPE [--group ID] [--action ID] [--action-package ID]\n"
         "                      [--event-id ID] [--from-user PHONE] [--from-user-id ID]\n"
         "                      [--from-user-name NAME] [--data JSON] [--db PATH]\n"
+        "       kzhook webhook list [--app APPLICATION_ID] [--db PATH]\n"
+        "       kzhook webhook get WEBHOOK_ID [--db PATH]\n"
+        "       kzhook webhook test WEBHOOK_ID [--event-type TYPE] [--data JSON] [--db PATH]\n"
+        "       kzhook webhook retry WEBHOOK_ID DELIVERY_ID [--db PATH]\n"
+        "       kzhook webhook delivery WEBHOOK_ID DELIVERY_ID [--db PATH]\n"
         "       kzhook version\n"
         "serve options (each also an environment variable, see README):\n"
         "  --listen HOST:PORT  --db PATH|postgresql://...  --admin-token T  --public-url URL\n"
@@ -453,6 +459,87 @@ out:
     return rc;
 }
 
+/* kzhook webhook list|get|test|retry|delivery: the operator's view of every application's
+ * webhooks, straight on the database (a running server picks up test events and retries: SQLite
+ * at its next poll, PostgreSQL at once through NOTIFY). JSON on stdout; errors on stderr. */
+static int cmd_webhook(struct kz_ctx *ctx, int argc, char **argv)
+{
+    int used[64] = {0};
+    const char *pos[2] = {NULL, NULL};
+    const char *db, *app = NULL, *type = NULL, *data = NULL;
+    const char *cmd;
+    int want, npos = 0, status = 0, rc = 1, i;
+    struct kz_buf out;
+    json_t *body = NULL;
+    char *text = NULL;
+
+    if (argc < 1 || argc > 60) {
+        usage(stderr);
+        return 2;
+    }
+    cmd = argv[0];
+    argc--;
+    argv++;
+    want = !strcmp(cmd, "list") ? 0 : !strcmp(cmd, "get") || !strcmp(cmd, "test") ? 1 : 2;
+    if (strcmp(cmd, "list") && strcmp(cmd, "get") && strcmp(cmd, "test") && strcmp(cmd, "retry") &&
+        strcmp(cmd, "delivery")) {
+        usage(stderr);
+        return 2;
+    }
+    db = flag(argc, argv, "--db", used);
+    if (!strcmp(cmd, "list"))
+        app = flag(argc, argv, "--app", used);
+    if (!strcmp(cmd, "test")) {
+        type = flag(argc, argv, "--event-type", used);
+        data = flag(argc, argv, "--data", used);
+    }
+    for (i = 0; i < argc; i++) {
+        if (used[i])
+            continue;
+        if (npos < want && strncmp(argv[i], "--", 2)) {
+            pos[npos++] = argv[i];
+            continue;
+        }
+        fprintf(stderr, "kzhook: unexpected argument \"%s\"\n", argv[i]);
+        return 2;
+    }
+    if (npos < want) {
+        fprintf(stderr, "kzhook: webhook %s needs %s\n", cmd,
+                want == 1 ? "a webhook id" : "a webhook id and a delivery id");
+        return 2;
+    }
+    if (!strcmp(cmd, "test") && (type || data)) {
+        body = json_object();
+        if (type)
+            json_object_set_new(body, "eventType", json_string(type));
+        if (data) {
+            json_error_t jerr;
+            json_t *d = json_loads(data, JSON_DECODE_ANY, &jerr);
+
+            if (!d) {
+                fprintf(stderr, "kzhook: --data is not JSON: %s\n", jerr.text);
+                json_decref(body);
+                return 2;
+            }
+            json_object_set_new(body, "data", d);
+        }
+        text = json_dumps(body, JSON_COMPACT);
+        json_decref(body);
+    }
+    kz_buf_init(&out, 64 * 1024 * 1024);
+    if (cli_prepare(ctx, db))
+        goto out;
+    kz_api_cli_webhook(ctx->api, cmd, !strcmp(cmd, "list") ? app : pos[0],
+                       !strcmp(cmd, "test") ? text : pos[1], &status, &out);
+    rc = status >= 200 && status <= 299 ? 0 : 1;
+    fprintf(rc ? stderr : stdout, "%s\n", kz_buf_cstr(&out));
+out:
+    kz_free(text);
+    kz_buf_cleanup(&out);
+    ctx_close(ctx);
+    return rc;
+}
+
 static int cmd_publish(struct kz_ctx *ctx, int argc, char **argv)
 {
     static const char *const fields[][2] = {
@@ -542,6 +629,8 @@ int main(int argc, char **argv)
         }
     } else if (!strcmp(argv[1], "app")) {
         rc = cmd_app(&ctx, argc - 2, argv + 2);
+    } else if (!strcmp(argv[1], "webhook")) {
+        rc = cmd_webhook(&ctx, argc - 2, argv + 2);
     } else if (!strcmp(argv[1], "publish")) {
         rc = cmd_publish(&ctx, argc - 2, argv + 2);
     } else {

@@ -44,6 +44,10 @@ struct kz_store {
     size_t seen_cap;
     const struct kz_attempt *saved_items; /* the COMPLETE's own attempts while `att` stands in */
     size_t saved_n;
+    size_t *orig;          /* per attempt in `att`: its index in the op's own attempts */
+    bool *dis;             /* per attempt in `att`: its dead delivery disabled the webhook */
+    struct kz_success *ok; /* webhooks with a success in the COMPLETE (disable rule) */
+    size_t n_ok;
 };
 
 /* ==== backend choice ==== */
@@ -165,6 +169,8 @@ static bool op_valid(const struct kz_op *op)
         return op->u.active.id;
     case KZ_OP_REPLAY:
         return op->u.replay.webhook_id;
+    case KZ_OP_RETRY:
+        return op->u.retry.webhook_id && op->u.retry.delivery_id > 0;
     case KZ_OP_PUBLISH:
         if (op->u.publish.n && !op->u.publish.items)
             return false;
@@ -197,7 +203,7 @@ static bool op_valid(const struct kz_op *op)
             const struct kz_attempt *a = &op->u.complete.items[i];
 
             if (a->state == KZ_D_INFLIGHT || (unsigned)a->state > KZ_D_SKIPPED ||
-                (a->response_len && !a->response) ||
+                (a->response_len && !a->response) || a->at < 0 || a->duration_ms < 0 ||
                 !memchr(a->webhook_id, '\0', sizeof(a->webhook_id)))
                 return false;
         }
@@ -214,6 +220,8 @@ static void op_failed(struct kz_op *op, enum kz_err result)
     op->result = result;
     if (op->type == KZ_OP_CLAIM)
         kz_claim_cleanup(op);
+    if (op->type == KZ_OP_RETRY)
+        op->u.retry.requeued = false;
     if (op->type == KZ_OP_PUBLISH && op->u.publish.items) {
         for (k = 0; k < op->u.publish.n; k++) {
             op->u.publish.items[k].seq = 0;
@@ -300,6 +308,48 @@ static enum kz_err clean_text(struct kz_store *st, const char *s, size_t len, si
     return kz_buf_append(&st->text, "", 1);
 }
 
+static int cmp_success(const void *a, const void *b)
+{
+    const struct kz_success *x = a, *y = b;
+
+    return strcmp(x->webhook_id, y->webhook_id);
+}
+
+/* The disable rule (README, "Attempt history, retry and test events"): a dead delivery disables
+ * its webhook only when no attempt to that webhook has succeeded since the delivery's first
+ * attempt. The store keeps, per webhook, when its last successful attempt ended
+ * (webhooks.last_success_at) and, per delivery, when its first attempt started; this list is what
+ * one COMPLETE raises last_success_at to: every webhook with a successful attempt in it (whether
+ * or not that row was still inflight: the endpoint answered), with the latest end time, sorted by
+ * id so that every node locks webhook rows in the same order. */
+static void success_list(struct kz_store *st, size_t m)
+{
+    size_t i;
+    size_t k = 0;
+
+    for (i = 0; i < m; i++) {
+        const struct kz_attempt *a = &st->att[i];
+
+        if (a->state != KZ_D_SUCCEEDED || !a->at)
+            continue;
+        st->ok[k].webhook_id = a->webhook_id;
+        st->ok[k].at = a->at + a->duration_ms;
+        k++;
+    }
+    qsort(st->ok, k, sizeof(*st->ok), cmp_success);
+    st->n_ok = 0;
+    for (i = 0; i < k; i++) {
+        struct kz_success *last = st->n_ok ? &st->ok[st->n_ok - 1] : NULL;
+
+        if (last && !strcmp(last->webhook_id, st->ok[i].webhook_id)) {
+            if (st->ok[i].at > last->at)
+                last->at = st->ok[i].at;
+            continue;
+        }
+        st->ok[st->n_ok++] = st->ok[i];
+    }
+}
+
 /* The store's copy of a COMPLETE's attempts, as the backend binds them: the first attempt of each
  * delivery id only (a repeat would find its row no longer inflight anyway), with error and
  * response cleaned and cut. Sets op->u.complete to the copy; complete_restore puts it back. */
@@ -317,8 +367,14 @@ static enum kz_err complete_prepare(struct kz_store *st, struct kz_op *op)
     if (n > st->att_cap) {
         kz_free(st->att);
         kz_free(st->off);
+        kz_free(st->orig);
+        kz_free(st->dis);
+        kz_free(st->ok);
         st->att = kz_malloc(n * sizeof(*st->att));
         st->off = kz_malloc(2 * n * sizeof(*st->off));
+        st->orig = kz_malloc(n * sizeof(*st->orig));
+        st->dis = kz_malloc(n * sizeof(*st->dis));
+        st->ok = kz_malloc(n * sizeof(*st->ok));
         st->att_cap = n;
     }
     if (slots > st->seen_cap) {
@@ -345,6 +401,7 @@ static enum kz_err complete_prepare(struct kz_store *st, struct kz_op *op)
         if (dup)
             continue;
         st->seen[s] = (ptrdiff_t)i;
+        st->orig[m] = i;
         st->att[m] = *a;
         st->off[2 * m] = st->off[2 * m + 1] = SIZE_MAX;
         if (a->error)
@@ -366,6 +423,7 @@ static enum kz_err complete_prepare(struct kz_store *st, struct kz_op *op)
             st->att[i].response_len = strlen(st->att[i].response);
         }
     }
+    success_list(st, m);
     st->saved_items = op->u.complete.items;
     st->saved_n = n;
     op->u.complete.items = st->att;
@@ -373,8 +431,17 @@ static enum kz_err complete_prepare(struct kz_store *st, struct kz_op *op)
     return KZ_OK;
 }
 
-static void complete_restore(struct kz_store *st, struct kz_op *op)
+/* Puts the op's own attempts back; when it `applied`, copies out which disabled their webhook
+ * (the batch may still fail: then the caller sees a failed op and ignores the flags). */
+static void complete_restore(struct kz_store *st, struct kz_op *op, bool applied)
 {
+    size_t i;
+
+    if (op->u.complete.disabled) {
+        memset(op->u.complete.disabled, 0, st->saved_n * sizeof(*op->u.complete.disabled));
+        for (i = 0; applied && i < op->u.complete.n; i++)
+            op->u.complete.disabled[st->orig[i]] = st->dis[i];
+    }
     op->u.complete.items = st->saved_items;
     op->u.complete.n = st->saved_n;
 }
@@ -409,7 +476,10 @@ static enum kz_err call_op(struct kz_store *st, struct kz_op *op, bool *bump)
     case KZ_OP_CLAIM:
         return b->claim(be, op);
     case KZ_OP_COMPLETE:
-        return b->complete(be, op, bump);
+        memset(st->dis, 0, op->u.complete.n * sizeof(*st->dis));
+        return b->complete(be, op, st->ok, st->n_ok, st->dis, bump);
+    case KZ_OP_RETRY:
+        return b->retry(be, op);
     case KZ_OP_REPLAY:
         return b->replay(be, op);
     case KZ_OP_RELEASE:
@@ -450,6 +520,10 @@ static void op_effects(const struct kz_op *op, bool be_bump, bool *bump, bool *d
         break;
     case KZ_OP_RELEASE:
         if (op->u.release.released)
+            *due = true;
+        break;
+    case KZ_OP_RETRY:
+        if (op->u.retry.requeued)
             *due = true;
         break;
     default:
@@ -546,7 +620,7 @@ static enum kz_err run_one(struct kz_store *st, struct kz_op *op, bool *bump, bo
         result = b->lock_wait(st->be, false);
 out:
     if (op->type == KZ_OP_COMPLETE)
-        complete_restore(st, op);
+        complete_restore(st, op, !result && !op->result);
     if (prune_limit)
         op->u.prune.limit = prune_limit;
     return result;
@@ -723,6 +797,9 @@ static void writer_free(struct kz_store *st)
     kz_buf_cleanup(&st->text);
     kz_free(st->att);
     kz_free(st->off);
+    kz_free(st->orig);
+    kz_free(st->dis);
+    kz_free(st->ok);
     kz_free(st->seen);
     kz_free(st);
 }
@@ -939,6 +1016,39 @@ enum kz_err kz_store_delivery_list(struct kz_store *st, const char *webhook_id, 
                                    void (*fn)(void *, const struct kz_delivery *), void *arg)
 {
     return st->ops->delivery_list(st->be, webhook_id, state, cursor, limit, fn, arg);
+}
+
+enum kz_err kz_store_delivery_get(struct kz_store *st, const char *webhook_id, int64_t delivery_id,
+                                  struct kz_delivery_detail *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!webhook_id || delivery_id <= 0)
+        return KZ_ERR_NOTFOUND;
+    return st->ops->delivery_get(st->be, webhook_id, delivery_id, out);
+}
+
+enum kz_err kz_store_delivery_of_event(struct kz_store *st, const char *webhook_id,
+                                       const char *event_id, int64_t *delivery_id)
+{
+    if (!webhook_id || !event_id)
+        return KZ_ERR_INVALID;
+    return st->ops->delivery_of_event(st->be, webhook_id, event_id, delivery_id);
+}
+
+void kz_delivery_detail_cleanup(struct kz_delivery_detail *dd)
+{
+    size_t i;
+
+    kz_delivery_cleanup(&dd->d);
+    kz_event_cleanup(&dd->ev);
+    kz_webhook_cleanup(&dd->wh);
+    for (i = 0; i < dd->n_attempts; i++) {
+        kz_free(dd->attempts[i].error);
+        kz_free(dd->attempts[i].response);
+    }
+    kz_free(dd->attempts);
+    dd->attempts = NULL;
+    dd->n_attempts = 0;
 }
 
 enum kz_err kz_store_backlog(struct kz_store *st, int64_t now, int64_t *due, int64_t *scheduled,

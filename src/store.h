@@ -58,6 +58,9 @@ enum kz_op_type {
                              else prev_secret is cleared (a secret older than the replaced one is
                              never kept); KZ_ERR_NOTFOUND if absent. webhooks_version is not
                              bumped: no index holds secrets, each claim reads them */
+    KZ_OP_RETRY,          /* one delivery due now (u.retry); KZ_ERR_NOTFOUND when webhook u.retry.
+                             webhook_id has no delivery u.retry.delivery_id, KZ_ERR_CONFLICT when
+                             that webhook is inactive or expired (nothing changes) */
 };
 
 /** One published event and the webhooks it matched (computed by the caller from the
@@ -96,7 +99,33 @@ struct kz_attempt {
     const char *response;    /* NULL when none; borrowed. Stored cleaned (kz_buf_text) and cut
                                 to KZ_RESPONSE_KEEP bytes at a character boundary */
     size_t response_len;
+    int64_t at;          /* epoch ms the attempt started; 0: no request was made (a skip, a claimed
+                            row handed back): nothing goes to the attempt history */
+    int64_t duration_ms; /* how long the attempt took */
 };
+
+/** One stored attempt of a delivery (its history: kz_store_delivery_get). */
+struct kz_attempt_row {
+    int64_t at, duration_ms;
+    int status;     /* 0 when none */
+    char *error;    /* NULL when none; owned */
+    char *response; /* NULL when none; owned; <= KZ_RESPONSE_KEEP bytes */
+};
+
+/** Attempts kz_store_delivery_get returns at most (the newest ones). */
+#define KZ_ATTEMPTS_SHOWN 100
+
+/** One delivery with what its body is built from and its attempt history. Owned; free with
+ * kz_delivery_detail_cleanup. */
+struct kz_delivery_detail {
+    struct kz_delivery d;
+    struct kz_event ev;
+    struct kz_webhook wh; /* the webhook as the body is built from it: the delivery's frozen
+                             objectType/objectId/callBackContext applied when a PUT changed them */
+    struct kz_attempt_row *attempts; /* oldest first */
+    size_t n_attempts;
+};
+void kz_delivery_detail_cleanup(struct kz_delivery_detail *dd);
 
 struct kz_op {
     enum kz_op_type type;
@@ -136,6 +165,8 @@ struct kz_op {
         struct {
             const struct kz_attempt *items;
             size_t n;
+            bool *disabled; /* optional, n entries: set true where that attempt's dead delivery
+                               disabled its webhook (the disable rule: docs/internals/STORE.md) */
         } complete;
         struct {
             const char *webhook_id;
@@ -156,6 +187,11 @@ struct kz_op {
             const char *id, *app_id, *secret;
             int64_t now, expires; /* epoch ms */
         } rotate;                 /* WEBHOOK_ROTATE */
+        struct {
+            const char *webhook_id;
+            int64_t delivery_id, now;
+            bool requeued; /* false: it was inflight (an attempt is under way), left alone */
+        } retry;
     } u;
     enum kz_err result;                        /* set by the writer before done() */
     int64_t webhooks_version;                  /* meta "webhooks_version" after this op's batch */
@@ -219,6 +255,14 @@ enum kz_err kz_store_webhook_list(struct kz_store *st, const char *app_id, int o
 enum kz_err kz_store_delivery_list(struct kz_store *st, const char *webhook_id, int state,
                                    int64_t cursor, size_t limit,
                                    void (*fn)(void *, const struct kz_delivery *), void *arg);
+/** Delivery `delivery_id` of webhook `webhook_id` with its event, its webhook as its body is
+ * built from, and its last KZ_ATTEMPTS_SHOWN attempts (oldest first). KZ_ERR_NOTFOUND when that
+ * webhook has no such delivery. */
+enum kz_err kz_store_delivery_get(struct kz_store *st, const char *webhook_id, int64_t delivery_id,
+                                  struct kz_delivery_detail *out);
+/** The delivery of event `event_id` to webhook `webhook_id`; KZ_ERR_NOTFOUND when none. */
+enum kz_err kz_store_delivery_of_event(struct kz_store *st, const char *webhook_id,
+                                       const char *event_id, int64_t *delivery_id);
 /** How many batches the writer has committed or failed so far, and how many ops they held
  * (/metrics, tests). Any thread. */
 void kz_store_stats(struct kz_store *st, uint64_t *batches, uint64_t *ops);

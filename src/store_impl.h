@@ -31,6 +31,28 @@ static inline int64_t kz_store_clamp_size(size_t n)
     return n > (size_t)INT64_MAX ? INT64_MAX : (int64_t)n;
 }
 
+/** A webhook with a successful attempt in one COMPLETE, and the latest end (at + duration) of
+ * those attempts: computed by store.c from every attempt of the op, including those whose row
+ * was no longer inflight (the endpoint did answer). Sorted by id, distinct. */
+struct kz_success {
+    const char *webhook_id;
+    int64_t at;
+};
+
+/** The attempt history is read newest first (the last KZ_ATTEMPTS_SHOWN); this puts it oldest
+ * first, as kz_store_delivery_get returns it. */
+static inline void kz_attempts_oldest_first(struct kz_delivery_detail *dd)
+{
+    size_t i;
+
+    for (i = 0; i < dd->n_attempts / 2; i++) {
+        struct kz_attempt_row t = dd->attempts[i];
+
+        dd->attempts[i] = dd->attempts[dd->n_attempts - 1 - i];
+        dd->attempts[dd->n_attempts - 1 - i] = t;
+    }
+}
+
 /** Backend state; each backend defines its own struct. */
 struct kz_backend;
 
@@ -104,9 +126,19 @@ struct kz_backend_ops {
     enum kz_err (*publish)(struct kz_backend *be, struct kz_op **ops, size_t n);
     /** limit > 0 here; out/n_out start NULL/0. */
     enum kz_err (*claim)(struct kz_backend *be, struct kz_op *op);
-    /** Delivery ids are distinct here; error/response are clean and cut. *bump when a webhook
-     * was turned inactive. */
-    enum kz_err (*complete)(struct kz_backend *be, struct kz_op *op, bool *bump);
+    /** Delivery ids are distinct here; error/response are clean and cut. Updates the rows still
+     * inflight and appends an attempt row for each of those with `at` > 0; raises
+     * webhooks.last_success_at to ok[i].at for each of `ok[0..n_ok)` (store.c's list); then, for
+     * each attempt that turned its row DEAD, disables its webhook when its last_success_at is
+     * before the delivery's first attempt (created_at when none is known), setting disabled[i]
+     * (an index into op->u.complete.items) for the attempt that did. *bump when a webhook was
+     * turned inactive. */
+    enum kz_err (*complete)(struct kz_backend *be, struct kz_op *op, const struct kz_success *ok,
+                            size_t n_ok, bool *disabled, bool *bump);
+    /** KZ_OP_RETRY: KZ_ERR_NOTFOUND / KZ_ERR_CONFLICT as store.h; an INFLIGHT row is left alone;
+     * a PENDING row gets next_attempt_at = now; any other becomes PENDING at now with attempts
+     * and first_attempt_at reset (a new series, as a replay). */
+    enum kz_err (*retry)(struct kz_backend *be, struct kz_op *op);
     enum kz_err (*replay)(struct kz_backend *be, struct kz_op *op);
     enum kz_err (*release)(struct kz_backend *be, struct kz_op *op);
     /** 0 < limit <= KZ_PRUNE_LIMIT_MAX here; `pruned` starts at 0. */
@@ -132,6 +164,10 @@ struct kz_backend_ops {
     enum kz_err (*delivery_list)(struct kz_backend *be, const char *webhook_id, int state,
                                  int64_t cursor, size_t limit,
                                  void (*fn)(void *, const struct kz_delivery *), void *arg);
+    enum kz_err (*delivery_get)(struct kz_backend *be, const char *webhook_id, int64_t delivery_id,
+                                struct kz_delivery_detail *out);
+    enum kz_err (*delivery_of_event)(struct kz_backend *be, const char *webhook_id,
+                                     const char *event_id, int64_t *delivery_id);
     enum kz_err (*backlog)(struct kz_backend *be, int64_t now, int64_t *due, int64_t *scheduled,
                            int64_t *inflight);
     enum kz_err (*next_due)(struct kz_backend *be, int64_t *at);

@@ -149,6 +149,19 @@ static const char *const migrations[] = {
     "ALTER TABLE events ADD COLUMN is_bot INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE events ADD COLUMN source_group_id TEXT;"
     "ALTER TABLE events ADD COLUMN traceparent TEXT;",
+    /* 5: the attempt history, deleted with its delivery (ON DELETE CASCADE, whichever statement
+     * deletes it), and what the disable rule compares (see SQLite). */
+    "CREATE TABLE delivery_attempts ("
+    "  id BIGSERIAL PRIMARY KEY,"
+    "  delivery_id BIGINT NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,"
+    "  at BIGINT NOT NULL,"
+    "  duration_ms BIGINT NOT NULL,"
+    "  status INTEGER,"
+    "  error TEXT,"
+    "  response TEXT);"
+    "CREATE INDEX delivery_attempts_delivery ON delivery_attempts(delivery_id, id);"
+    "ALTER TABLE deliveries ADD COLUMN first_attempt_at BIGINT NOT NULL DEFAULT 0;"
+    "ALTER TABLE webhooks ADD COLUMN last_success_at BIGINT NOT NULL DEFAULT 0;",
 };
 
 /* ==== statements ==== */
@@ -188,7 +201,10 @@ enum stmt_id {
     S_EV_LOOKUP,
     S_CLAIM,
     S_COMPLETE,
+    S_WH_SUCCESS,
     S_WH_DISABLE,
+    S_RETRY_CHECK,
+    S_RETRY,
     S_REPLAY,
     S_LEASE_EXPIRED,
     S_LEASE_ALL,
@@ -207,6 +223,9 @@ enum stmt_id {
     S_WH_LIST_APP,
     S_WH_LIST_ALL,
     S_DLV_LIST,
+    S_DLV_GET,
+    S_ATT_LIST,
+    S_DLV_OF_EVENT,
     S_BACKLOG,
     S_NEXT_DUE,
     S__COUNT
@@ -301,19 +320,41 @@ static const char *const stmt_sql[S__COUNT] = {
                 " JOIN webhooks AS w ON w.id = u.webhook_id"
                 " JOIN events AS e ON e.seq = u.event_seq"
                 " ORDER BY u.next_attempt_at, u.id",
-    /* Every attempt of one COMPLETE op (distinct ids); only rows still inflight change.
+    /* Every attempt of one COMPLETE op (distinct ids); only rows still inflight change, and
+     * those with a request made (at > 0) get their attempt row, all in one multi-row INSERT.
      * RETURNING gives the 1-based position of each attempt that applied. */
-    [S_COMPLETE] = "UPDATE deliveries AS d SET state = a.st, attempts = a.att,"
+    [S_COMPLETE] = "WITH upd AS (UPDATE deliveries AS d SET state = a.st, attempts = a.att,"
                    " next_attempt_at = CASE WHEN a.st = 0 THEN a.nxt ELSE d.next_attempt_at END,"
                    " last_status = a.status, last_error = a.err, last_response = a.resp,"
-                   " updated_at = $8, lease_until = 0"
+                   " updated_at = $8, lease_until = 0,"
+                   " first_attempt_at = CASE WHEN d.first_attempt_at = 0 THEN a.at"
+                   " ELSE d.first_attempt_at END"
                    " FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::int[],"
-                   " $6::text[], $7::text[]) WITH ORDINALITY"
-                   " AS a(id, st, att, nxt, status, err, resp, ord)"
-                   " WHERE d.id = a.id AND d.state = 1 RETURNING a.ord",
-    [S_WH_DISABLE] = "UPDATE webhooks SET active = 0 WHERE id = ANY($1::text[]) AND active <> 0",
+                   " $6::text[], $7::text[], $9::bigint[], $10::bigint[]) WITH ORDINALITY"
+                   " AS a(id, st, att, nxt, status, err, resp, at, dur, ord)"
+                   " WHERE d.id = a.id AND d.state = 1"
+                   " RETURNING a.ord, a.id, a.at, a.dur, a.status, a.err, a.resp),"
+                   " ins AS (INSERT INTO delivery_attempts(delivery_id, at, duration_ms, status,"
+                   " error, response) SELECT id, at, dur, NULLIF(status, 0), err, resp FROM upd"
+                   " WHERE at > 0 ORDER BY ord)"
+                   " SELECT ord FROM upd",
+    [S_WH_SUCCESS] = "UPDATE webhooks AS w SET last_success_at = s.t"
+                     " FROM unnest($1::text[], $2::bigint[]) AS s(id, t)"
+                     " WHERE w.id = s.id AND w.last_success_at < s.t",
+    /* the disable rule: nothing to the webhook succeeded since the delivery's first attempt */
+    [S_WH_DISABLE] = "UPDATE webhooks AS w SET active = 0 FROM deliveries AS d"
+                     " WHERE d.id = ANY($1::bigint[]) AND w.id = d.webhook_id AND w.active <> 0"
+                     " AND w.last_success_at < CASE WHEN d.first_attempt_at > 0"
+                     " THEN d.first_attempt_at ELSE d.created_at END RETURNING d.id",
+    [S_RETRY_CHECK] = "SELECT d.state, w.active, w.validity_ms FROM deliveries AS d"
+                      " JOIN webhooks AS w ON w.id = d.webhook_id"
+                      " WHERE d.id = $1 AND d.webhook_id = $2 FOR NO KEY UPDATE OF d",
+    [S_RETRY] = "UPDATE deliveries SET state = 0, next_attempt_at = $3, lease_until = 0,"
+                " updated_at = $3, attempts = CASE WHEN state = 0 THEN attempts ELSE 0 END,"
+                " first_attempt_at = CASE WHEN state = 0 THEN first_attempt_at ELSE 0 END"
+                " WHERE id = $1 AND webhook_id = $2 AND state <> 1",
     [S_REPLAY] = "UPDATE deliveries SET state = 0, next_attempt_at = $3, attempts = 0,"
-                 " lease_until = 0, updated_at = $3"
+                 " lease_until = 0, updated_at = $3, first_attempt_at = 0"
                  " WHERE webhook_id = $1 AND created_at >= $2 AND state IN (0, 3, 4)",
     [S_LEASE_EXPIRED] = "UPDATE deliveries SET state = 0, next_attempt_at = $1, lease_until = 0,"
                         " updated_at = $1 WHERE state = 1 AND lease_until < $1",
@@ -353,6 +394,18 @@ static const char *const stmt_sql[S__COUNT] = {
                    " FROM deliveries AS d JOIN events AS e ON e.seq = d.event_seq"
                    " WHERE d.webhook_id = $1 AND d.id < $2 AND d.state BETWEEN $3 AND $4"
                    " ORDER BY d.id DESC LIMIT $5",
+    [S_DLV_GET] = "SELECT d.id, d.webhook_id, d.event_seq, e.event_id, e.event_type, d.state,"
+                  " d.attempts, d.last_status, d.last_error, d.last_response,"
+                  " d.next_attempt_at, d.created_at, d.updated_at, d.snap, d.snap_object_type,"
+                  " d.snap_object_id, d.snap_context, " WH_COLS ", " EV_COLS
+                  " FROM deliveries AS d JOIN webhooks AS w ON w.id = d.webhook_id"
+                  " JOIN events AS e ON e.seq = d.event_seq"
+                  " WHERE d.id = $1 AND d.webhook_id = $2",
+    /* the newest $2, read back oldest first by the caller */
+    [S_ATT_LIST] = "SELECT at, duration_ms, status, error, response FROM delivery_attempts"
+                   " WHERE delivery_id = $1 ORDER BY id DESC LIMIT $2",
+    [S_DLV_OF_EVENT] = "SELECT d.id FROM events AS e JOIN deliveries AS d ON d.event_seq = e.seq"
+                       " WHERE e.event_id = $2 AND d.webhook_id = $1",
     [S_BACKLOG] = "SELECT"
                   " (SELECT count(*) FROM deliveries AS d WHERE state = 0 AND next_attempt_at <= $1"
                   " AND EXISTS (SELECT 1 FROM webhooks AS w WHERE w.id = d.webhook_id)),"
@@ -1707,9 +1760,11 @@ static enum kz_err op_claim(struct kz_backend *be, struct kz_op *op)
     return result;
 }
 
-/* All attempts of the op in one UPDATE … FROM unnest(…), only on rows still INFLIGHT; then the
- * webhooks of the attempts that turned DEAD are disabled in one more statement. */
-static enum kz_err op_complete(struct kz_backend *be, struct kz_op *op, bool *bump)
+/* All attempts of the op in one statement: UPDATE … FROM unnest(…) on rows still INFLIGHT, and
+ * the attempt rows of those in one INSERT … SELECT; then the successes in one UPDATE; then the
+ * disable rule for the rows that turned DEAD, in one more. */
+static enum kz_err op_complete(struct kz_backend *be, struct kz_op *op, const struct kz_success *ok,
+                               size_t n_ok, bool *disabled, bool *bump)
 {
     struct conn *c = be->wr;
     const struct kz_attempt *items = op->u.complete.items;
@@ -1718,11 +1773,10 @@ static enum kz_err op_complete(struct kz_backend *be, struct kz_op *op, bool *bu
     enum kz_err result = KZ_OK;
     size_t dead = 0;
     PGresult *r = NULL;
-    int64_t changed = 0;
     size_t i;
     int row;
 
-    for (i = 0; i < 8; i++)
+    for (i = 0; i < 12; i++)
         arr_begin(&be->arr[i]);
     for (i = 0; i < n; i++) {
         const struct kz_attempt *a = &items[i];
@@ -1734,15 +1788,19 @@ static enum kz_err op_complete(struct kz_backend *be, struct kz_op *op, bool *bu
         arr_int(&be->arr[4], a->status);
         arr_str(&be->arr[5], a->error);
         arr_strn(&be->arr[6], a->response, a->response_len);
+        arr_int(&be->arr[7], a->at);
+        arr_int(&be->arr[8], a->duration_ms);
     }
     result = p_arrays(&p, be->arr, 7);
     if (result)
         goto out;
     p_int(&p, kz_now_ms());
+    result = p_arrays(&p, &be->arr[7], 2);
+    if (result)
+        goto out;
     r = run(c, S_COMPLETE, &p, "complete", &result);
     if (!r)
         goto out;
-    arr_begin(&be->arr[7]);
     for (row = 0; row < PQntuples(r); row++) {
         int64_t ord = col_int(r, row, 0);
         const struct kz_attempt *a;
@@ -1756,22 +1814,76 @@ static enum kz_err op_complete(struct kz_backend *be, struct kz_op *op, bool *bu
          * wins, and its attempt disables nothing */
         if (a->state != KZ_D_DEAD)
             continue;
-        arr_str(&be->arr[7], a->webhook_id);
+        arr_int(&be->arr[11], a->delivery_id);
         dead++;
+    }
+    PQclear(r);
+    r = NULL;
+    if (n_ok) {
+        for (i = 0; i < n_ok; i++) {
+            arr_str(&be->arr[9], ok[i].webhook_id);
+            arr_int(&be->arr[10], ok[i].at);
+        }
+        memset(&p, 0, sizeof(p));
+        result = p_arrays(&p, &be->arr[9], 2);
+        if (result)
+            goto out;
+        result = run_count(c, S_WH_SUCCESS, &p, "webhook success", NULL);
+        if (result)
+            goto out;
     }
     if (dead) {
         memset(&p, 0, sizeof(p));
-        result = p_arrays(&p, &be->arr[7], 1);
+        result = p_arrays(&p, &be->arr[11], 1);
         if (result)
             goto out;
-        result = run_count(c, S_WH_DISABLE, &p, "webhook disable", &changed);
-        if (result)
+        r = run(c, S_WH_DISABLE, &p, "webhook disable", &result);
+        if (!r)
             goto out;
-        if (changed)
+        for (row = 0; row < PQntuples(r); row++) {
+            int64_t id = col_int(r, row, 0);
+
+            for (i = 0; i < n; i++) {
+                if (items[i].delivery_id == id && items[i].state == KZ_D_DEAD)
+                    disabled[i] = true;
+            }
+        }
+        if (PQntuples(r))
             *bump = true;
     }
 out:
     PQclear(r);
+    return result;
+}
+
+static enum kz_err op_retry(struct kz_backend *be, struct kz_op *op)
+{
+    struct conn *c = be->wr;
+    struct params p = {0};
+    enum kz_err result = KZ_OK;
+    int64_t state, active, validity, changed = 0;
+    PGresult *r;
+
+    p_int(&p, op->u.retry.delivery_id);
+    p_text(&p, op->u.retry.webhook_id);
+    r = run(c, S_RETRY_CHECK, &p, "retry check", &result);
+    if (!r)
+        return result;
+    if (!PQntuples(r)) {
+        PQclear(r);
+        return KZ_ERR_NOTFOUND;
+    }
+    state = col_int(r, 0, 0);
+    active = col_int(r, 0, 1);
+    validity = col_int(r, 0, 2);
+    PQclear(r);
+    if (!active || validity <= op->u.retry.now)
+        return KZ_ERR_CONFLICT;
+    if (state == KZ_D_INFLIGHT)
+        return KZ_OK;
+    p_int(&p, op->u.retry.now);
+    result = run_count(c, S_RETRY, &p, "retry", &changed);
+    op->u.retry.requeued = changed > 0;
     return result;
 }
 
@@ -2309,6 +2421,108 @@ static enum kz_err pg_delivery_list(struct kz_backend *be, const char *webhook_i
     return result;
 }
 
+/* The delivery, then its newest attempts, on one read connection (not one snapshot: see
+ * store_sqlite.c). */
+static enum kz_err pg_delivery_get(struct kz_backend *be, const char *webhook_id,
+                                   int64_t delivery_id, struct kz_delivery_detail *out)
+{
+    struct kz_delivery *d = &out->d;
+    struct params p = {0};
+    struct conn *c;
+    PGresult *r;
+    enum kz_err result;
+    bool ok;
+    int row;
+
+    p_int(&p, delivery_id);
+    p_text(&p, webhook_id);
+    result = read_run(be, S_DLV_GET, &p, "delivery get", &c, &r);
+    if (result)
+        return result;
+    if (!PQntuples(r)) {
+        PQclear(r);
+        release(be, c);
+        return KZ_ERR_NOTFOUND;
+    }
+    d->id = col_int(r, 0, 0);
+    ok = col_fixed(r, 0, 1, d->webhook_id, sizeof(d->webhook_id));
+    d->event_seq = col_int(r, 0, 2);
+    ok = col_fixed(r, 0, 3, d->event_id, sizeof(d->event_id)) && ok;
+    d->event_type = (enum kz_evtype)col_int(r, 0, 4);
+    d->state = (enum kz_dstate)col_int(r, 0, 5);
+    d->attempts = (int)col_int(r, 0, 6);
+    d->last_status = (int)col_int(r, 0, 7);
+    d->last_error = col_dup(r, 0, 8);
+    d->last_response = col_dup(r, 0, 9);
+    d->next_attempt_at = col_int(r, 0, 10);
+    d->created_at = col_int(r, 0, 11);
+    d->updated_at = col_int(r, 0, 12);
+    ok = row_webhook(r, 0, 17, &out->wh) && ok;
+    row_event(r, 0, 17 + WH_NCOLS, &out->ev);
+    if (col_int(r, 0, 13)) {
+        out->wh.object_type = (enum kz_objtype)col_int(r, 0, 14);
+        kz_free(out->wh.object_id);
+        out->wh.object_id = col_dup(r, 0, 15);
+        kz_free(out->wh.callback_context);
+        out->wh.callback_context = col_dup(r, 0, 16);
+    }
+    PQclear(r);
+    if (!ok) {
+        release(be, c);
+        kz_delivery_detail_cleanup(out);
+        return KZ_ERR_DB;
+    }
+    memset(&p, 0, sizeof(p));
+    p_int(&p, delivery_id);
+    p_int(&p, KZ_ATTEMPTS_SHOWN);
+    r = run(c, S_ATT_LIST, &p, "attempt list", &result);
+    if (!r) {
+        if (conn_lost(c))
+            drop(be, c);
+        else
+            release(be, c);
+        kz_delivery_detail_cleanup(out);
+        return result;
+    }
+    release(be, c);
+    if (PQntuples(r))
+        out->attempts = kz_calloc((size_t)PQntuples(r), sizeof(*out->attempts));
+    for (row = 0; row < PQntuples(r); row++) {
+        struct kz_attempt_row *a = &out->attempts[out->n_attempts++];
+
+        a->at = col_int(r, row, 0);
+        a->duration_ms = col_int(r, row, 1);
+        a->status = (int)col_int(r, row, 2);
+        a->error = col_dup(r, row, 3);
+        a->response = col_dup(r, row, 4);
+    }
+    PQclear(r);
+    kz_attempts_oldest_first(out);
+    return KZ_OK;
+}
+
+static enum kz_err pg_delivery_of_event(struct kz_backend *be, const char *webhook_id,
+                                        const char *event_id, int64_t *delivery_id)
+{
+    struct params p = {0};
+    struct conn *c;
+    PGresult *r;
+    enum kz_err result;
+
+    p_text(&p, webhook_id);
+    p_text(&p, event_id);
+    result = read_run(be, S_DLV_OF_EVENT, &p, "delivery of event", &c, &r);
+    if (result)
+        return result;
+    if (PQntuples(r))
+        *delivery_id = col_int(r, 0, 0);
+    else
+        result = KZ_ERR_NOTFOUND;
+    PQclear(r);
+    release(be, c);
+    return result;
+}
+
 static enum kz_err pg_backlog(struct kz_backend *be, int64_t now, int64_t *due, int64_t *scheduled,
                               int64_t *inflight)
 {
@@ -2367,6 +2581,7 @@ const struct kz_backend_ops kz_store_pg_ops = {
     .publish_sets = true,
     .claim = op_claim,
     .complete = op_complete,
+    .retry = op_retry,
     .replay = op_replay,
     .release = op_release,
     .prune = op_prune,
@@ -2379,6 +2594,8 @@ const struct kz_backend_ops kz_store_pg_ops = {
     .webhook_get = pg_webhook_get,
     .webhook_list = pg_webhook_list,
     .delivery_list = pg_delivery_list,
+    .delivery_get = pg_delivery_get,
+    .delivery_of_event = pg_delivery_of_event,
     .backlog = pg_backlog,
     .next_due = pg_next_due,
 };

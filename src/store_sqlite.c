@@ -118,6 +118,22 @@ static const char *const migrations[] = {
     "ALTER TABLE events ADD COLUMN is_bot INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE events ADD COLUMN source_group_id TEXT;"
     "ALTER TABLE events ADD COLUMN traceparent TEXT;",
+    /* 6: the attempt history (every attempt, kept as long as its delivery: the trigger deletes
+     * it with the delivery, whichever statement does), and what the disable rule compares: when
+     * a delivery's first attempt started, when its webhook's last successful attempt ended. */
+    "CREATE TABLE delivery_attempts ("
+    "  id INTEGER PRIMARY KEY,"
+    "  delivery_id INTEGER NOT NULL,"
+    "  at INTEGER NOT NULL,"
+    "  duration_ms INTEGER NOT NULL,"
+    "  status INTEGER,"
+    "  error TEXT,"
+    "  response TEXT);"
+    "CREATE INDEX delivery_attempts_delivery ON delivery_attempts(delivery_id, id);"
+    "CREATE TRIGGER deliveries_attempts_gc AFTER DELETE ON deliveries BEGIN"
+    "  DELETE FROM delivery_attempts WHERE delivery_id = old.id; END;"
+    "ALTER TABLE deliveries ADD COLUMN first_attempt_at INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE webhooks ADD COLUMN last_success_at INTEGER NOT NULL DEFAULT 0;",
 };
 
 /* ==== statements ==== */
@@ -177,7 +193,11 @@ enum stmt_id {
     S_CLAIM_WH_SELECT,
     S_CLAIM_MARK,
     S_COMPLETE,
+    S_ATT_INSERT,
+    S_WH_SUCCESS,
     S_WH_DISABLE,
+    S_RETRY_CHECK,
+    S_RETRY,
     S_REPLAY,
     S_LEASE_EXPIRED,
     S_LEASE_ALL,
@@ -194,6 +214,9 @@ enum stmt_id {
     S_WH_LIST_APP,
     S_WH_LIST_ALL,
     S_DLV_LIST,
+    S_DLV_GET,
+    S_ATT_LIST,
+    S_DLV_OF_EVENT,
     S_BACKLOG,
     S_NEXT_DUE,
     S__COUNT
@@ -282,11 +305,27 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_COMPLETE] = "UPDATE deliveries SET state = ?1, attempts = ?2,"
                    " next_attempt_at = CASE WHEN ?1 = 0 THEN ?3 ELSE next_attempt_at END,"
                    " last_status = ?4, last_error = ?5, last_response = ?6, updated_at = ?7,"
-                   " lease_until = 0"
+                   " lease_until = 0,"
+                   " first_attempt_at = CASE WHEN first_attempt_at = 0 THEN ?9"
+                   " ELSE first_attempt_at END"
                    " WHERE id = ?8 AND state = 1",
-    [S_WH_DISABLE] = "UPDATE webhooks SET active = 0 WHERE id = ?1 AND active <> 0",
+    [S_ATT_INSERT] = "INSERT INTO delivery_attempts(delivery_id, at, duration_ms, status, error,"
+                     " response) VALUES (?1, ?2, ?3, NULLIF(?4, 0), ?5, ?6)",
+    [S_WH_SUCCESS] = "UPDATE webhooks SET last_success_at = ?2 WHERE id = ?1"
+                     " AND last_success_at < ?2",
+    /* the disable rule: nothing to the webhook succeeded since the delivery's first attempt */
+    [S_WH_DISABLE] = "UPDATE webhooks SET active = 0 WHERE id = ?1 AND active <> 0"
+                     " AND last_success_at < (SELECT CASE WHEN first_attempt_at > 0"
+                     " THEN first_attempt_at ELSE created_at END FROM deliveries WHERE id = ?2)",
+    [S_RETRY_CHECK] = "SELECT d.state, w.active, w.validity_ms FROM deliveries AS d"
+                      " JOIN webhooks AS w ON w.id = d.webhook_id"
+                      " WHERE d.id = ?1 AND d.webhook_id = ?2",
+    [S_RETRY] = "UPDATE deliveries SET state = 0, next_attempt_at = ?3, lease_until = 0,"
+                " updated_at = ?3, attempts = CASE WHEN state = 0 THEN attempts ELSE 0 END,"
+                " first_attempt_at = CASE WHEN state = 0 THEN first_attempt_at ELSE 0 END"
+                " WHERE id = ?1 AND webhook_id = ?2 AND state <> 1",
     [S_REPLAY] = "UPDATE deliveries SET state = 0, next_attempt_at = ?3, attempts = 0,"
-                 " lease_until = 0, updated_at = ?3"
+                 " lease_until = 0, updated_at = ?3, first_attempt_at = 0"
                  " WHERE webhook_id = ?1 AND created_at >= ?2 AND state IN (0, 3, 4)",
     [S_LEASE_EXPIRED] = "UPDATE deliveries SET state = 0, next_attempt_at = ?1, lease_until = 0,"
                         " updated_at = ?1 WHERE state = 1 AND lease_until < ?1",
@@ -321,6 +360,18 @@ static const char *const stmt_sql[S__COUNT] = {
                    " FROM deliveries AS d CROSS JOIN events AS e ON e.seq = d.event_seq"
                    " WHERE d.webhook_id = ?1 AND d.id < ?2 AND d.state BETWEEN ?3 AND ?4"
                    " ORDER BY d.id DESC LIMIT ?5",
+    [S_DLV_GET] = "SELECT d.id, d.webhook_id, d.event_seq, e.event_id, e.event_type, d.state,"
+                  " d.attempts, d.last_status, d.last_error, d.last_response,"
+                  " d.next_attempt_at, d.created_at, d.updated_at, d.snap, d.snap_object_type,"
+                  " d.snap_object_id, d.snap_context, " WH_COLS ", " EV_COLS
+                  " FROM deliveries AS d CROSS JOIN webhooks AS w ON w.id = d.webhook_id"
+                  " CROSS JOIN events AS e ON e.seq = d.event_seq"
+                  " WHERE d.id = ?1 AND d.webhook_id = ?2",
+    /* the newest ?2, read back oldest first by the caller */
+    [S_ATT_LIST] = "SELECT at, duration_ms, status, error, response FROM delivery_attempts"
+                   " WHERE delivery_id = ?1 ORDER BY id DESC LIMIT ?2",
+    [S_DLV_OF_EVENT] = "SELECT d.id FROM events AS e CROSS JOIN deliveries AS d"
+                       " ON d.event_seq = e.seq WHERE e.event_id = ?2 AND d.webhook_id = ?1",
     [S_BACKLOG] = "SELECT"
                   " (SELECT count(*) FROM deliveries AS d WHERE state = 0 AND next_attempt_at <= ?1"
                   " AND EXISTS (SELECT 1 FROM webhooks AS w WHERE w.id = d.webhook_id)),"
@@ -1387,7 +1438,11 @@ static enum kz_err op_claim(struct kz_backend *be, struct kz_op *op)
     return KZ_OK;
 }
 
-static enum kz_err op_complete(struct kz_backend *be, struct kz_op *op, bool *bump)
+/* Each attempt: the row update and, when it applied and a request was made, the attempt row
+ * (prepared statements, one row each); then the successes; then the disable rule for the rows
+ * that turned dead, after the successes of this same op. */
+static enum kz_err op_complete(struct kz_backend *be, struct kz_op *op, const struct kz_success *ok,
+                               size_t n_ok, bool *disabled, bool *bump)
 {
     struct conn *c = be->wr;
     int64_t now = kz_now_ms();
@@ -1411,20 +1466,86 @@ static enum kz_err op_complete(struct kz_backend *be, struct kz_op *op, bool *bu
             b_text(&b, NULL);
         b_int(&b, now);
         b_int(&b, a->delivery_id);
+        b_int(&b, a->at);
         rc = run(&b);
         if (rc)
             return fail(c, "complete", rc);
         changed = sqlite3_changes64(c->db);
-        if (a->state != KZ_D_DEAD || !changed)
-            continue; /* not dead, or no longer inflight: a replay or delete came first */
+        /* a row no longer inflight (a replay or delete came first) keeps its outcome dropped */
+        disabled[i] = changed && a->state == KZ_D_DEAD; /* a candidate, decided below */
+        if (!changed || !a->at)
+            continue;
+        prep(c, S_ATT_INSERT, &b);
+        b_int(&b, a->delivery_id);
+        b_int(&b, a->at);
+        b_int(&b, a->duration_ms);
+        b_int(&b, a->status);
+        b_text(&b, a->error);
+        if (a->response)
+            b_textn(&b, a->response, a->response_len);
+        else
+            b_text(&b, NULL);
+        rc = run(&b);
+        if (rc)
+            return fail(c, "attempt insert", rc);
+    }
+    for (i = 0; i < n_ok; i++) {
+        prep(c, S_WH_SUCCESS, &b);
+        b_text(&b, ok[i].webhook_id);
+        b_int(&b, ok[i].at);
+        rc = run(&b);
+        if (rc)
+            return fail(c, "webhook success", rc);
+    }
+    for (i = 0; i < op->u.complete.n; i++) {
+        const struct kz_attempt *a = &op->u.complete.items[i];
+
+        if (!disabled[i])
+            continue;
         prep(c, S_WH_DISABLE, &b);
         b_fixed(&b, a->webhook_id, sizeof(a->webhook_id));
+        b_int(&b, a->delivery_id);
         rc = run(&b);
         if (rc)
             return fail(c, "webhook disable", rc);
-        if (sqlite3_changes64(c->db))
+        disabled[i] = sqlite3_changes64(c->db) > 0;
+        if (disabled[i])
             *bump = true;
     }
+    return KZ_OK;
+}
+
+static enum kz_err op_retry(struct kz_backend *be, struct kz_op *op)
+{
+    struct conn *c = be->wr;
+    int64_t state, active, validity;
+    struct bind b;
+    int rc;
+
+    prep(c, S_RETRY_CHECK, &b);
+    b_int(&b, op->u.retry.delivery_id);
+    b_text(&b, op->u.retry.webhook_id);
+    rc = step(&b);
+    if (rc != SQLITE_ROW) {
+        finish(&b);
+        return rc == SQLITE_DONE ? KZ_ERR_NOTFOUND : fail(c, "retry check", rc);
+    }
+    state = sqlite3_column_int64(b.q, 0);
+    active = sqlite3_column_int64(b.q, 1);
+    validity = sqlite3_column_int64(b.q, 2);
+    finish(&b);
+    if (!active || validity <= op->u.retry.now)
+        return KZ_ERR_CONFLICT;
+    if (state == KZ_D_INFLIGHT)
+        return KZ_OK;
+    prep(c, S_RETRY, &b);
+    b_int(&b, op->u.retry.delivery_id);
+    b_text(&b, op->u.retry.webhook_id);
+    b_int(&b, op->u.retry.now);
+    rc = run(&b);
+    if (rc)
+        return fail(c, "retry", rc);
+    op->u.retry.requeued = sqlite3_changes64(c->db) > 0;
     return KZ_OK;
 }
 
@@ -1909,6 +2030,113 @@ static enum kz_err sq_delivery_list(struct kz_backend *be, const char *webhook_i
     return result;
 }
 
+/* Reads the delivery (S_DLV_GET) and then its newest attempts on one read connection. The two
+ * statements are not one snapshot: an attempt recorded in between may show in the history
+ * already (the history and the `attempts` counter differ anyway after a replay or retry). */
+static enum kz_err sq_delivery_get(struct kz_backend *be, const char *webhook_id,
+                                   int64_t delivery_id, struct kz_delivery_detail *out)
+{
+    struct kz_delivery *d = &out->d;
+    struct conn *c;
+    struct bind b;
+    enum kz_err result = acquire(be, &c);
+    size_t cap = 0;
+    bool ok;
+    int rc;
+
+    if (result)
+        return result;
+    prep(c, S_DLV_GET, &b);
+    b_int(&b, delivery_id);
+    b_text(&b, webhook_id);
+    rc = step(&b);
+    if (rc != SQLITE_ROW) {
+        result = rc == SQLITE_DONE ? KZ_ERR_NOTFOUND : fail(c, "delivery get", rc);
+        finish(&b);
+        goto out;
+    }
+    d->id = sqlite3_column_int64(b.q, 0);
+    ok = col_fixed(b.q, 1, d->webhook_id, sizeof(d->webhook_id));
+    d->event_seq = sqlite3_column_int64(b.q, 2);
+    ok = col_fixed(b.q, 3, d->event_id, sizeof(d->event_id)) && ok;
+    d->event_type = (enum kz_evtype)sqlite3_column_int(b.q, 4);
+    d->state = (enum kz_dstate)sqlite3_column_int(b.q, 5);
+    d->attempts = sqlite3_column_int(b.q, 6);
+    d->last_status = sqlite3_column_int(b.q, 7);
+    d->last_error = col_dup(b.q, 8);
+    d->last_response = col_dup(b.q, 9);
+    d->next_attempt_at = sqlite3_column_int64(b.q, 10);
+    d->created_at = sqlite3_column_int64(b.q, 11);
+    d->updated_at = sqlite3_column_int64(b.q, 12);
+    ok = row_webhook(b.q, 17, &out->wh) && ok;
+    row_event(b.q, 17 + WH_NCOLS, &out->ev);
+    if (sqlite3_column_int(b.q, 13)) {
+        out->wh.object_type = (enum kz_objtype)sqlite3_column_int(b.q, 14);
+        kz_free(out->wh.object_id);
+        out->wh.object_id = col_dup(b.q, 15);
+        kz_free(out->wh.callback_context);
+        out->wh.callback_context = col_dup(b.q, 16);
+    }
+    finish(&b);
+    if (!ok) {
+        result = KZ_ERR_DB;
+        goto out;
+    }
+    prep(c, S_ATT_LIST, &b);
+    b_int(&b, delivery_id);
+    b_int(&b, KZ_ATTEMPTS_SHOWN);
+    while ((rc = step(&b)) == SQLITE_ROW) {
+        struct kz_attempt_row *a;
+
+        if (out->n_attempts == cap) {
+            cap = cap ? cap * 2 : 8;
+            out->attempts = kz_realloc(out->attempts, cap * sizeof(*out->attempts));
+        }
+        a = &out->attempts[out->n_attempts++];
+        a->at = sqlite3_column_int64(b.q, 0);
+        a->duration_ms = sqlite3_column_int64(b.q, 1);
+        a->status = sqlite3_column_int(b.q, 2);
+        a->error = col_dup(b.q, 3);
+        a->response = col_dup(b.q, 4);
+    }
+    finish(&b);
+    if (rc != SQLITE_DONE)
+        result = fail(c, "attempt list", rc);
+out:
+    release(be, c);
+    if (result) {
+        kz_delivery_detail_cleanup(out);
+        return result;
+    }
+    kz_attempts_oldest_first(out);
+    return KZ_OK;
+}
+
+static enum kz_err sq_delivery_of_event(struct kz_backend *be, const char *webhook_id,
+                                        const char *event_id, int64_t *delivery_id)
+{
+    struct conn *c;
+    struct bind b;
+    enum kz_err result = acquire(be, &c);
+    int rc;
+
+    if (result)
+        return result;
+    prep(c, S_DLV_OF_EVENT, &b);
+    b_text(&b, webhook_id);
+    b_text(&b, event_id);
+    rc = step(&b);
+    if (rc == SQLITE_ROW)
+        *delivery_id = sqlite3_column_int64(b.q, 0);
+    else if (rc == SQLITE_DONE)
+        result = KZ_ERR_NOTFOUND;
+    else
+        result = fail(c, "delivery of event", rc);
+    finish(&b);
+    release(be, c);
+    return result;
+}
+
 /* Three counts over ranges of deliveries_due: index-only, but linear in the backlog. */
 static enum kz_err sq_backlog(struct kz_backend *be, int64_t now, int64_t *due, int64_t *scheduled,
                               int64_t *inflight)
@@ -1981,6 +2209,7 @@ const struct kz_backend_ops kz_store_sqlite_ops = {
     .publish_sets = false,
     .claim = op_claim,
     .complete = op_complete,
+    .retry = op_retry,
     .replay = op_replay,
     .release = op_release,
     .prune = op_prune,
@@ -1993,6 +2222,8 @@ const struct kz_backend_ops kz_store_sqlite_ops = {
     .webhook_get = sq_webhook_get,
     .webhook_list = sq_webhook_list,
     .delivery_list = sq_delivery_list,
+    .delivery_get = sq_delivery_get,
+    .delivery_of_event = sq_delivery_of_event,
     .backlog = sq_backlog,
     .next_due = sq_next_due,
 };

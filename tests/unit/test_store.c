@@ -106,7 +106,7 @@ static void reset_db(void)
 {
     sql_exec("SET client_min_messages = warning;"
              "DROP TABLE IF EXISTS schema_version, meta, applications, access_tokens, webhooks,"
-             " events, deliveries CASCADE");
+             " events, deliveries, delivery_attempts CASCADE");
 }
 
 /* The first column of the first row of `sql` on the SQLite file `path` (read-only), -1 if none. */
@@ -3566,6 +3566,267 @@ static void test_both_property_same_answers(void **state)
 
 /* ==== main ==== */
 
+/* ==== attempt history, the disable rule, retry ==== */
+
+/* One attempt started at `at` (0: no request made) lasting `dur`; returns whether it disabled. */
+static bool attempt_at(struct kz_store *st, int64_t delivery_id, const char *wh,
+                       enum kz_dstate state, int attempts, int64_t at, int64_t dur, int status)
+{
+    struct kz_attempt a;
+    struct kz_op op = {.type = KZ_OP_COMPLETE};
+    bool disabled = true;
+
+    memset(&a, 0, sizeof(a));
+    a.delivery_id = delivery_id;
+    snprintf(a.webhook_id, sizeof(a.webhook_id), "%s", wh);
+    a.state = state;
+    a.attempts = attempts;
+    a.next_attempt_at = at + 100;
+    a.status = status;
+    a.error = status == 200 ? NULL : "HTTP 500";
+    a.response = status ? "r\xff" : NULL; /* cleaned as stored: U+FFFD */
+    a.response_len = status ? 2 : 0;
+    a.at = at;
+    a.duration_ms = dur;
+    op.u.complete.items = &a;
+    op.u.complete.n = 1;
+    op.u.complete.disabled = &disabled;
+    assert_int_equal(exec(st, &op), KZ_OK);
+    return disabled;
+}
+
+/* Claims every due row; returns the delivery id of (event_id, webhook) among them, 0 if none. */
+static int64_t claim_find(struct kz_store *st, int64_t now, const char *event_id, const char *wh)
+{
+    struct kz_op op;
+    int64_t id = 0;
+    size_t i;
+
+    claim(st, &op, now, 100, NULL, 0);
+    for (i = 0; i < op.u.claim.n_out; i++) {
+        if (!strcmp(op.u.claim.out[i].ev.event_id, event_id) &&
+            !strcmp(op.u.claim.out[i].wh.id, wh))
+            id = op.u.claim.out[i].delivery_id;
+    }
+    kz_claim_cleanup(&op);
+    return id;
+}
+
+static bool webhook_is_active(struct kz_store *st, const char *id)
+{
+    struct kz_webhook w;
+    bool on;
+
+    assert_int_equal(kz_store_webhook_get(st, id, &w), KZ_OK);
+    on = w.active;
+    kz_webhook_cleanup(&w);
+    return on;
+}
+
+static void test_attempt_history(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1", "wh-2"};
+    struct kz_delivery_detail dd;
+    struct kz_op op;
+    int64_t d1, d2, found = 0;
+    char sql[160];
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    add_webhook(f->st, "wh-2", "app-1", "g1");
+    publish(f->st, "ev-1", T0, ids, 2, 0);
+    d1 = claim_find(f->st, T0 + 10, "ev-1", "wh-1");
+    assert_true(d1 > 0);
+    /* every row was claimed: find d2 by the event */
+    assert_int_equal(kz_store_delivery_of_event(f->st, "wh-2", "ev-1", &d2), KZ_OK);
+    assert_int_equal(kz_store_delivery_of_event(f->st, "wh-2", "ev-x", &found), KZ_ERR_NOTFOUND);
+    attempt_at(f->st, d1, "wh-1", KZ_D_PENDING, 1, T0 + 20, 15, 500);
+    attempt_at(f->st, d2, "wh-2", KZ_D_PENDING, 0, 0, 0, 0); /* handed back: no attempt */
+    assert_int_equal(claim_find(f->st, T0 + 200, "ev-1", "wh-1"), d1);
+    attempt_at(f->st, d1, "wh-1", KZ_D_SUCCEEDED, 2, T0 + 300, 7, 200);
+    /* an outcome for a row no longer inflight is dropped, history included */
+    attempt_at(f->st, d1, "wh-1", KZ_D_DEAD, 3, T0 + 400, 1, 0);
+
+    assert_int_equal(kz_store_delivery_get(f->st, "wh-1", d1, &dd), KZ_OK);
+    assert_int_equal(dd.d.id, d1);
+    assert_int_equal(dd.d.state, KZ_D_SUCCEEDED);
+    assert_string_equal(dd.ev.event_id, "ev-1");
+    assert_string_equal(dd.ev.data_json, "{\"k\":1,\"s\":\"q\\\"uo{te},\\\\\"}");
+    assert_string_equal(dd.wh.id, "wh-1");
+    assert_string_equal(dd.wh.callback_context, "ctx");
+    assert_int_equal(dd.n_attempts, 2);
+    assert_int_equal(dd.attempts[0].at, T0 + 20);
+    assert_int_equal(dd.attempts[0].duration_ms, 15);
+    assert_int_equal(dd.attempts[0].status, 500);
+    assert_string_equal(dd.attempts[0].error, "HTTP 500");
+    assert_string_equal(dd.attempts[0].response, "r\xef\xbf\xbd");
+    assert_int_equal(dd.attempts[1].at, T0 + 300);
+    assert_int_equal(dd.attempts[1].status, 200);
+    assert_null(dd.attempts[1].error);
+    kz_delivery_detail_cleanup(&dd);
+    assert_int_equal(kz_store_delivery_get(f->st, "wh-2", d2, &dd), KZ_OK);
+    assert_int_equal(dd.n_attempts, 0);
+    kz_delivery_detail_cleanup(&dd);
+    assert_int_equal(kz_store_delivery_get(f->st, "wh-2", d1, &dd), KZ_ERR_NOTFOUND);
+    assert_int_equal(kz_store_delivery_get(f->st, "wh-1", 999999, &dd), KZ_ERR_NOTFOUND);
+
+    /* the history goes with its delivery: retention, webhook delete, app delete */
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_PRUNE;
+    op.u.prune.before = kz_now_ms() + 50000;
+    op.u.prune.limit = 10;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(op.u.prune.pruned, 1);
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM delivery_attempts WHERE delivery_id = %lld",
+             (long long)d1);
+    assert_int_equal(db_int(f, sql), 0);
+    publish(f->st, "ev-2", T0, ids, 2, 0);
+    d1 = claim_find(f->st, T0 + 10, "ev-2", "wh-1");
+    assert_int_equal(kz_store_delivery_of_event(f->st, "wh-2", "ev-2", &d2), KZ_OK);
+    attempt_at(f->st, d1, "wh-1", KZ_D_PENDING, 1, T0 + 20, 1, 500);
+    attempt_at(f->st, d2, "wh-2", KZ_D_PENDING, 1, T0 + 20, 1, 500);
+    assert_int_equal(db_int(f, "SELECT count(*) FROM delivery_attempts"), 2);
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_WEBHOOK_DELETE;
+    op.u.del.id = "wh-1";
+    op.u.del.app_id = "app-1";
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(db_int(f, "SELECT count(*) FROM delivery_attempts"), 1);
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_APP_DELETE;
+    op.u.id = "app-1";
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(db_int(f, "SELECT count(*) FROM delivery_attempts"), 0);
+}
+
+/* A dead delivery disables its webhook only when nothing to that webhook succeeded since the
+ * delivery's first attempt. */
+static void test_disable_rule(void **state)
+{
+    struct fx *f = *state;
+    const char *w1[] = {"wh-1"}, *w2[] = {"wh-2"}, *w3[] = {"wh-3"};
+    struct kz_attempt a[2];
+    struct kz_op op = {.type = KZ_OP_COMPLETE};
+    bool dis[2] = {true, true};
+    int64_t pa, pb, da, db, v;
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    add_webhook(f->st, "wh-2", "app-1", "g1");
+    add_webhook(f->st, "wh-3", "app-1", "g1");
+
+    /* wh-1, a poison event: first attempt at T0+10; another event succeeds at T0+50; then the
+     * poison one dies: the webhook stays active */
+    publish(f->st, "poison", T0, w1, 1, 0);
+    publish(f->st, "fine", T0, w1, 1, 0);
+    pa = claim_find(f->st, T0 + 5, "poison", "wh-1");
+    assert_int_equal(kz_store_delivery_of_event(f->st, "wh-1", "fine", &pb), KZ_OK);
+    attempt_at(f->st, pa, "wh-1", KZ_D_PENDING, 1, T0 + 10, 3, 400);
+    attempt_at(f->st, pb, "wh-1", KZ_D_SUCCEEDED, 1, T0 + 50, 3, 200);
+    assert_int_equal(claim_find(f->st, T0 + 200, "poison", "wh-1"), pa);
+    v = meta_version(f->st);
+    assert_false(attempt_at(f->st, pa, "wh-1", KZ_D_DEAD, 2, T0 + 300, 3, 400));
+    assert_true(webhook_is_active(f->st, "wh-1"));
+    assert_int_equal(meta_version(f->st), v);
+
+    /* wh-2, down: its last success ended before the dead delivery's first attempt */
+    publish(f->st, "ok-early", T0, w2, 1, 0);
+    publish(f->st, "down", T0 + 1, w2, 1, 0);
+    da = claim_find(f->st, T0 + 5, "ok-early", "wh-2");
+    assert_int_equal(kz_store_delivery_of_event(f->st, "wh-2", "down", &db), KZ_OK);
+    attempt_at(f->st, da, "wh-2", KZ_D_SUCCEEDED, 1, T0 + 10, 5, 200); /* ended T0+15 */
+    attempt_at(f->st, db, "wh-2", KZ_D_PENDING, 1, T0 + 16, 5, 500);
+    assert_int_equal(claim_find(f->st, T0 + 500, "down", "wh-2"), db);
+    assert_true(attempt_at(f->st, db, "wh-2", KZ_D_DEAD, 2, T0 + 600, 5, 500));
+    assert_false(webhook_is_active(f->st, "wh-2"));
+    assert_int_equal(meta_version(f->st), v + 1);
+
+    /* wh-3: the dead attempt and a later success in the same op (dead first): the success
+     * counts, so the webhook stays active; a replayed delivery starts a new series */
+    publish(f->st, "p3", T0, w3, 1, 0);
+    publish(f->st, "f3", T0, w3, 1, 0);
+    da = claim_find(f->st, T0 + 5, "p3", "wh-3");
+    assert_int_equal(kz_store_delivery_of_event(f->st, "wh-3", "f3", &db), KZ_OK);
+    memset(a, 0, sizeof(a));
+    a[0].delivery_id = da;
+    snprintf(a[0].webhook_id, sizeof(a[0].webhook_id), "wh-3");
+    a[0].state = KZ_D_DEAD;
+    a[0].attempts = 1;
+    a[0].at = T0 + 10;
+    a[0].status = 400;
+    a[1] = a[0];
+    a[1].delivery_id = db;
+    a[1].state = KZ_D_SUCCEEDED;
+    a[1].at = T0 + 11;
+    a[1].status = 200;
+    op.u.complete.items = a;
+    op.u.complete.n = 2;
+    op.u.complete.disabled = dis;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_false(dis[0]);
+    assert_false(dis[1]);
+    assert_true(webhook_is_active(f->st, "wh-3"));
+    assert_int_equal(db_int(f, "SELECT count(*) FROM delivery_attempts"), 8);
+}
+
+static void test_retry_one_delivery(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wh-1"};
+    struct kz_op op;
+    struct kz_delivery_detail dd;
+    int64_t d1;
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    add_webhook(f->st, "wh-2", "app-1", "g1");
+    publish(f->st, "ev-1", T0, ids, 1, 0);
+    d1 = claim_find(f->st, T0 + 5, "ev-1", "wh-1");
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_RETRY;
+    op.u.retry.webhook_id = "wh-2";
+    op.u.retry.delivery_id = d1;
+    op.u.retry.now = T0 + 100;
+    assert_int_equal(exec(f->st, &op), KZ_ERR_NOTFOUND);
+    op.u.retry.webhook_id = "wh-1";
+    op.u.retry.now = T0 + 2000000;
+    assert_int_equal(exec(f->st, &op), KZ_ERR_CONFLICT); /* validity ended at T0 + 1000000 */
+    op.u.retry.now = T0 + 1000;
+    assert_int_equal(exec(f->st, &op), KZ_OK); /* inflight: left to its attempt */
+    assert_false(op.u.retry.requeued);
+    attempt_at(f->st, d1, "wh-1", KZ_D_DEAD, 3, T0 + 10, 1, 500);
+    assert_false(webhook_is_active(f->st, "wh-1"));
+    assert_int_equal(exec(f->st, &op), KZ_ERR_CONFLICT);
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_WEBHOOK_ACTIVE;
+    op.u.active.id = "wh-1";
+    op.u.active.flag = true;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_RETRY;
+    op.u.retry.webhook_id = "wh-1";
+    op.u.retry.delivery_id = d1;
+    op.u.retry.now = T0 + 2000;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_true(op.u.retry.requeued);
+    assert_int_equal(kz_store_delivery_get(f->st, "wh-1", d1, &dd), KZ_OK);
+    assert_int_equal(dd.d.state, KZ_D_PENDING);
+    assert_int_equal(dd.d.attempts, 0);
+    assert_int_equal(dd.d.next_attempt_at, T0 + 2000);
+    assert_int_equal(dd.n_attempts, 1); /* the history stays */
+    kz_delivery_detail_cleanup(&dd);
+    /* a pending one is due now, its series kept */
+    assert_int_equal(claim_find(f->st, T0 + 2000, "ev-1", "wh-1"), d1);
+    attempt_at(f->st, d1, "wh-1", KZ_D_PENDING, 1, T0 + 2001, 1, 500); /* next at T0 + 2101 */
+    op.u.retry.now = T0 + 2050;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(kz_store_delivery_get(f->st, "wh-1", d1, &dd), KZ_OK);
+    assert_int_equal(dd.d.attempts, 1);
+    assert_int_equal(dd.d.next_attempt_at, T0 + 2050);
+    kz_delivery_detail_cleanup(&dd);
+}
+
 struct tcase {
     const char *name;
     CMUnitTestFunction fn;
@@ -3600,6 +3861,9 @@ static const struct tcase cases[] = {
     T(complete_many, BOTH),
     T(complete_truncates_response, BOTH),
     T(replay, BOTH),
+    T(attempt_history, BOTH),
+    T(disable_rule, BOTH),
+    T(retry_one_delivery, BOTH),
     T(delivery_list_filter_and_cursor, BOTH),
     T(prune, BOTH),
     T(prune_sweep_bounded, BOTH),
