@@ -526,7 +526,8 @@ class Kzhook:
             raise BenchError("create webhook %s: %s %s" % (url, st, doc))
         return doc["webhookId"]
 
-    def webhooks(self, group, urls, parallel=8):
+    def webhooks(self, group, urls, parallel=4):
+        # at most 4 handshakes of one application run at once (README, "API limits")
         with ThreadPoolExecutor(parallel) as ex:
             return list(ex.map(lambda u: self.webhook(group, u), urls))
 
@@ -1016,7 +1017,7 @@ class Bench:
         kz = self.kz("fanout")
         try:
             t = time.monotonic()
-            kz.webhooks("g-fan", [self.ngx.url("/hook/fan/%d" % i) for i in range(nwh)], parallel=16)
+            kz.webhooks("g-fan", [self.ngx.url("/hook/fan/%d" % i) for i in range(nwh)], parallel=4)
             create_s = time.monotonic() - t
             log("fan-out: %d webhooks created in %.1fs" % (nwh, create_s))
             runs = []
