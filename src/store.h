@@ -160,11 +160,12 @@ struct kz_op {
         struct {
             int64_t now;
             bool all; /* every inflight row, whoever claimed it (single node at start) */
-            bool own; /* the rows this node (kz_store_node_start) claimed */
+            bool own; /* the rows this node (kz_store_node_start) claimed; they keep their
+                         next_attempt_at */
             int64_t released;
         } release; /* neither: rows whose lease ended, unless their claimer is a live node */
         struct {
-            int64_t now; /* next_attempt_at of the released rows */
+            int64_t now; /* updated_at of the released rows (next_attempt_at is kept) */
             struct kz_takeover nodes[KZ_TAKEOVER_NODES_MAX];
             size_t n_nodes;
             int64_t released;

@@ -317,13 +317,16 @@ static const char *const stmt_sql[S__COUNT] = {
     /* A live node's claims are its own however long it holds them; its lease only matters once
      * it is dead (then TAKEOVER is quicker anyway) or for rows no node claimed (NULL: written by
      * a kzhook before node ids). */
-    [S_LEASE_EXPIRED] = "UPDATE deliveries AS d SET state = 0, next_attempt_at = $1, lease_until = 0,"
-                        " updated_at = $1 WHERE d.state = 1 AND d.lease_until < $1"
-                        " AND NOT EXISTS (SELECT 1 FROM nodes AS n WHERE n.id = d.claimed_by"
-                        " AND n.heartbeat_at >= " SERVER_NOW_MS " - $2)",
+    [S_LEASE_EXPIRED] =
+        "UPDATE deliveries AS d SET state = 0, next_attempt_at = $1, lease_until = 0,"
+        " updated_at = $1 WHERE d.state = 1 AND d.lease_until < $1"
+        " AND NOT EXISTS (SELECT 1 FROM nodes AS n WHERE n.id = d.claimed_by"
+        " AND n.heartbeat_at >= " SERVER_NOW_MS " - $2)",
     [S_LEASE_ALL] = "UPDATE deliveries SET state = 0, next_attempt_at = $1, lease_until = 0,"
                     " updated_at = $1 WHERE state = 1",
-    [S_RELEASE_OWN] = "UPDATE deliveries SET state = 0, next_attempt_at = $1, lease_until = 0,"
+    /* A node's own claims and a dead node's keep their next_attempt_at: they were due then, and
+     * go back in their place in the due order, ahead of what fell due since. */
+    [S_RELEASE_OWN] = "UPDATE deliveries SET state = 0, lease_until = 0,"
                       " updated_at = $1 WHERE state = 1 AND claimed_by = $2",
     [S_NODE_UPSERT] = "INSERT INTO nodes(id, incarnation, started_at, heartbeat_at)"
                       " VALUES ($1, $2, " SERVER_NOW_MS ", " SERVER_NOW_MS ")"
@@ -341,7 +344,7 @@ static const char *const stmt_sql[S__COUNT] = {
                    " pick AS (SELECT d.id, d.claimed_by FROM deliveries AS d"
                    " JOIN dead ON d.claimed_by = dead.id WHERE d.state = 1"
                    " FOR UPDATE OF d SKIP LOCKED),"
-                   " upd AS (UPDATE deliveries AS d SET state = 0, next_attempt_at = $1,"
+                   " upd AS (UPDATE deliveries AS d SET state = 0,"
                    " lease_until = 0, updated_at = $1 FROM pick"
                    " WHERE d.id = pick.id AND d.state = 1 RETURNING pick.claimed_by AS node)"
                    " SELECT node, count(*) FROM upd GROUP BY node ORDER BY node",

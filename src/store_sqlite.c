@@ -279,13 +279,15 @@ static const char *const stmt_sql[S__COUNT] = {
                  " lease_until = 0, updated_at = ?3"
                  " WHERE webhook_id = ?1 AND created_at >= ?2 AND state IN (0, 3, 4)",
     /* as on PostgreSQL: not the rows of a node whose heartbeat is younger than ?2 (none here) */
-    [S_LEASE_EXPIRED] = "UPDATE deliveries AS d SET state = 0, next_attempt_at = ?1, lease_until = 0,"
-                        " updated_at = ?1 WHERE d.state = 1 AND d.lease_until < ?1"
-                        " AND NOT EXISTS (SELECT 1 FROM nodes AS n WHERE n.id = d.claimed_by"
-                        " AND n.heartbeat_at >= ?2)",
+    [S_LEASE_EXPIRED] =
+        "UPDATE deliveries AS d SET state = 0, next_attempt_at = ?1, lease_until = 0,"
+        " updated_at = ?1 WHERE d.state = 1 AND d.lease_until < ?1"
+        " AND NOT EXISTS (SELECT 1 FROM nodes AS n WHERE n.id = d.claimed_by"
+        " AND n.heartbeat_at >= ?2)",
     [S_LEASE_ALL] = "UPDATE deliveries SET state = 0, next_attempt_at = ?1, lease_until = 0,"
                     " updated_at = ?1 WHERE state = 1",
-    [S_RELEASE_OWN] = "UPDATE deliveries SET state = 0, next_attempt_at = ?1, lease_until = 0,"
+    /* keeps next_attempt_at: the rows go back in their place in the due order */
+    [S_RELEASE_OWN] = "UPDATE deliveries SET state = 0, lease_until = 0,"
                       " updated_at = ?1 WHERE state = 1 AND claimed_by = ?2",
     [S_NODE_UPSERT] = "INSERT INTO nodes(id, incarnation, started_at, heartbeat_at)"
                       " VALUES (?1, ?2, ?3, ?3) ON CONFLICT (id) DO UPDATE SET"
@@ -1425,7 +1427,10 @@ static enum kz_err op_release(struct kz_backend *be, struct kz_op *op, int64_t d
         op->u.release.released = 0;
         return KZ_OK;
     }
-    prep(c, op->u.release.all ? S_LEASE_ALL : op->u.release.own ? S_RELEASE_OWN : S_LEASE_EXPIRED,
+    prep(c,
+         op->u.release.all   ? S_LEASE_ALL
+         : op->u.release.own ? S_RELEASE_OWN
+                             : S_LEASE_EXPIRED,
          &b);
     b_int(&b, op->u.release.now);
     if (op->u.release.own)
