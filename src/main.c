@@ -235,11 +235,13 @@ static int node_start(struct kz_ctx *ctx)
 static void takeover(struct kz_ctx *ctx)
 {
     struct kz_op op;
+    struct kz_takeover nodes[KZ_TAKEOVER_NODES_MAX];
     char esc[300];
     size_t i;
 
     memset(&op, 0, sizeof(op));
     op.type = KZ_OP_TAKEOVER;
+    op.u.takeover.nodes = nodes;
     op.u.takeover.now = kz_now_ms();
     if (kz_store_exec(ctx->st, &op) || !op.u.takeover.released)
         return;

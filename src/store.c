@@ -431,7 +431,8 @@ static enum kz_err call_op(struct kz_store *st, struct kz_op *op, bool *bump)
     case KZ_OP_REPLAY:
         return b->replay(be, op);
     case KZ_OP_RELEASE:
-        return b->release(be, op, KZ_NODE_DEAD_MS);
+        /* without heartbeats no node counts as live: leases decide, as before node ids */
+        return b->release(be, op, b->heartbeat ? KZ_NODE_DEAD_MS : -1);
     case KZ_OP_PRUNE:
         return b->prune(be, op);
     case KZ_OP_TAKEOVER:

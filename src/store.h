@@ -166,8 +166,8 @@ struct kz_op {
         } release; /* neither: rows whose lease ended, unless their claimer is a live node */
         struct {
             int64_t now; /* updated_at of the released rows (next_attempt_at is kept) */
-            struct kz_takeover nodes[KZ_TAKEOVER_NODES_MAX];
-            size_t n_nodes;
+            struct kz_takeover *nodes; /* the caller's KZ_TAKEOVER_NODES_MAX entries, or NULL */
+            size_t n_nodes;            /* entries filled (0 when nodes is NULL) */
             int64_t released;
         } takeover; /* nodes other than this one whose heartbeat is KZ_NODE_DEAD_MS old */
         struct {

@@ -108,7 +108,7 @@ struct kz_backend_ops {
     enum kz_err (*replay)(struct kz_backend *be, struct kz_op *op);
     /** u.release.all: every inflight row; own: the rows claimed by the node of node_start; else
      * rows whose lease ended unless their claimer's heartbeat is younger than `dead_ms` (by the
-     * database's clock where it has one). */
+     * database's clock where it has one); -1: no node is live (a backend without heartbeats). */
     enum kz_err (*release)(struct kz_backend *be, struct kz_op *op, int64_t dead_ms);
     /** u.node: registers node `id` with `incarnation` (upsert: started_at and heartbeat_at now),
      * remembers both for claims and heartbeats, then releases the node's own inflight rows (every

@@ -1858,12 +1858,15 @@ static enum kz_err op_takeover(struct kz_backend *be, struct kz_op *op, int64_t 
     if (!r)
         return result;
     n = PQntuples(r);
-    for (i = 0; i < n && op->u.takeover.n_nodes < KZ_TAKEOVER_NODES_MAX; i++) {
-        struct kz_takeover *t = &op->u.takeover.nodes[op->u.takeover.n_nodes++];
+    for (i = 0; i < n; i++) {
+        struct kz_takeover *t;
 
+        op->u.takeover.released += col_int(r, i, 1);
+        if (!op->u.takeover.nodes || op->u.takeover.n_nodes >= KZ_TAKEOVER_NODES_MAX)
+            continue;
+        t = &op->u.takeover.nodes[op->u.takeover.n_nodes++];
         snprintf(t->node_id, sizeof(t->node_id), "%s", PQgetvalue(r, i, 0));
         t->deliveries = col_int(r, i, 1);
-        op->u.takeover.released += t->deliveries;
     }
     PQclear(r);
     return KZ_OK;

@@ -1436,7 +1436,7 @@ static enum kz_err op_release(struct kz_backend *be, struct kz_op *op, int64_t d
     if (op->u.release.own)
         b_text(&b, be->node_id);
     else if (!op->u.release.all)
-        b_int(&b, kz_now_ms() - dead_ms);
+        b_int(&b, dead_ms < 0 ? INT64_MAX : kz_now_ms() - dead_ms);
     rc = run(&b);
     if (rc)
         return fail(c, "release", rc);
