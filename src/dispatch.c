@@ -557,7 +557,10 @@ static void resume_done(struct kz_op *op, void *arg)
     struct kz_dispatch *d = arg;
 
     (void)op;
+    pthread_mutex_lock(&d->lock);
     atomic_store(&d->resume_done, true);
+    pthread_cond_broadcast(&d->cond);
+    pthread_mutex_unlock(&d->lock);
     curl_multi_wakeup(d->multi);
 }
 
@@ -953,7 +956,7 @@ void kz_dispatch_stop(struct kz_dispatch *d, int64_t drain_ms)
     /* The thread is gone: finish its hand-offs here. A claim still in the writer's queue is
      * waited for, and what it leased goes straight back. */
     pthread_mutex_lock(&d->lock);
-    while (d->claim_busy && !d->claim_ready)
+    while ((d->claim_busy && !d->claim_ready) || (d->resuming && !atomic_load(&d->resume_done)))
         pthread_cond_wait(&d->cond, &d->lock);
     pthread_mutex_unlock(&d->lock);
     if (d->claim_busy)
