@@ -52,6 +52,7 @@ static const struct opt opts[] = {
     {"--max-webhooks-per-app", "KZHOOK_MAX_WEBHOOKS_PER_APP", OPT_INT, OFF(max_webhooks_per_app), 1,
      1000000},
     {"--max-fanout", "KZHOOK_MAX_FANOUT", OPT_INT, OFF(max_fanout), 1, 100000000},
+    {"--node-id", "KZHOOK_NODE_ID", OPT_STR, OFF(node_id), 0, 0},
 };
 
 enum kz_err kz_config_parse_listen(const char *s, char *host, size_t hostlen, int *port)
@@ -337,5 +338,6 @@ void kz_config_cleanup(struct kz_config *cfg)
     kz_free(cfg->ca_file);
     kz_free(cfg->tls_cert);
     kz_free(cfg->tls_key);
+    kz_free(cfg->node_id);
     memset(cfg, 0, sizeof(*cfg));
 }

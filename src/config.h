@@ -35,6 +35,7 @@ struct kz_config {
     int per_endpoint_concurrency; /* in-flight deliveries per webhook */
     int max_webhooks_per_app;     /* one more is 403 QuotaExceeded */
     int max_fanout;               /* deliveries one publish request may create (413) */
+    char *node_id;                /* --node-id: NULL: "<hostname>/<listen host>:<port>" (main.c) */
     struct kz_trust *trust;       /* outbound TLS trust store, set by main at start (outbound.h) */
 };
 

@@ -26,7 +26,7 @@
 #define RESPONSE_READ_MAX (256 * 1024) /* bytes read from a receiver before we stop listening */
 #define IDLE_POLL_MS 1000
 #define COMPLETE_RETRY_MS 1000 /* a COMPLETE the store refused is tried again after this */
-#define COMPLETE_TRIES 120     /* then its rows are left to their lease (sent again) */
+#define COMPLETE_TRIES 120     /* for an error other than a store fault; then its rows wait */
 
 struct xfer {
     struct kz_dispatch *d;
@@ -83,6 +83,16 @@ struct kz_dispatch {
     int64_t next_poll;
     bool refill; /* an excluded endpoint's queue ran low: claim again right away */
     int64_t drain_deadline;
+    /* node liveness (store.h kz_store_node_live): while fenced nothing starts, nothing is
+     * claimed, and what was held is dropped; the way back is a RELEASE of our own claims */
+    bool fenced, resuming;
+    struct kz_op resume;     /* the RELEASE (own) while resuming */
+    atomic_bool resume_done; /* set by its done() */
+    /* webhook changes (kz_store_webhooks_gen): queued rows are checked against the store
+     * whenever the generation moved since the last check */
+    int64_t wh_gen_checked;
+    int64_t claim_gen; /* the generation when the claim in flight was submitted */
+    int64_t verify_retry_at;
 };
 
 static uint32_t rnd32(void)
@@ -152,10 +162,13 @@ static void complete_done(struct kz_op *op, void *arg)
 
     if (op->result) {
         /* A store fault (disk full, database restarting): the transaction rolled back, so the
-         * same batch is submitted again later (COMPLETE only touches rows still inflight). If
-         * that keeps failing, or we are stopping, the rows stay inflight and their lease
-         * expires: they are sent again (at least once). */
-        bool again = ++b->tries < COMPLETE_TRIES && !atomic_load(&d->stop);
+         * same batch is submitted again later (COMPLETE only touches rows still inflight), for
+         * as long as the fault lasts: the rows are this live node's claims, which nobody else
+         * takes. Another error is tried COMPLETE_TRIES times. When we stop, the rows stay
+         * inflight and go back when this node starts again or is taken over: sent again (at
+         * least once). */
+        bool fault = op->result == KZ_ERR_DB || op->result == KZ_ERR_BUSY;
+        bool again = (fault || ++b->tries < COMPLETE_TRIES) && !atomic_load(&d->stop);
 
         kz_log("error", "could not record delivery outcomes",
                "\"count\":%zu,\"error\":\"%s\",\"retry\":%s", b->n, kz_err_str(op->result),
@@ -562,14 +575,204 @@ static void reap(struct kz_dispatch *d)
     }
 }
 
+/* ==== node liveness ==== */
+
+/* Our heartbeat is too old: other nodes may soon take our claims, so nothing of ours may be
+ * attempted from now on. Transfers running are abandoned (their outcome is not recorded: the
+ * rows stay inflight, ours) and queued rows are dropped the same way. */
+static void fence(struct kz_dispatch *d)
+{
+    struct kz_claimed row;
+    size_t aborted = 0, dropped = 0;
+
+    while (d->active) {
+        struct xfer *x = d->active;
+
+        active_unlink(d, x);
+        curl_multi_remove_handle(d->multi, x->h);
+        atomic_fetch_sub(&d->m->inflight, 1);
+        kz_sched_done(d->sched, x->ep);
+        xfer_put(d, x);
+        aborted++;
+    }
+    while (kz_sched_pop(d->sched, &row)) {
+        kz_webhook_cleanup(&row.wh);
+        kz_event_cleanup(&row.ev);
+        dropped++;
+    }
+    d->fenced = true;
+    atomic_fetch_add(&d->m->node_fenced, 1);
+    kz_log("warn", "node heartbeat too old: delivery attempts stopped until it is written again",
+           "\"abortedAttempts\":%zu,\"droppedQueued\":%zu,\"fenceMs\":%d", aborted, dropped,
+           KZ_NODE_FENCE_MS);
+}
+
+static void resume_done(struct kz_op *op, void *arg)
+{
+    struct kz_dispatch *d = arg;
+
+    (void)op;
+    pthread_mutex_lock(&d->lock);
+    atomic_store(&d->resume_done, true);
+    pthread_cond_broadcast(&d->cond);
+    pthread_mutex_unlock(&d->lock);
+    curl_multi_wakeup(d->multi);
+}
+
+/* True when this node may start attempts (and claim) now. Fences on a heartbeat too old;
+ * after one, once the heartbeat is written again and no claim is in flight, gives our own
+ * claims back (RELEASE own: they are due again, for any node) and only then goes on. */
+static bool node_ok(struct kz_dispatch *d)
+{
+    bool live = kz_store_node_live(d->st);
+
+    if (!d->fenced) {
+        if (live)
+            return true;
+        fence(d);
+        return false;
+    }
+    if (d->resuming) {
+        if (!atomic_load(&d->resume_done))
+            return false;
+        d->resuming = false;
+        if (d->resume.result) {
+            d->next_poll = kz_now_ms() + 500;
+            return false;
+        }
+        kz_log("info", "node heartbeat written again: delivery attempts resume",
+               "\"released\":%lld", (long long)d->resume.u.release.released);
+        if (!live)
+            return false; /* fenced again meanwhile: release again once it comes back */
+        d->fenced = false;
+        d->next_poll = 0;
+        return true;
+    }
+    if (!live || d->claim_busy || kz_now_ms() < d->next_poll)
+        return false;
+    memset(&d->resume, 0, sizeof(d->resume));
+    d->resume.type = KZ_OP_RELEASE;
+    d->resume.u.release.own = true;
+    d->resume.u.release.now = kz_now_ms();
+    d->resume.done = resume_done;
+    d->resume.arg = d;
+    atomic_store(&d->resume_done, false);
+    if (kz_store_submit(d->st, &d->resume))
+        d->next_poll = kz_now_ms() + 100;
+    else
+        d->resuming = true;
+    return false;
+}
+
+/* ==== webhook changes ==== */
+
+/* What to do with the queued rows of one webhook. */
+enum verdict { V_KEEP, V_SKIP, V_DROP };
+
+struct vslot {
+    char id[40]; /* a webhook id; "" : free */
+    enum verdict v;
+};
+
+/* The webhook generation moved (a webhook was changed here or on another node) since the queue
+ * was last checked: every queued row's webhook is read again (one read per webhook with queued
+ * rows, only after a change), and the rows of a webhook that is gone are dropped (its
+ * deliveries went with it), those of one inactive or expired are recorded as skipped, the rest
+ * queued again in their order. So no attempt starts for a webhook deleted or disabled before the
+ * generation moved. False when the store could not answer: then nothing may start yet. */
+static bool verify_queued(struct kz_dispatch *d)
+{
+    int64_t gen = kz_store_webhooks_gen(d->st);
+    int64_t now = kz_now_ms();
+    struct kz_claimed *rows;
+    struct vslot *slots;
+    size_t n = 0, cap = kz_sched_queued(d->sched), nslots = 16, i;
+    size_t skipped = 0, dropped = 0;
+    bool ok = true;
+
+    if (gen == d->wh_gen_checked)
+        return true;
+    if (!cap) {
+        d->wh_gen_checked = gen;
+        return true;
+    }
+    if (now < d->verify_retry_at)
+        return false;
+    rows = kz_calloc(cap, sizeof(*rows));
+    while (n < cap && kz_sched_pop(d->sched, &rows[n]))
+        n++;
+    while (nslots < 2 * n)
+        nslots *= 2;
+    slots = kz_calloc(nslots, sizeof(*slots));
+    for (i = 0; i < n && ok; i++) {
+        size_t k = kz_hash_str(rows[i].wh.id) & (nslots - 1);
+        struct kz_webhook wh;
+        enum kz_err e;
+
+        while (slots[k].id[0] && strcmp(slots[k].id, rows[i].wh.id))
+            k = (k + 1) & (nslots - 1);
+        if (slots[k].id[0])
+            continue;
+        memset(&wh, 0, sizeof(wh));
+        e = kz_store_webhook_get(d->st, rows[i].wh.id, &wh);
+        if (e == KZ_ERR_NOTFOUND) {
+            slots[k].v = V_DROP;
+        } else if (e) {
+            ok = false;
+            break;
+        } else {
+            slots[k].v = wh.active && wh.validity_ms > now ? V_KEEP : V_SKIP;
+            kz_webhook_cleanup(&wh);
+        }
+        memcpy(slots[k].id, rows[i].wh.id, sizeof(slots[k].id));
+    }
+    for (i = 0; i < n; i++) {
+        size_t k = kz_hash_str(rows[i].wh.id) & (nslots - 1);
+        enum verdict v = V_KEEP;
+
+        if (ok) {
+            while (slots[k].id[0] && strcmp(slots[k].id, rows[i].wh.id))
+                k = (k + 1) & (nslots - 1);
+            v = slots[k].v;
+        }
+        if (v == V_SKIP) {
+            record_skip(d, &rows[i], rows[i].wh.active ? "webhook disabled" : "webhook inactive");
+            skipped++;
+        } else if (v == V_DROP) {
+            dropped++;
+        }
+        if (v == V_KEEP) {
+            kz_sched_push(d->sched, &rows[i]);
+        } else {
+            kz_webhook_cleanup(&rows[i].wh);
+            kz_event_cleanup(&rows[i].ev);
+        }
+    }
+    kz_free(slots);
+    kz_free(rows);
+    if (!ok) {
+        d->verify_retry_at = now + 100;
+        return false;
+    }
+    d->wh_gen_checked = gen;
+    if (skipped || dropped)
+        kz_log("info", "queued deliveries of changed webhooks left out",
+               "\"skipped\":%zu,\"dropped\":%zu", skipped, dropped);
+    return true;
+}
+
 /* Starts queued deliveries while the scheduler allows (scheduler.h: round-robin across
- * applications, then their endpoints, within every cap); true when it started any. */
+ * applications, then their endpoints, within every cap); true when it started any. Nothing
+ * starts while this node is fenced, nor before the queue was checked against the latest
+ * webhook changes. */
 static bool start_queued(struct kz_dispatch *d)
 {
     struct kz_claimed row;
     struct kz_sched_ep *e;
     bool started = false;
 
+    if (!node_ok(d) || !verify_queued(d))
+        return false;
     while (kz_sched_next(d->sched, &row, &e)) {
         start(d, e, &row);
         kz_webhook_cleanup(&row.wh);
@@ -619,6 +822,7 @@ static void claim_start(struct kz_dispatch *d)
     d->claim.u.claim.exclude = kz_sched_exclude(d->sched, &d->claim.u.claim.n_exclude);
     d->claim.done = claim_done;
     d->claim.arg = d;
+    d->claim_gen = kz_store_webhooks_gen(d->st);
     d->claim_busy = true;
     d->claim_ready = false;
     e = kz_store_submit(d->st, &d->claim);
@@ -648,6 +852,16 @@ static void claim_finish(struct kz_dispatch *d)
         kz_claim_cleanup(op);
         return;
     }
+    if (d->fenced) {
+        /* Claimed while we could still claim, returned after we were fenced: the rows stay
+         * ours (inflight) and the RELEASE that ends the fence gives them back. */
+        kz_claim_cleanup(op);
+        return;
+    }
+    /* A webhook changed while the claim ran: its rows may be of a webhook deleted or disabled
+     * since, so the queue is checked again before anything starts. */
+    if (kz_store_webhooks_gen(d->st) != d->claim_gen)
+        d->wh_gen_checked = INT64_MIN;
     for (i = 0; i < n; i++) {
         struct kz_claimed *row = &op->u.claim.out[i];
 
@@ -720,7 +934,7 @@ static void *run(void *arg)
              * the rows that caused the wake were committed. */
             if (!d->claim_busy && atomic_exchange(&d->wake, false))
                 d->next_poll = 0;
-            if (!d->claim_busy && now >= d->next_poll)
+            if (!d->claim_busy && !d->fenced && now >= d->next_poll)
                 claim_start(d);
         }
         curl_multi_perform(d->multi, &running);
@@ -734,8 +948,8 @@ static void *run(void *arg)
         flush_completions(d);
         if (!stopping)
             retry_failed(d, now);
-        if (stopping)
-            timeout = 50;
+        if (stopping || (d->fenced && !d->resuming))
+            timeout = 50; /* a fence ends as soon as the heartbeat is back */
         else if (d->claim_busy)
             timeout = 1000;
         else
@@ -797,7 +1011,7 @@ void kz_dispatch_stop(struct kz_dispatch *d, int64_t drain_ms)
     /* The thread is gone: finish its hand-offs here. A claim still in the writer's queue is
      * waited for, and what it leased goes straight back. */
     pthread_mutex_lock(&d->lock);
-    while (d->claim_busy && !d->claim_ready)
+    while ((d->claim_busy && !d->claim_ready) || (d->resuming && !atomic_load(&d->resume_done)))
         pthread_cond_wait(&d->cond, &d->lock);
     pthread_mutex_unlock(&d->lock);
     if (d->claim_busy)

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #define STORE_QUEUE_MAX 20000
 
@@ -48,7 +49,7 @@ static void usage(FILE *f)
         "  --rate-limit N\n"
         "  --tls-cert PEM --tls-key PEM  --retention DUR  --threads N  --max-connections N\n"
         "  --max-connections-per-ip N  --per-endpoint-concurrency N  --max-webhooks-per-app N\n"
-        "  --max-fanout N  --admin-token-file PATH\n",
+        "  --max-fanout N  --admin-token-file PATH  --node-id ID\n",
         f);
 }
 
@@ -77,6 +78,7 @@ struct kz_ctx {
     struct kz_dispatch *dispatch;
     struct kz_http *http;
     char admin_hash[65];
+    char node_esc[700]; /* this node's id, escaped for log lines */
 };
 
 static void ctx_close(struct kz_ctx *ctx)
@@ -175,9 +177,11 @@ static void on_notify(void *arg, int what)
 {
     struct kz_ctx *ctx = arg;
 
-    if (what == KZ_NOTIFY_WEBHOOKS)
+    if (what == KZ_NOTIFY_WEBHOOKS) {
         kz_subidx_sync(ctx->idx, ctx->st, false);
-    else if (what == KZ_NOTIFY_DUE)
+        /* the dispatcher checks its queued rows against the change before it starts any */
+        kz_dispatch_wake(ctx->dispatch);
+    } else if (what == KZ_NOTIFY_DUE)
         kz_dispatch_wake(ctx->dispatch);
 }
 
@@ -194,6 +198,69 @@ static const char *redact_db(const char *db, char *out, size_t n)
     if (at && colon && colon < at)
         snprintf(out, n, "%.*s:***%s", (int)(colon - db), db, at);
     return out;
+}
+
+/* This node's id (README.md "Scaling out"): --node-id, else "<hostname>/<listen host>:<port>",
+ * which stays the same across restarts of one node and differs between nodes on one host. */
+static int node_start(struct kz_ctx *ctx)
+{
+    char host[256] = "localhost", id[600], esc[700];
+    int64_t resumed = 0;
+    enum kz_err e;
+
+    if (ctx->cfg.node_id) {
+        snprintf(id, sizeof(id), "%s", ctx->cfg.node_id);
+    } else {
+        if (gethostname(host, sizeof(host) - 1))
+            snprintf(host, sizeof(host), "localhost");
+        host[sizeof(host) - 1] = '\0';
+        snprintf(id, sizeof(id), "%s/%s:%d", host, ctx->cfg.listen_host, ctx->cfg.listen_port);
+    }
+    e = kz_store_node_start(ctx->st, id, &resumed);
+    if (e == KZ_ERR_INVALID) {
+        fatal("invalid configuration",
+              "node id: 1 to 128 printable ASCII characters without spaces (--node-id)");
+        return 1;
+    }
+    if (e) {
+        fatal("cannot register this node", kz_err_str(e));
+        return 1;
+    }
+    kz_log_esc(id, esc, sizeof(esc));
+    if (resumed) {
+        atomic_fetch_add(&ctx->metrics.resumed_deliveries, resumed);
+        kz_log("info", "took back this node's unfinished claims", "\"node\":\"%s\",\"count\":%lld",
+               esc, (long long)resumed);
+    }
+    snprintf(ctx->node_esc, sizeof(ctx->node_esc), "%s", esc);
+    return 0;
+}
+
+/* Once a second: release the claims of nodes whose heartbeat stopped (PostgreSQL; a no-op on
+ * SQLite), log and count each. */
+static void takeover(struct kz_ctx *ctx)
+{
+    struct kz_op op;
+    struct kz_takeover nodes[KZ_TAKEOVER_NODES_MAX];
+    char esc[300];
+    size_t i;
+
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_TAKEOVER;
+    op.u.takeover.nodes = nodes;
+    op.u.takeover.now = kz_now_ms();
+    if (kz_store_exec(ctx->st, &op) || !op.u.takeover.released)
+        return;
+    for (i = 0; i < op.u.takeover.n_nodes; i++) {
+        const struct kz_takeover *t = &op.u.takeover.nodes[i];
+
+        atomic_fetch_add(&ctx->metrics.takeovers, 1);
+        atomic_fetch_add(&ctx->metrics.takeover_deliveries, t->deliveries);
+        kz_log("warn", "took over the claimed deliveries of a dead node",
+               "\"deadNode\":\"%s\",\"count\":%lld,\"node\":\"%s\"",
+               kz_log_esc(t->node_id, esc, sizeof(esc)), (long long)t->deliveries, ctx->node_esc);
+    }
+    kz_dispatch_wake(ctx->dispatch);
 }
 
 static int serve(struct kz_ctx *ctx)
@@ -226,16 +293,10 @@ static int serve(struct kz_ctx *ctx)
     }
     if (ctx_open(ctx) || admin_token(ctx))
         goto out;
-    /* Single node on SQLite: whatever was in flight when the last process died goes back. */
-    if (strncmp(ctx->cfg.db, "postgres", 8)) {
-        memset(&op, 0, sizeof(op));
-        op.type = KZ_OP_RELEASE;
-        op.u.release.all = true;
-        op.u.release.now = kz_now_ms();
-        if (!kz_store_exec(ctx->st, &op) && op.u.release.released)
-            kz_log("info", "released deliveries in flight at the last stop", "\"count\":%lld",
-                   (long long)op.u.release.released);
-    }
+    /* What this node had claimed when it last stopped or died goes back (SQLite, one node:
+     * whatever was inflight), and its heartbeat starts. */
+    if (node_start(ctx))
+        goto out;
     if (kz_dispatch_start(&ctx->dispatch, &ctx->cfg, ctx->st, &ctx->metrics)) {
         fatal("cannot start the delivery engine", "out of resources");
         goto out;
@@ -265,9 +326,11 @@ static int serve(struct kz_ctx *ctx)
         /* Housekeeping, once a second: pick up webhook changes made by the CLI or another node;
          * prune succeeded deliveries past retention in small batches. */
         kz_subidx_sync(ctx->idx, ctx->st, false);
+        takeover(ctx);
         now = kz_now_ms();
         if (now - last_release >= 10000) {
-            /* Leases of a node that died (or of transfers we abandoned) expire into pending. */
+            /* Expired leases of rows no live node holds (claimed by a kzhook without node ids)
+             * go back to pending; a dead node's claims are taken over sooner (above). */
             memset(&op, 0, sizeof(op));
             op.type = KZ_OP_RELEASE;
             op.u.release.now = now;

@@ -200,5 +200,24 @@ enum kz_err kz_metrics_render(const struct kz_metrics *m, struct kz_buf *out, in
                        "kzhook_attempt_duration_seconds_sum %.6f\n"
                        "kzhook_attempt_duration_seconds_count %lld\n",
                        cum, (double)LD(m->lat_sum_us) / 1e6, LD(m->lat_count));
+    r |= kz_buf_printf(
+        out,
+        "# HELP kzhook_takeovers_total Dead nodes whose claimed deliveries this node released.\n"
+        "# TYPE kzhook_takeovers_total counter\n"
+        "kzhook_takeovers_total %lld\n"
+        "# HELP kzhook_takeover_deliveries_total Deliveries released from dead nodes by this "
+        "node.\n"
+        "# TYPE kzhook_takeover_deliveries_total counter\n"
+        "kzhook_takeover_deliveries_total %lld\n"
+        "# HELP kzhook_resumed_deliveries_total This node's own unfinished claims taken back at "
+        "start.\n"
+        "# TYPE kzhook_resumed_deliveries_total counter\n"
+        "kzhook_resumed_deliveries_total %lld\n"
+        "# HELP kzhook_node_fenced_total Times this node stopped attempts: its heartbeat was too "
+        "old.\n"
+        "# TYPE kzhook_node_fenced_total counter\n"
+        "kzhook_node_fenced_total %lld\n",
+        LD(m->takeovers), LD(m->takeover_deliveries), LD(m->resumed_deliveries),
+        LD(m->node_fenced));
     return r ? KZ_ERR_TOOBIG : KZ_OK;
 }

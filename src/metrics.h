@@ -19,7 +19,11 @@ struct kz_metrics {
     atomic_llong attempts_failed; /* failed attempts that will be retried */
     atomic_llong deliveries_dead;
     atomic_llong deliveries_skipped;
-    atomic_llong webhooks_disabled; /* disabled by dead-lettering since start */
+    atomic_llong webhooks_disabled;   /* disabled by dead-lettering since start */
+    atomic_llong takeovers;           /* dead nodes whose claims this node released */
+    atomic_llong takeover_deliveries; /* deliveries those takeovers released */
+    atomic_llong resumed_deliveries;  /* this node's own claims taken back at start */
+    atomic_llong node_fenced;         /* times attempts stopped: own heartbeat too old */
     atomic_llong inflight;
     atomic_llong lat_bucket[KZ_LAT_BUCKETS + 1]; /* attempt latency histogram; last = +Inf */
     atomic_llong lat_sum_us;

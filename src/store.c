@@ -8,9 +8,11 @@
 #include "store.h"
 #include "store_impl.h"
 #include "alloc.h"
+#include "id.h"
 #include "log.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -48,7 +50,28 @@ struct kz_store {
     bool *dis;             /* per attempt in `att`: its dead delivery disabled the webhook */
     struct kz_success *ok; /* webhooks with a success in the COMPLETE (disable rule) */
     size_t n_ok;
+
+    /* webhooks generation (kz_store_webhooks_gen) */
+    atomic_llong wh_gen;
+    atomic_llong wh_seen; /* last webhooks_version a read returned; -1 none */
+    /* notification callback of kz_store_on_notify, behind the store's trampoline */
+    pthread_mutex_t nt_mu; /* guards nt_fn/nt_arg; held while nt_fn runs */
+    void (*nt_fn)(void *arg, int what);
+    void *nt_arg;
+
+    /* node identity and heartbeat (kz_store_node_start) */
+    bool node_started; /* owning thread only */
+    char node_id[KZ_NODE_ID_MAX + 1];
+    pthread_t hb;          /* heartbeat thread, while hb_running */
+    bool hb_running;       /* owning thread only */
+    pthread_mutex_t hb_mu; /* guards hb_stop, with hb_cv */
+    pthread_cond_t hb_cv;
+    bool hb_stop;
+    atomic_llong hb_ok;  /* kz_mono_ms() when the last heartbeat that was written was sent */
+    atomic_bool hb_lost; /* another process took this node id */
 };
+
+static void heartbeat_stop(struct kz_store *st);
 
 /* ==== backend choice ==== */
 
@@ -129,6 +152,20 @@ static bool event_ok(const struct kz_event *e)
            text_ok(e->source_group_id) && traceparent_ok(e->traceparent);
 }
 
+/* A node id: 1..KZ_NODE_ID_MAX printable ASCII bytes (it is logged and compared as text). */
+static bool node_id_ok(const char *id)
+{
+    size_t i;
+
+    if (!id || !*id)
+        return false;
+    for (i = 0; id[i]; i++) {
+        if (i >= KZ_NODE_ID_MAX || id[i] < 0x21 || id[i] > 0x7e)
+            return false;
+    }
+    return true;
+}
+
 /* The checks every op passes before any SQL. An op failing them gets KZ_ERR_INVALID, alone. */
 /* NULL, or text of at most `max` bytes: the delivery-control columns (headers, filter) are
  * bounded on both backends by the API's limits, never by what a backend happens to accept. */
@@ -156,9 +193,13 @@ static bool op_valid(const struct kz_op *op)
         return op->u.rotate.id && op->u.rotate.secret && *op->u.rotate.secret &&
                op->u.rotate.expires >= 0;
     case KZ_OP_APP_CREATE:
-    case KZ_OP_RELEASE:
     case KZ_OP_PRUNE:
+    case KZ_OP_TAKEOVER:
         return true;
+    case KZ_OP_RELEASE:
+        return !(op->u.release.all && op->u.release.own);
+    case KZ_OP_NODE_START:
+        return node_id_ok(op->u.node.id) && op->u.node.incarnation;
     case KZ_OP_APP_DELETE:
         return op->u.id;
     case KZ_OP_TOKEN_ADD:
@@ -222,6 +263,12 @@ static void op_failed(struct kz_op *op, enum kz_err result)
         kz_claim_cleanup(op);
     if (op->type == KZ_OP_RETRY)
         op->u.retry.requeued = false;
+    if (op->type == KZ_OP_TAKEOVER) {
+        op->u.takeover.n_nodes = 0;
+        op->u.takeover.released = 0;
+    }
+    if (op->type == KZ_OP_NODE_START)
+        op->u.node.resumed = 0;
     if (op->type == KZ_OP_PUBLISH && op->u.publish.items) {
         for (k = 0; k < op->u.publish.n; k++) {
             op->u.publish.items[k].seq = 0;
@@ -257,7 +304,8 @@ static bool batch_lazy(struct kz_op **ops, size_t n)
     for (i = 0; i < n; i++) {
         enum kz_op_type t = ops[i]->type;
 
-        if (t != KZ_OP_CLAIM && t != KZ_OP_COMPLETE && t != KZ_OP_RELEASE && t != KZ_OP_PRUNE)
+        if (t != KZ_OP_CLAIM && t != KZ_OP_COMPLETE && t != KZ_OP_RELEASE && t != KZ_OP_PRUNE &&
+            t != KZ_OP_TAKEOVER)
             return false;
     }
     return true;
@@ -483,9 +531,17 @@ static enum kz_err call_op(struct kz_store *st, struct kz_op *op, bool *bump)
     case KZ_OP_REPLAY:
         return b->replay(be, op);
     case KZ_OP_RELEASE:
-        return b->release(be, op);
+        /* without heartbeats no node counts as live: leases decide, as before node ids */
+        return b->release(be, op, b->heartbeat ? KZ_NODE_DEAD_MS : -1);
     case KZ_OP_PRUNE:
         return b->prune(be, op);
+    case KZ_OP_TAKEOVER:
+        /* Without heartbeats (SQLite) there is one node: nobody else's claims to take. */
+        if (!b->heartbeat)
+            return KZ_OK;
+        return b->takeover(be, op, KZ_NODE_DEAD_MS);
+    case KZ_OP_NODE_START:
+        return b->node_start(be, op);
     }
     return KZ_ERR_INVALID;
 }
@@ -526,6 +582,14 @@ static void op_effects(const struct kz_op *op, bool be_bump, bool *bump, bool *d
         if (op->u.retry.requeued)
             *due = true;
         break;
+    case KZ_OP_TAKEOVER:
+        if (op->u.takeover.released)
+            *due = true;
+        break;
+    case KZ_OP_NODE_START:
+        if (op->u.node.resumed)
+            *due = true;
+        break;
     default:
         break;
     }
@@ -560,6 +624,13 @@ static enum kz_err run_one(struct kz_store *st, struct kz_op *op, bool *bump, bo
             op->result = KZ_OK;
             return KZ_OK;
         }
+        break;
+    case KZ_OP_TAKEOVER:
+        op->u.takeover.n_nodes = 0;
+        op->u.takeover.released = 0;
+        break;
+    case KZ_OP_NODE_START:
+        op->u.node.resumed = 0;
         break;
     case KZ_OP_PRUNE:
         op->u.prune.pruned = 0;
@@ -706,6 +777,8 @@ static void write_batch(struct kz_store *st, struct kz_op **ops, size_t n)
     if (result)
         goto fail;
     st->wh_version = version;
+    if (bump)
+        atomic_fetch_add(&st->wh_gen, 1);
     for (i = 0; i < n; i++)
         ops[i]->webhooks_version = version;
     return;
@@ -840,6 +913,10 @@ enum kz_err kz_store_open(struct kz_store **out, const char *url, size_t queue_m
         goto out;
     pthread_mutex_init(&st->mu, NULL);
     pthread_cond_init(&st->wake, NULL);
+    pthread_mutex_init(&st->nt_mu, NULL);
+    pthread_mutex_init(&st->hb_mu, NULL);
+    pthread_cond_init(&st->hb_cv, NULL);
+    atomic_store(&st->wh_seen, -1);
     st->locks_ready = true;
     rc = pthread_create(&st->writer, NULL, writer_main, st);
     if (rc) {
@@ -854,6 +931,9 @@ out:
         if (st->locks_ready) {
             pthread_cond_destroy(&st->wake);
             pthread_mutex_destroy(&st->mu);
+            pthread_mutex_destroy(&st->nt_mu);
+            pthread_cond_destroy(&st->hb_cv);
+            pthread_mutex_destroy(&st->hb_mu);
         }
         st->ops->close(st->be);
         writer_free(st);
@@ -867,6 +947,7 @@ void kz_store_close(struct kz_store *st)
 {
     if (!st)
         return;
+    heartbeat_stop(st);
     pthread_mutex_lock(&st->mu);
     st->stopping = true;
     pthread_cond_signal(&st->wake);
@@ -875,6 +956,9 @@ void kz_store_close(struct kz_store *st)
     st->ops->close(st->be);
     pthread_cond_destroy(&st->wake);
     pthread_mutex_destroy(&st->mu);
+    pthread_mutex_destroy(&st->nt_mu);
+    pthread_cond_destroy(&st->hb_cv);
+    pthread_mutex_destroy(&st->hb_mu);
     writer_free(st);
 }
 
@@ -956,10 +1040,156 @@ void kz_claim_cleanup(struct kz_op *op)
     op->u.claim.n_out = 0;
 }
 
+/* The backend's notification thread: webhooks changed elsewhere moves the generation first, so
+ * that whoever the callback wakes sees it. */
+static void notify_tramp(void *arg, int what)
+{
+    struct kz_store *st = arg;
+
+    if (what == KZ_NOTIFY_WEBHOOKS)
+        atomic_fetch_add(&st->wh_gen, 1);
+    pthread_mutex_lock(&st->nt_mu);
+    if (st->nt_fn)
+        st->nt_fn(st->nt_arg, what);
+    pthread_mutex_unlock(&st->nt_mu);
+}
+
 void kz_store_on_notify(struct kz_store *st, void (*fn)(void *arg, int what), void *arg)
 {
-    if (st->ops->on_notify)
-        st->ops->on_notify(st->be, fn, arg);
+    if (!st->ops->on_notify)
+        return;
+    pthread_mutex_lock(&st->nt_mu);
+    st->nt_fn = fn;
+    st->nt_arg = arg;
+    pthread_mutex_unlock(&st->nt_mu);
+    /* The backend's own lock makes "fn NULL: not running once this returns" hold for ours too. */
+    st->ops->on_notify(st->be, fn ? notify_tramp : NULL, fn ? st : NULL);
+}
+
+int64_t kz_store_webhooks_gen(struct kz_store *st)
+{
+    return atomic_load(&st->wh_gen);
+}
+
+/* ==== node identity and heartbeat ==== */
+
+/* Sleeps `ms` or until heartbeat_stop; true when stopping. */
+static bool hb_wait(struct kz_store *st, int64_t ms)
+{
+    struct timespec until;
+    bool stop;
+
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (ms % 1000) * 1000000;
+    if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&st->hb_mu);
+    while (!st->hb_stop && pthread_cond_timedwait(&st->hb_cv, &st->hb_mu, &until) == 0)
+        ;
+    stop = st->hb_stop;
+    pthread_mutex_unlock(&st->hb_mu);
+    return stop;
+}
+
+/* The heartbeat thread: one write every KZ_NODE_HEARTBEAT_MS on the backend's own heartbeat
+ * connection, so a busy writer never delays it. Liveness counts from when a heartbeat that was
+ * written was *sent*: the database's timestamp of it is that late or later, so this node fences
+ * itself (KZ_NODE_FENCE_MS) before any other node can see it dead (KZ_NODE_DEAD_MS). */
+static void *heartbeat_main(void *arg)
+{
+    struct kz_store *st = arg;
+    bool failing = false;
+    char esc[300];
+
+    for (;;) {
+        int64_t sent = kz_mono_ms();
+        bool ours = true;
+        enum kz_err e = st->ops->heartbeat(st->be, false, &ours);
+
+        if (!e && ours) {
+            atomic_store(&st->hb_ok, sent);
+            if (failing)
+                kz_log("info", "node heartbeat restored", "\"node\":\"%s\"",
+                       kz_log_esc(st->node_id, esc, sizeof(esc)));
+            failing = false;
+        } else if (!e) {
+            atomic_store(&st->hb_lost, true);
+            kz_log("error", "another process started with this node id: no more deliveries here",
+                   "\"node\":\"%s\"", kz_log_esc(st->node_id, esc, sizeof(esc)));
+            break;
+        } else if (!failing) {
+            failing = true;
+            kz_log("warn", "node heartbeat not written: deliveries stop if it stays so",
+                   "\"node\":\"%s\",\"error\":\"%s\",\"fenceMs\":%d",
+                   kz_log_esc(st->node_id, esc, sizeof(esc)), kz_err_str(e), KZ_NODE_FENCE_MS);
+        }
+        if (hb_wait(st, KZ_NODE_HEARTBEAT_MS))
+            break;
+    }
+    return NULL;
+}
+
+/* Stops the heartbeat thread and marks the node stopped, so what it still has claimed is free
+ * for the others at once. Owning thread. */
+static void heartbeat_stop(struct kz_store *st)
+{
+    bool ours = true;
+
+    if (!st->hb_running)
+        return;
+    pthread_mutex_lock(&st->hb_mu);
+    st->hb_stop = true;
+    pthread_cond_signal(&st->hb_cv);
+    pthread_mutex_unlock(&st->hb_mu);
+    pthread_join(st->hb, NULL);
+    st->hb_running = false;
+    if (!atomic_load(&st->hb_lost))
+        st->ops->heartbeat(st->be, true, &ours);
+}
+
+enum kz_err kz_store_node_start(struct kz_store *st, const char *node_id, int64_t *resumed)
+{
+    struct kz_op op;
+    char incarnation[23];
+    enum kz_err result;
+
+    *resumed = 0;
+    if (st->node_started || !node_id_ok(node_id))
+        return KZ_ERR_INVALID;
+    kz_id_token(incarnation, 22);
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_NODE_START;
+    op.u.node.id = node_id;
+    op.u.node.incarnation = incarnation;
+    /* Without heartbeats there is one node, whatever its id was last time: all inflight rows are
+     * ours. */
+    op.u.node.all = !st->ops->heartbeat;
+    op.u.node.now = kz_now_ms();
+    result = kz_store_exec(st, &op);
+    if (result)
+        return result;
+    *resumed = op.u.node.resumed;
+    snprintf(st->node_id, sizeof(st->node_id), "%s", node_id);
+    st->node_started = true;
+    if (!st->ops->heartbeat)
+        return KZ_OK;
+    atomic_store(&st->hb_ok, kz_mono_ms());
+    if (pthread_create(&st->hb, NULL, heartbeat_main, st))
+        return KZ_ERR_NOMEM;
+    st->hb_running = true;
+    return KZ_OK;
+}
+
+bool kz_store_node_live(struct kz_store *st)
+{
+    if (!st->ops->heartbeat || !st->node_started)
+        return true;
+    if (atomic_load(&st->hb_lost))
+        return false;
+    return kz_mono_ms() - atomic_load(&st->hb_ok) < KZ_NODE_FENCE_MS;
 }
 
 void kz_store_stats(struct kz_store *st, uint64_t *batches, uint64_t *ops)
@@ -979,7 +1209,17 @@ enum kz_err kz_store_ping(struct kz_store *st)
 
 enum kz_err kz_store_meta_get(struct kz_store *st, const char *key, struct kz_buf *out)
 {
-    return st->ops->meta_get(st->be, key, out);
+    enum kz_err result = st->ops->meta_get(st->be, key, out);
+
+    /* A webhooks_version that moved (the CLI, another node, a lost notification) moves the
+     * generation. */
+    if (!result && !strcmp(key, "webhooks_version")) {
+        long long v = strtoll(kz_buf_cstr(out), NULL, 10);
+
+        if (atomic_exchange(&st->wh_seen, v) != v)
+            atomic_fetch_add(&st->wh_gen, 1);
+    }
+    return result;
 }
 
 enum kz_err kz_store_app_get(struct kz_store *st, const char *id, struct kz_app *out)

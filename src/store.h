@@ -28,6 +28,19 @@ struct kz_store;
 /** Live (unexpired) access tokens one application keeps at most: TOKEN_ADD revokes the oldest. */
 #define KZ_TOKENS_PER_APP 100
 
+/* Node liveness (several nodes on one PostgreSQL database; README.md "Scaling out"). A node writes
+ * its heartbeat every KZ_NODE_HEARTBEAT_MS on its own connection. Once its last written heartbeat
+ * is KZ_NODE_FENCE_MS old it starts no attempt (kz_store_node_live); once it is KZ_NODE_DEAD_MS
+ * old, by the database's clock, any other node may release its claims (KZ_OP_TAKEOVER). FENCE <
+ * DEAD, with a second to spare, is what keeps two live nodes from sending one delivery. */
+#define KZ_NODE_HEARTBEAT_MS 1000
+#define KZ_NODE_FENCE_MS 3000
+#define KZ_NODE_DEAD_MS 5000
+/** Longest node id, in bytes. */
+#define KZ_NODE_ID_MAX 128
+/** Dead nodes one TAKEOVER reports (and releases) at most; more wait for the next one. */
+#define KZ_TAKEOVER_NODES_MAX 16
+
 enum kz_op_type {
     KZ_OP_META_SET,       /* meta[key] = value */
     KZ_OP_APP_CREATE,     /* insert u.app */
@@ -50,7 +63,7 @@ enum kz_op_type {
     KZ_OP_CLAIM,          /* lease due deliveries */
     KZ_OP_COMPLETE,       /* record attempt outcomes */
     KZ_OP_REPLAY,         /* requeue non-succeeded deliveries of a webhook since a time */
-    KZ_OP_RELEASE,        /* inflight deliveries whose lease ended -> pending */
+    KZ_OP_RELEASE,        /* inflight deliveries -> pending: see u.release */
     KZ_OP_PRUNE,          /* retention */
     KZ_OP_WEBHOOK_ROTATE, /* webhook u.rotate.id (owned by u.rotate.app_id unless it is ""):
                              signing_secret = u.rotate.secret; the replaced secret becomes
@@ -61,6 +74,14 @@ enum kz_op_type {
     KZ_OP_RETRY,          /* one delivery due now (u.retry); KZ_ERR_NOTFOUND when webhook u.retry.
                              webhook_id has no delivery u.retry.delivery_id, KZ_ERR_CONFLICT when
                              that webhook is inactive or expired (nothing changes) */
+    KZ_OP_TAKEOVER,       /* inflight deliveries claimed by dead nodes -> pending: see u.takeover */
+    KZ_OP_NODE_START,     /* store-internal: submitted by kz_store_node_start */
+};
+
+/** One dead node whose claims a TAKEOVER released. */
+struct kz_takeover {
+    char node_id[KZ_NODE_ID_MAX + 1];
+    int64_t deliveries;
 };
 
 /** One published event and the webhooks it matched (computed by the caller from the
@@ -175,9 +196,22 @@ struct kz_op {
         } replay;
         struct {
             int64_t now;
-            bool all;
+            bool all; /* every inflight row, whoever claimed it (single node at start) */
+            bool own; /* the rows this node (kz_store_node_start) claimed; they keep their
+                         next_attempt_at */
             int64_t released;
-        } release; /* all: ignore lease time */
+        } release; /* neither: rows whose lease ended, unless their claimer is a live node */
+        struct {
+            int64_t now; /* updated_at of the released rows (next_attempt_at is kept) */
+            struct kz_takeover *nodes; /* the caller's KZ_TAKEOVER_NODES_MAX entries, or NULL */
+            size_t n_nodes;            /* entries filled (0 when nodes is NULL) */
+            int64_t released;
+        } takeover; /* nodes other than this one whose heartbeat is KZ_NODE_DEAD_MS old */
+        struct {
+            const char *id, *incarnation;
+            bool all; /* release every inflight row (single-node backend) */
+            int64_t now, resumed;
+        } node; /* NODE_START */
         struct {
             int64_t before;
             size_t limit; /* rows per step; the store caps it at KZ_PRUNE_LIMIT_MAX */
@@ -215,6 +249,30 @@ enum kz_err kz_store_submit(struct kz_store *st, struct kz_op *op);
 enum kz_err kz_store_exec(struct kz_store *st, struct kz_op *op);
 /** Frees the rows a KZ_OP_CLAIM returned. */
 void kz_claim_cleanup(struct kz_op *op);
+
+/* ==== node identity ==== */
+
+/**
+ * Makes this process node `node_id` (1..KZ_NODE_ID_MAX printable ASCII bytes, stable across
+ * restarts: README.md "Scaling out"): registers it with a fresh incarnation, takes back every
+ * delivery it still had claimed (on a backend without heartbeats, SQLite, a single node: every
+ * inflight row) and sets *resumed to their number; from then on claims record this node, and
+ * (PostgreSQL) a store thread writes the heartbeat. Call once, before the first claim. The node
+ * is marked stopped (its leftover claims free for others at once) by kz_store_close.
+ */
+enum kz_err kz_store_node_start(struct kz_store *st, const char *node_id, int64_t *resumed);
+/**
+ * True while this node may start delivery attempts: its heartbeat was written less than
+ * KZ_NODE_FENCE_MS ago and no other process has taken its node id. Always true without
+ * heartbeats (SQLite, or before kz_store_node_start). Any thread; a clock read, no I/O.
+ */
+bool kz_store_node_live(struct kz_store *st);
+/**
+ * A counter that moves whenever webhooks may have changed: a commit of this store that changed
+ * them, a notification from another node, or a webhooks_version read (kz_store_meta_get) that
+ * differs from the last one seen. Any thread; an atomic read.
+ */
+int64_t kz_store_webhooks_gen(struct kz_store *st);
 
 /* ==== cross-node notifications ==== */
 

@@ -140,7 +140,24 @@ struct kz_backend_ops {
      * and first_attempt_at reset (a new series, as a replay). */
     enum kz_err (*retry)(struct kz_backend *be, struct kz_op *op);
     enum kz_err (*replay)(struct kz_backend *be, struct kz_op *op);
-    enum kz_err (*release)(struct kz_backend *be, struct kz_op *op);
+    /** u.release.all: every inflight row; own: the rows claimed by the node of node_start; else
+     * rows whose lease ended unless their claimer's heartbeat is younger than `dead_ms` (by the
+     * database's clock where it has one); -1: no node is live (a backend without heartbeats). */
+    enum kz_err (*release)(struct kz_backend *be, struct kz_op *op, int64_t dead_ms);
+    /** u.node: registers node `id` with `incarnation` (upsert: started_at and heartbeat_at now),
+     * remembers both for claims and heartbeats, then releases the node's own inflight rows (every
+     * inflight row when `all`) into `resumed`. */
+    enum kz_err (*node_start)(struct kz_backend *be, struct kz_op *op);
+    /** u.takeover: releases the inflight rows of up to KZ_TAKEOVER_NODES_MAX nodes other than
+     * this one whose heartbeat is older than `dead_ms`, locking those node rows (a heartbeat
+     * racing the takeover either waits for it or keeps its node out of it); one entry per node.
+     * NULL when `heartbeat` is (one node: store.c never asks). */
+    enum kz_err (*takeover)(struct kz_backend *be, struct kz_op *op, int64_t dead_ms);
+    /** Writes this node's heartbeat on a connection of its own (not the writer's), from the store's
+     * heartbeat thread only; `stopping`: marks the node stopped instead (its claims are free for
+     * others at once). `*ours` false when the node's row holds another incarnation (another
+     * process took this node id). NULL when the backend has a single node (SQLite). */
+    enum kz_err (*heartbeat)(struct kz_backend *be, bool stopping, bool *ours);
     /** 0 < limit <= KZ_PRUNE_LIMIT_MAX here; `pruned` starts at 0. */
     enum kz_err (*prune)(struct kz_backend *be, struct kz_op *op);
     /** True when `publish` takes a run of several ops: store.c then runs the consecutive PUBLISH

@@ -162,7 +162,20 @@ static const char *const migrations[] = {
     "CREATE INDEX delivery_attempts_delivery ON delivery_attempts(delivery_id, id);"
     "ALTER TABLE deliveries ADD COLUMN first_attempt_at BIGINT NOT NULL DEFAULT 0;"
     "ALTER TABLE webhooks ADD COLUMN last_success_at BIGINT NOT NULL DEFAULT 0;",
+    /* 6: node identities and heartbeats (times by the server's clock), and which node claimed an
+     * inflight delivery, so that a dead node's claims are taken over in seconds. */
+    "CREATE TABLE nodes ("
+    "  id TEXT PRIMARY KEY,"
+    "  incarnation TEXT NOT NULL,"
+    "  started_at BIGINT NOT NULL,"
+    "  heartbeat_at BIGINT NOT NULL);"
+    "ALTER TABLE deliveries ADD COLUMN claimed_by TEXT;"
+    "CREATE INDEX deliveries_claimed ON deliveries(claimed_by) WHERE state = 1;",
 };
+
+/* The server's clock in epoch ms: every node's heartbeat is written and judged by it, so the
+ * nodes' own clocks never decide who is dead. */
+#define SERVER_NOW_MS "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)"
 
 /* ==== statements ==== */
 
@@ -208,6 +221,11 @@ enum stmt_id {
     S_REPLAY,
     S_LEASE_EXPIRED,
     S_LEASE_ALL,
+    S_RELEASE_OWN,
+    S_NODE_UPSERT,
+    S_TAKEOVER,
+    S_HEARTBEAT,
+    S_NODE_STOP,
     S_PRUNE_DLV,
     S_PRUNE_EV_DROP,
     S_PRUNE_EV_SCAN,
@@ -311,8 +329,8 @@ static const char *const stmt_sql[S__COUNT] = {
                 " AND d.webhook_id <> ALL($3::text[])"
                 " ORDER BY d.next_attempt_at, d.id LIMIT $4"
                 " FOR UPDATE OF d SKIP LOCKED),"
-                " upd AS (UPDATE deliveries AS d SET state = 1, lease_until = $2, updated_at = $1"
-                " FROM pick WHERE d.id = pick.id"
+                " upd AS (UPDATE deliveries AS d SET state = 1, lease_until = $2, updated_at = $1,"
+                " claimed_by = $5 FROM pick WHERE d.id = pick.id"
                 " RETURNING d.id, d.attempts, d.created_at, d.webhook_id, d.event_seq,"
                 " d.next_attempt_at, d.snap, d.snap_object_type, d.snap_object_id, d.snap_context)"
                 " SELECT u.id, u.attempts, u.created_at, u.snap, u.snap_object_type,"
@@ -356,10 +374,44 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_REPLAY] = "UPDATE deliveries SET state = 0, next_attempt_at = $3, attempts = 0,"
                  " lease_until = 0, updated_at = $3, first_attempt_at = 0"
                  " WHERE webhook_id = $1 AND created_at >= $2 AND state IN (0, 3, 4)",
-    [S_LEASE_EXPIRED] = "UPDATE deliveries SET state = 0, next_attempt_at = $1, lease_until = 0,"
-                        " updated_at = $1 WHERE state = 1 AND lease_until < $1",
+    /* A live node's claims are its own however long it holds them; its lease only matters once
+     * it is dead (then TAKEOVER is quicker anyway) or for rows no node claimed (NULL: written by
+     * a kzhook before node ids). */
+    [S_LEASE_EXPIRED] =
+        "UPDATE deliveries AS d SET state = 0, next_attempt_at = $1, lease_until = 0,"
+        " updated_at = $1 WHERE d.state = 1 AND d.lease_until < $1"
+        " AND NOT EXISTS (SELECT 1 FROM nodes AS n WHERE n.id = d.claimed_by"
+        " AND n.heartbeat_at >= " SERVER_NOW_MS " - $2)",
     [S_LEASE_ALL] = "UPDATE deliveries SET state = 0, next_attempt_at = $1, lease_until = 0,"
                     " updated_at = $1 WHERE state = 1",
+    /* A node's own claims and a dead node's keep their next_attempt_at: they were due then, and
+     * go back in their place in the due order, ahead of what fell due since. */
+    [S_RELEASE_OWN] = "UPDATE deliveries SET state = 0, lease_until = 0,"
+                      " updated_at = $1 WHERE state = 1 AND claimed_by = $2",
+    [S_NODE_UPSERT] = "INSERT INTO nodes(id, incarnation, started_at, heartbeat_at)"
+                      " VALUES ($1, $2, " SERVER_NOW_MS ", " SERVER_NOW_MS ")"
+                      " ON CONFLICT (id) DO UPDATE SET incarnation = excluded.incarnation,"
+                      " started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
+    /* The dead nodes' rows are locked (SKIP LOCKED: a heartbeat being written keeps its node
+     * out), and READ COMMITTED re-checks a row that changed since the statement's snapshot: a
+     * node whose heartbeat committed meanwhile is not taken over. Only nodes that still have
+     * claims are looked at (deliveries_claimed), at most $4 of them. */
+    [S_TAKEOVER] = "WITH dead AS (SELECT n.id FROM nodes AS n"
+                   " WHERE n.id IS DISTINCT FROM $2 AND n.heartbeat_at < " SERVER_NOW_MS " - $3"
+                   " AND EXISTS (SELECT 1 FROM deliveries AS x"
+                   " WHERE x.state = 1 AND x.claimed_by = n.id)"
+                   " ORDER BY n.id LIMIT $4 FOR NO KEY UPDATE SKIP LOCKED),"
+                   " pick AS (SELECT d.id, d.claimed_by FROM deliveries AS d"
+                   " JOIN dead ON d.claimed_by = dead.id WHERE d.state = 1"
+                   " FOR UPDATE OF d SKIP LOCKED),"
+                   " upd AS (UPDATE deliveries AS d SET state = 0,"
+                   " lease_until = 0, updated_at = $1 FROM pick"
+                   " WHERE d.id = pick.id AND d.state = 1 RETURNING pick.claimed_by AS node)"
+                   " SELECT node, count(*) FROM upd GROUP BY node ORDER BY node",
+    /* heartbeat connection */
+    [S_HEARTBEAT] = "UPDATE nodes SET heartbeat_at = " SERVER_NOW_MS " WHERE id = $1"
+                    " AND incarnation = $2",
+    [S_NODE_STOP] = "UPDATE nodes SET heartbeat_at = 0 WHERE id = $1 AND incarnation = $2",
     /* next_attempt_at < before is implied by updated_at < before for a succeeded row; it turns
      * the scan into a range of deliveries_due (see store_sqlite.c). */
     [S_PRUNE_DLV] = "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"
@@ -446,6 +498,15 @@ struct kz_backend {
     struct vec items, first, uniq;
 
     _Atomic int wr_pid; /* server pid of the write connection: own NOTIFYs are ignored */
+
+    /* this node (node_start, writer thread; read by the heartbeat thread it starts later) */
+    char node_id[KZ_NODE_ID_MAX + 1];
+    char incarnation[32];
+    bool has_node;
+    /* heartbeat thread only (and close) */
+    struct conn *hb;
+    int64_t hb_retry_at;
+    int hb_backoff;
 
     /* read pool */
     pthread_mutex_t pool_mu; /* guards the pool fields */
@@ -1280,6 +1341,7 @@ static void backend_free(struct kz_backend *be)
     }
     KZ_ASSERT(n == be->n_read); /* no read may still be running */
     conn_close(be->wr);
+    conn_close(be->hb);
     for (i = 0; i < KZ_ARRAY_LEN(be->arr); i++)
         kz_buf_cleanup(&be->arr[i]);
     kz_free(be->items.p);
@@ -1302,6 +1364,7 @@ static enum kz_err pg_open(struct kz_backend **out, const char *url, char *err, 
     be->url = kz_strdup(url);
     be->wr_backoff = BACKOFF_MIN_MS;
     be->rd_backoff = BACKOFF_MIN_MS;
+    be->hb_backoff = BACKOFF_MIN_MS;
     for (i = 0; i < KZ_ARRAY_LEN(be->arr); i++)
         kz_buf_init(&be->arr[i], ARRAY_MAX);
     pthread_mutex_init(&be->pool_mu, NULL);
@@ -1727,6 +1790,7 @@ static enum kz_err op_claim(struct kz_backend *be, struct kz_op *op)
     if (result)
         return result;
     p_int(&p, kz_store_clamp_size(op->u.claim.limit));
+    p_text(&p, be->has_node ? be->node_id : NULL);
     r = run(be->wr, S_CLAIM, &p, "claim", &result);
     if (!r)
         return result;
@@ -1897,13 +1961,120 @@ static enum kz_err op_replay(struct kz_backend *be, struct kz_op *op)
     return run_count(be->wr, S_REPLAY, &p, "replay", &op->u.replay.requeued);
 }
 
-static enum kz_err op_release(struct kz_backend *be, struct kz_op *op)
+static enum kz_err op_release(struct kz_backend *be, struct kz_op *op, int64_t dead_ms)
 {
     struct params p = {0};
 
     p_int(&p, op->u.release.now);
-    return run_count(be->wr, op->u.release.all ? S_LEASE_ALL : S_LEASE_EXPIRED, &p, "release",
-                     &op->u.release.released);
+    if (op->u.release.all)
+        return run_count(be->wr, S_LEASE_ALL, &p, "release", &op->u.release.released);
+    if (op->u.release.own) {
+        if (!be->has_node) {
+            op->u.release.released = 0;
+            return KZ_OK;
+        }
+        p_text(&p, be->node_id);
+        return run_count(be->wr, S_RELEASE_OWN, &p, "release own", &op->u.release.released);
+    }
+    p_int(&p, dead_ms);
+    return run_count(be->wr, S_LEASE_EXPIRED, &p, "release", &op->u.release.released);
+}
+
+/* Registers this node, then takes back what it had claimed when it last ran. */
+static enum kz_err op_node_start(struct kz_backend *be, struct kz_op *op)
+{
+    struct params p = {0};
+    enum kz_err result;
+
+    p_text(&p, op->u.node.id);
+    p_text(&p, op->u.node.incarnation);
+    result = run_count(be->wr, S_NODE_UPSERT, &p, "node start", NULL);
+    if (result)
+        return result;
+    /* Claims from now on carry this id; the heartbeat thread starts after this commits (store.c
+     * fails the process when it does not). */
+    snprintf(be->node_id, sizeof(be->node_id), "%s", op->u.node.id);
+    snprintf(be->incarnation, sizeof(be->incarnation), "%s", op->u.node.incarnation);
+    be->has_node = true;
+    memset(&p, 0, sizeof(p));
+    p_int(&p, op->u.node.now);
+    if (op->u.node.all)
+        return run_count(be->wr, S_LEASE_ALL, &p, "node resume", &op->u.node.resumed);
+    p_text(&p, op->u.node.id);
+    return run_count(be->wr, S_RELEASE_OWN, &p, "node resume", &op->u.node.resumed);
+}
+
+/* Releases the claims of dead nodes (see S_TAKEOVER), one entry per node. */
+static enum kz_err op_takeover(struct kz_backend *be, struct kz_op *op, int64_t dead_ms)
+{
+    enum kz_err result = KZ_OK;
+    struct params p = {0};
+    PGresult *r;
+    int i, n;
+
+    p_int(&p, op->u.takeover.now);
+    p_text(&p, be->has_node ? be->node_id : NULL);
+    p_int(&p, dead_ms);
+    p_int(&p, KZ_TAKEOVER_NODES_MAX);
+    r = run(be->wr, S_TAKEOVER, &p, "takeover", &result);
+    if (!r)
+        return result;
+    n = PQntuples(r);
+    for (i = 0; i < n; i++) {
+        struct kz_takeover *t;
+
+        op->u.takeover.released += col_int(r, i, 1);
+        if (!op->u.takeover.nodes || op->u.takeover.n_nodes >= KZ_TAKEOVER_NODES_MAX)
+            continue;
+        t = &op->u.takeover.nodes[op->u.takeover.n_nodes++];
+        snprintf(t->node_id, sizeof(t->node_id), "%s", PQgetvalue(r, i, 0));
+        t->deliveries = col_int(r, i, 1);
+    }
+    PQclear(r);
+    return KZ_OK;
+}
+
+/* The heartbeat thread's own connection, reconnected with the same backoff as the others. */
+static enum kz_err hb_conn(struct kz_backend *be)
+{
+    char err[300];
+    int64_t now;
+
+    if (be->hb && !conn_lost(be->hb))
+        return KZ_OK;
+    conn_close(be->hb);
+    be->hb = NULL;
+    now = kz_mono_ms();
+    if (now < be->hb_retry_at)
+        return KZ_ERR_DB;
+    if (conn_open(be->url, &be->hb, err, sizeof(err))) {
+        be->hb_retry_at = now + be->hb_backoff;
+        be->hb_backoff = next_backoff(be->hb_backoff);
+        return KZ_ERR_DB;
+    }
+    be->hb_retry_at = 0;
+    be->hb_backoff = BACKOFF_MIN_MS;
+    return KZ_OK;
+}
+
+static enum kz_err pg_heartbeat(struct kz_backend *be, bool stopping, bool *ours)
+{
+    struct params p = {0};
+    int64_t changed = 0;
+    enum kz_err result;
+
+    *ours = true;
+    if (!be->has_node)
+        return KZ_OK;
+    result = hb_conn(be);
+    if (result)
+        return result;
+    p_text(&p, be->node_id);
+    p_text(&p, be->incarnation);
+    result = run_count(be->hb, stopping ? S_NODE_STOP : S_HEARTBEAT, &p, "heartbeat", &changed);
+    if (!result && !changed)
+        *ours = false;
+    return result;
 }
 
 /* Retention with SQLite's bounds and order (store_sqlite.c op_prune), set-wise:
@@ -2585,6 +2756,9 @@ const struct kz_backend_ops kz_store_pg_ops = {
     .replay = op_replay,
     .release = op_release,
     .prune = op_prune,
+    .node_start = op_node_start,
+    .takeover = op_takeover,
+    .heartbeat = pg_heartbeat,
     .on_notify = pg_on_notify,
     .ping = pg_ping,
     .meta_get = pg_meta_get,

@@ -134,6 +134,15 @@ static const char *const migrations[] = {
     "  DELETE FROM delivery_attempts WHERE delivery_id = old.id; END;"
     "ALTER TABLE deliveries ADD COLUMN first_attempt_at INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE webhooks ADD COLUMN last_success_at INTEGER NOT NULL DEFAULT 0;",
+    /* 7: node identities and which node claimed an inflight delivery (PostgreSQL's schema; a
+     * SQLite store has one node and writes no heartbeats, docs/internals/STORE.md). */
+    "CREATE TABLE nodes ("
+    "  id TEXT PRIMARY KEY,"
+    "  incarnation TEXT NOT NULL,"
+    "  started_at INTEGER NOT NULL,"
+    "  heartbeat_at INTEGER NOT NULL);"
+    "ALTER TABLE deliveries ADD COLUMN claimed_by TEXT;"
+    "CREATE INDEX deliveries_claimed ON deliveries(claimed_by) WHERE state = 1;",
 };
 
 /* ==== statements ==== */
@@ -201,6 +210,8 @@ enum stmt_id {
     S_REPLAY,
     S_LEASE_EXPIRED,
     S_LEASE_ALL,
+    S_RELEASE_OWN,
+    S_NODE_UPSERT,
     S_PRUNE_DLV,
     S_PRUNE_EV_SCAN,
     S_PRUNE_EV_ORPHAN,
@@ -300,8 +311,8 @@ static const char *const stmt_sql[S__COUNT] = {
                           " CROSS JOIN events AS e ON e.seq = d.event_seq"
                           " WHERE d.webhook_id = ?3 AND d.state = 0 AND d.next_attempt_at <= ?1"
                           " ORDER BY d.next_attempt_at, d.id LIMIT ?2",
-    [S_CLAIM_MARK] = "UPDATE deliveries SET state = 1, lease_until = ?1, updated_at = ?2"
-                     " WHERE id = ?3",
+    [S_CLAIM_MARK] = "UPDATE deliveries SET state = 1, lease_until = ?1, updated_at = ?2,"
+                     " claimed_by = ?4 WHERE id = ?3",
     [S_COMPLETE] = "UPDATE deliveries SET state = ?1, attempts = ?2,"
                    " next_attempt_at = CASE WHEN ?1 = 0 THEN ?3 ELSE next_attempt_at END,"
                    " last_status = ?4, last_error = ?5, last_response = ?6, updated_at = ?7,"
@@ -327,10 +338,21 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_REPLAY] = "UPDATE deliveries SET state = 0, next_attempt_at = ?3, attempts = 0,"
                  " lease_until = 0, updated_at = ?3, first_attempt_at = 0"
                  " WHERE webhook_id = ?1 AND created_at >= ?2 AND state IN (0, 3, 4)",
-    [S_LEASE_EXPIRED] = "UPDATE deliveries SET state = 0, next_attempt_at = ?1, lease_until = 0,"
-                        " updated_at = ?1 WHERE state = 1 AND lease_until < ?1",
+    /* as on PostgreSQL: not the rows of a node whose heartbeat is younger than ?2 (none here) */
+    [S_LEASE_EXPIRED] =
+        "UPDATE deliveries AS d SET state = 0, next_attempt_at = ?1, lease_until = 0,"
+        " updated_at = ?1 WHERE d.state = 1 AND d.lease_until < ?1"
+        " AND NOT EXISTS (SELECT 1 FROM nodes AS n WHERE n.id = d.claimed_by"
+        " AND n.heartbeat_at >= ?2)",
     [S_LEASE_ALL] = "UPDATE deliveries SET state = 0, next_attempt_at = ?1, lease_until = 0,"
                     " updated_at = ?1 WHERE state = 1",
+    /* keeps next_attempt_at: the rows go back in their place in the due order */
+    [S_RELEASE_OWN] = "UPDATE deliveries SET state = 0, lease_until = 0,"
+                      " updated_at = ?1 WHERE state = 1 AND claimed_by = ?2",
+    [S_NODE_UPSERT] = "INSERT INTO nodes(id, incarnation, started_at, heartbeat_at)"
+                      " VALUES (?1, ?2, ?3, ?3) ON CONFLICT (id) DO UPDATE SET"
+                      " incarnation = excluded.incarnation, started_at = excluded.started_at,"
+                      " heartbeat_at = excluded.heartbeat_at",
     /* A succeeded delivery was attempted at or after next_attempt_at, so
      * updated_at < before implies next_attempt_at < before: the extra term turns the scan
      * into an index range instead of a walk over every succeeded row. */
@@ -397,6 +419,8 @@ struct kz_backend {
     int64_t prune_cursor; /* events.seq where the orphan-event sweep resumes: writer only */
     bool sync_normal;     /* the write connection runs synchronous=NORMAL now: writer only */
     bool sp_open;         /* the savepoint "op" exists in the current transaction: writer only */
+    char node_id[KZ_NODE_ID_MAX + 1]; /* this node (node_start): writer only */
+    bool has_node;
 
     pthread_mutex_t pool_mu; /* guards the read pool */
     pthread_cond_t pool_cv;  /* a read connection was returned */
@@ -1431,6 +1455,7 @@ static enum kz_err op_claim(struct kz_backend *be, struct kz_op *op)
         b_int(&b, op->u.claim.lease_until);
         b_int(&b, now);
         b_int(&b, rows[i].delivery_id);
+        b_text(&b, be->has_node ? be->node_id : NULL);
         rc = run(&b);
         if (rc)
             return fail(c, "claim mark", rc);
@@ -1566,18 +1591,57 @@ static enum kz_err op_replay(struct kz_backend *be, struct kz_op *op)
     return KZ_OK;
 }
 
-static enum kz_err op_release(struct kz_backend *be, struct kz_op *op)
+static enum kz_err op_release(struct kz_backend *be, struct kz_op *op, int64_t dead_ms)
 {
     struct conn *c = be->wr;
     struct bind b;
     int rc;
 
-    prep(c, op->u.release.all ? S_LEASE_ALL : S_LEASE_EXPIRED, &b);
+    if (op->u.release.own && !be->has_node) {
+        op->u.release.released = 0;
+        return KZ_OK;
+    }
+    prep(c,
+         op->u.release.all   ? S_LEASE_ALL
+         : op->u.release.own ? S_RELEASE_OWN
+                             : S_LEASE_EXPIRED,
+         &b);
     b_int(&b, op->u.release.now);
+    if (op->u.release.own)
+        b_text(&b, be->node_id);
+    else if (!op->u.release.all)
+        b_int(&b, dead_ms < 0 ? INT64_MAX : kz_now_ms() - dead_ms);
     rc = run(&b);
     if (rc)
         return fail(c, "release", rc);
     op->u.release.released = sqlite3_changes64(c->db);
+    return KZ_OK;
+}
+
+/* Registers this node and takes back what it (or, with `all`, anyone) had claimed. */
+static enum kz_err op_node_start(struct kz_backend *be, struct kz_op *op)
+{
+    struct conn *c = be->wr;
+    struct bind b;
+    int rc;
+
+    prep(c, S_NODE_UPSERT, &b);
+    b_text(&b, op->u.node.id);
+    b_text(&b, op->u.node.incarnation);
+    b_int(&b, kz_now_ms());
+    rc = run(&b);
+    if (rc)
+        return fail(c, "node start", rc);
+    snprintf(be->node_id, sizeof(be->node_id), "%s", op->u.node.id);
+    be->has_node = true;
+    prep(c, op->u.node.all ? S_LEASE_ALL : S_RELEASE_OWN, &b);
+    b_int(&b, op->u.node.now);
+    if (!op->u.node.all)
+        b_text(&b, op->u.node.id);
+    rc = run(&b);
+    if (rc)
+        return fail(c, "node resume", rc);
+    op->u.node.resumed = sqlite3_changes64(c->db);
     return KZ_OK;
 }
 
@@ -2213,6 +2277,7 @@ const struct kz_backend_ops kz_store_sqlite_ops = {
     .replay = op_replay,
     .release = op_release,
     .prune = op_prune,
+    .node_start = op_node_start,
     .on_notify = NULL,
     .ping = sq_ping,
     .meta_get = sq_meta_get,

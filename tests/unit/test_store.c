@@ -106,7 +106,7 @@ static void reset_db(void)
 {
     sql_exec("SET client_min_messages = warning;"
              "DROP TABLE IF EXISTS schema_version, meta, applications, access_tokens, webhooks,"
-             " events, deliveries, delivery_attempts CASCADE");
+             " events, deliveries, delivery_attempts, nodes CASCADE");
 }
 
 /* The first column of the first row of `sql` on the SQLite file `path` (read-only), -1 if none. */
@@ -3827,6 +3827,185 @@ static void test_retry_one_delivery(void **state)
     kz_delivery_detail_cleanup(&dd);
 }
 
+/* ==== nodes: identity, resume at start, heartbeat, takeover ==== */
+
+static void release_op(struct kz_store *st, struct kz_op *op, int64_t now)
+{
+    memset(op, 0, sizeof(*op));
+    op->type = KZ_OP_RELEASE;
+    op->u.release.now = now;
+    assert_int_equal(exec(st, op), KZ_OK);
+}
+
+static struct kz_takeover tk_nodes[KZ_TAKEOVER_NODES_MAX];
+
+static void takeover_op(struct kz_store *st, struct kz_op *op)
+{
+    memset(op, 0, sizeof(*op));
+    op->type = KZ_OP_TAKEOVER;
+    op->u.takeover.nodes = tk_nodes;
+    op->u.takeover.now = kz_now_ms();
+    assert_int_equal(exec(st, op), KZ_OK);
+}
+
+/* A node's claims carry its id; the node starting again (a new store on the same database, as
+ * after a kill -9) takes every one of them back at once; a live node's claims are not released
+ * by their lease on PostgreSQL (its heartbeat is fresh), and on SQLite, which has no heartbeats,
+ * they are, as before node ids; TAKEOVER has nothing to do on SQLite (one node). */
+static void test_node_start_resumes_own_claims(void **state)
+{
+    struct fx *f = *state;
+    struct kz_op op;
+    int64_t resumed = -1;
+
+    assert_int_equal(kz_store_node_start(f->st, "bad id", &resumed), KZ_ERR_INVALID);
+    assert_int_equal(kz_store_node_start(f->st, "", &resumed), KZ_ERR_INVALID);
+    assert_int_equal(kz_store_node_start(f->st, "node-1", &resumed), KZ_OK);
+    assert_int_equal(resumed, 0);
+    assert_int_equal(kz_store_node_start(f->st, "node-1", &resumed), KZ_ERR_INVALID); /* once */
+    assert_true(kz_store_node_live(f->st));
+    setup_backlog(f->st);
+    claim(f->st, &op, T0 + 1000, 3, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 3);
+    kz_claim_cleanup(&op);
+    assert_int_equal(
+        db_int(f, "SELECT count(*) FROM deliveries WHERE state = 1 AND claimed_by = 'node-1'"), 3);
+    assert_int_equal(db_int(f, "SELECT count(*) FROM nodes WHERE id = 'node-1'"), 1);
+
+    /* the lease (T0 + 31000) is long over by the wall clock */
+    release_op(f->st, &op, kz_now_ms());
+    assert_int_equal(op.u.release.released, f->be == B_PG ? 0 : 3);
+    if (f->be == B_SQLITE) {
+        claim(f->st, &op, kz_now_ms(), 3, NULL, 0); /* due again, now */
+        assert_int_equal(op.u.claim.n_out, 3);
+        kz_claim_cleanup(&op);
+    }
+    takeover_op(f->st, &op);
+    assert_int_equal(op.u.takeover.released, 0);
+    assert_int_equal(op.u.takeover.n_nodes, 0);
+
+    /* kill -9 and start again: a second store, the first one's rows still claimed */
+    {
+        struct kz_store *again = NULL;
+
+        open_store(f, &again, 100);
+        assert_int_equal(kz_store_node_start(again, "node-1", &resumed), KZ_OK);
+        assert_int_equal(resumed, 3);
+        assert_int_equal(db_int(f, "SELECT count(*) FROM deliveries WHERE state = 1"), 0);
+        /* own claims keep their place in the due order (PostgreSQL; SQLite releases all) */
+        if (f->be == B_PG)
+            assert_int_equal(db_int(f, "SELECT min(next_attempt_at) FROM deliveries"), T0 + 10);
+        claim(again, &op, kz_now_ms(), 10, NULL, 0);
+        assert_int_equal(op.u.claim.n_out, 7); /* ev-late is due by now too */
+        if (f->be == B_PG)
+            assert_string_equal(op.u.claim.out[0].ev.event_id, "ev-1");
+        kz_claim_cleanup(&op);
+        kz_store_close(again);
+    }
+    /* PostgreSQL: a node that stopped is marked so, and its leftovers are free at once */
+    if (f->be == B_PG)
+        assert_int_equal(db_int(f, "SELECT heartbeat_at FROM nodes WHERE id = 'node-1'"), 0);
+}
+
+/* Whenever webhooks may have changed, the generation moves: a commit that changed them, and a
+ * webhooks_version read that differs from the last one (another process). */
+static void test_webhooks_generation_moves(void **state)
+{
+    struct fx *f = *state;
+    struct kz_buf v;
+    int64_t g0 = kz_store_webhooks_gen(f->st), g1, g2;
+
+    add_app(f->st, "app-1", T0);
+    assert_int_equal(kz_store_webhooks_gen(f->st), g0); /* an app is no webhook */
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    g1 = kz_store_webhooks_gen(f->st);
+    assert_true(g1 > g0);
+    kz_buf_init(&v, 64);
+    assert_int_equal(kz_store_meta_get(f->st, "webhooks_version", &v), KZ_OK);
+    g2 = kz_store_webhooks_gen(f->st);
+    assert_int_equal(kz_store_meta_get(f->st, "webhooks_version", &v), KZ_OK);
+    assert_int_equal(kz_store_webhooks_gen(f->st), g2); /* same version: no move */
+    db_exec(f, "UPDATE meta SET value = '1000' WHERE key = 'webhooks_version'");
+    assert_int_equal(kz_store_meta_get(f->st, "webhooks_version", &v), KZ_OK);
+    assert_true(kz_store_webhooks_gen(f->st) > g2);
+    kz_buf_cleanup(&v);
+}
+
+/* Waits up to `ms` for `st` to stop being live; true when it did. */
+static bool wait_not_live(struct kz_store *st, int ms)
+{
+    for (int i = 0; i < ms / 20; i++) {
+        if (!kz_store_node_live(st))
+            return true;
+        usleep(20000);
+    }
+    return false;
+}
+
+/* Two nodes on one database. A's claims stay A's while its heartbeat is fresh (no takeover, no
+ * lease release); once its heartbeat is older than KZ_NODE_DEAD_MS, B's TAKEOVER releases them
+ * (in their due order), names A and counts them; A never takes itself over; when another
+ * process takes A's node id, A stops being live. A node closed gracefully is taken over at once.
+ * Rows no node claimed (NULL) still follow their lease. */
+static void test_pg_only_takeover_of_a_dead_node(void **state)
+{
+    struct fx *f = *state;
+    struct kz_store *b = NULL, *c = NULL;
+    struct kz_op op;
+    int64_t resumed;
+
+    open_store(f, &b, 100);
+    assert_int_equal(kz_store_node_start(f->st, "node-a", &resumed), KZ_OK);
+    assert_int_equal(kz_store_node_start(b, "node-b", &resumed), KZ_OK);
+    setup_backlog(f->st);
+    claim(f->st, &op, T0 + 1000, 3, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 3);
+    kz_claim_cleanup(&op);
+
+    takeover_op(b, &op);
+    assert_int_equal(op.u.takeover.released, 0);
+    release_op(b, &op, kz_now_ms()); /* lease over, but A is live */
+    assert_int_equal(op.u.release.released, 0);
+
+    /* A's heartbeat is 10 s old and another process took its id (so A's next beat fails) */
+    sql_exec("UPDATE nodes SET incarnation = 'other', heartbeat_at = heartbeat_at - 10000"
+             " WHERE id = 'node-a'");
+    takeover_op(f->st, &op); /* never itself */
+    assert_int_equal(op.u.takeover.released, 0);
+    takeover_op(b, &op);
+    assert_int_equal(op.u.takeover.n_nodes, 1);
+    assert_string_equal(op.u.takeover.nodes[0].node_id, "node-a");
+    assert_int_equal(op.u.takeover.nodes[0].deliveries, 3);
+    assert_int_equal(op.u.takeover.released, 3);
+    assert_int_equal(sql_int("SELECT count(*) FROM deliveries WHERE state = 1"), 0);
+    assert_int_equal(sql_int("SELECT min(next_attempt_at) FROM deliveries"), T0 + 10);
+    takeover_op(b, &op);
+    assert_int_equal(op.u.takeover.released, 0);
+    assert_true(wait_not_live(f->st, 3000));
+
+    /* B claims; C claims and stops: C's rows are free at once */
+    open_store(f, &c, 100);
+    assert_int_equal(kz_store_node_start(c, "node-c", &resumed), KZ_OK);
+    claim(c, &op, T0 + 1000, 2, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 2);
+    kz_claim_cleanup(&op);
+    claim(b, &op, T0 + 1000, 2, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 2);
+    kz_claim_cleanup(&op);
+    kz_store_close(c);
+    takeover_op(b, &op);
+    assert_int_equal(op.u.takeover.n_nodes, 1);
+    assert_string_equal(op.u.takeover.nodes[0].node_id, "node-c");
+    assert_int_equal(op.u.takeover.released, 2);
+    assert_int_equal(sql_int("SELECT count(*) FROM deliveries WHERE state = 1"), 2); /* B's */
+
+    /* a row claimed without a node id follows its lease */
+    sql_exec("UPDATE deliveries SET claimed_by = NULL WHERE state = 1");
+    release_op(b, &op, kz_now_ms());
+    assert_int_equal(op.u.release.released, 2);
+    kz_store_close(b);
+}
+
 struct tcase {
     const char *name;
     CMUnitTestFunction fn;
@@ -3856,6 +4035,9 @@ static const struct tcase cases[] = {
     T(publish_kaizala_fields_and_traceparent, BOTH),
     T(failed_op_rolls_back_alone, BOTH),
     T(claim_order_limit_exclude_lease, BOTH),
+    T(node_start_resumes_own_claims, BOTH),
+    T(webhooks_generation_moves, BOTH),
+    T(pg_only_takeover_of_a_dead_node, B_PG),
     T(claim_with_exclusions_shares_the_limit, BOTH),
     T(complete_retry_success_dead, BOTH),
     T(complete_many, BOTH),

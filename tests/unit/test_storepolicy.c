@@ -65,7 +65,7 @@ static int setup(void **state)
     if (pg_url) {
         pg_exec("SET client_min_messages = warning;"
                 "DROP TABLE IF EXISTS schema_version, meta, applications, access_tokens, webhooks,"
-                " events, deliveries, delivery_attempts CASCADE");
+                " events, deliveries, delivery_attempts, nodes CASCADE");
         snprintf(f->url, sizeof(f->url), "%s", pg_url);
     } else {
         snprintf(f->dir, sizeof(f->dir), "/tmp/kz-policy-XXXXXX");
