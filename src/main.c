@@ -8,6 +8,7 @@
 #include "log.h"
 #include "outbound.h"
 #include "sign.h"
+#include "stats.h"
 #include "store.h"
 #include "subidx.h"
 
@@ -230,6 +231,11 @@ static int serve(struct kz_ctx *ctx)
             kz_log("info", "released deliveries in flight at the last stop", "\"count\":%lld",
                    (long long)op.u.release.released);
     }
+    ctx->metrics.stats = kz_stats_new(ctx->st);
+    if (kz_stats_start(ctx->metrics.stats)) {
+        fatal("cannot start the statistics flusher", "out of resources");
+        goto out;
+    }
     if (kz_dispatch_start(&ctx->dispatch, &ctx->cfg, ctx->st, &ctx->metrics)) {
         fatal("cannot start the delivery engine", "out of resources");
         goto out;
@@ -299,6 +305,8 @@ out:
     kz_dispatch_stop(ctx->dispatch, 0);
     ctx->dispatch = NULL;
     kz_metrics_refresher_stop(&ctx->metrics);
+    kz_stats_free(ctx->metrics.stats); /* its last counts, before the store closes */
+    ctx->metrics.stats = NULL;
     ctx_close(ctx);
     return rc;
 }
