@@ -32,8 +32,8 @@ export function drawCharts(el, buckets) {
   plots.push(new uPlot({
     width: w, height: 220,
     series: [{},
-      {label: 'p50', stroke: '#3b6fd8', width: 2, spanGaps: true},
-      {label: 'p99', stroke: '#8a4fd0', width: 2, spanGaps: true}],
+      {label: 'p50', stroke: '#3b6fd8', width: 2, spanGaps: true, points: {show: true, size: 6}},
+      {label: 'p99', stroke: '#8a4fd0', width: 2, spanGaps: true, points: {show: true, size: 6}}],
     axes: [{}, {size: 60}],
   }, [t, col('p50Ms'), col('p99Ms')], b));
 }

@@ -59,6 +59,8 @@ async function clickText(page, selector, t) {
 
 async function shot(page, plan, name) {
   if (!plan.shots) return;
+  await page.evaluate(() => { document.getElementById('toast').className = 'toast'; });
+  await new Promise((r) => setTimeout(r, 250));
   await page.screenshot({path: `${plan.shots}/${name}.png`, fullPage: true});
 }
 
