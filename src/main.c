@@ -8,6 +8,7 @@
 #include "log.h"
 #include "outbound.h"
 #include "sign.h"
+#include "listen.h"
 #include "stats.h"
 #include "store.h"
 #include "subidx.h"
@@ -35,6 +36,7 @@ static void usage(FILE *f)
         "       kzhook publish --event-type TYPE [--group ID] [--action ID] [--action-package ID]\n"
         "                      [--event-id ID] [--from-user PHONE] [--from-user-id ID]\n"
         "                      [--from-user-name NAME] [--data JSON] [--db PATH]\n"
+        "       kzhook listen [--host 127.0.0.1] [--port 9000] [--secret whsec_...]\n"
         "       kzhook version\n"
         "serve options (each also an environment variable, see README):\n"
         "  --listen HOST:PORT  --db PATH|postgresql://...  --admin-token T  --public-url URL\n"
@@ -552,6 +554,8 @@ int main(int argc, char **argv)
         rc = cmd_app(&ctx, argc - 2, argv + 2);
     } else if (!strcmp(argv[1], "publish")) {
         rc = cmd_publish(&ctx, argc - 2, argv + 2);
+    } else if (!strcmp(argv[1], "listen")) {
+        rc = kz_listen_main(argc - 2, argv + 2);
     } else {
         usage(stderr);
         rc = 2;
