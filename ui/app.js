@@ -141,7 +141,7 @@ async function overviewPage() {
   const failing = s.failingWebhooks.map((f) => h('tr',
     h('td', h('code.id', f.id)), h('td', h('code.id', f.applicationId)),
     h('td.url', f.callbackUrl), h('td', fmtAgo(f.failingSince)),
-    h('td.err', f.lastError || '—')));
+    h(f.lastError ? 'td.err' : 'td', f.lastError || '—')));
   const view = h('div', pageHead('Overview', button('Refresh', () => route())), cards,
     h('section', h('h2', 'Last hour, per minute'), charts),
     h('section', h('h2', `Failing webhooks (${s.failingWebhooks.length})`),
@@ -230,7 +230,7 @@ async function allWebhooksPage(params) {
     h('td', h('code.id', w.id)), h('td', h('code.id', w.applicationId)),
     h('td', `${w.objectType} ${w.objectId}`), h('td.url', w.callbackUrl),
     h('td', activePill(w.active)), h('td', healthCell(w.health)),
-    h('td.err', (w.health && w.health.lastError) || '—')));
+    h(w.health && w.health.lastError ? 'td.err' : 'td', (w.health && w.health.lastError) || '—')));
   const appIn = h('input', {value: app, placeholder: 'application id'});
   const filter = h('form.filters', {on: {submit: (ev) => {
     ev.preventDefault();
@@ -424,7 +424,7 @@ async function webhookPage(id) {
     ['Created', fmtTime(w.ts)], ['Valid until', fmtTime(w.validity)],
     ['Success (24 h)', healthCell(health)],
     ['Failing since', health && health.failingSince ? fmtTime(health.failingSince) : '—'],
-    ['Last error', h('span.err', (health && health.lastError) || '—')],
+    ['Last error', health && health.lastError ? h('span.err', health.lastError) : '—'],
   ]));
 
   return h('div', pageHead('Webhook', link('← All webhooks', '/webhooks', 'btn')), info, actions,
@@ -462,7 +462,7 @@ async function deliveriesSection(id, base) {
   const rows = r.deliveries.map((d) => h('tr',
     h('td', link(String(d.deliveryId), `/webhook/${id}/delivery/${d.deliveryId}`, 'id')),
     h('td', d.eventType), h('td', statusPill(d.status)), h('td.num', String(d.attempts)),
-    h('td', d.lastStatusCode ? String(d.lastStatusCode) : '—'), h('td.err', d.lastError || '—'),
+    h('td', d.lastStatusCode ? String(d.lastStatusCode) : '—'), h(d.lastError ? 'td.err' : 'td', d.lastError || '—'),
     h('td', fmtTime(d.createdAt)),
     h('td', d.status === 'pending' ? fmtTime(d.nextAttemptAt) : '—')));
   return h('section', h('h2', 'Deliveries'),
@@ -479,7 +479,7 @@ async function deliveryPage(id, did) {
   const attempts = (d.attempts || []).map((a, i) => h('tr',
     h('td.num', String(i + 1)), h('td', fmtTime(a.at)),
     h('td.num', a.durationMs === null || a.durationMs === undefined ? '—' : a.durationMs + ' ms'),
-    h('td', a.statusCode === null ? '—' : String(a.statusCode)), h('td.err', a.error || '—'),
+    h('td', a.statusCode === null ? '—' : String(a.statusCode)), h(a.error ? 'td.err' : 'td', a.error || '—'),
     h('td', a.response === null || a.response === undefined ? '—' : h('pre.code.small', a.response))));
   return h('div', pageHead('Delivery ' + d.deliveryId,
     link('← Webhook', '/webhook/' + id, 'btn'),
@@ -493,7 +493,7 @@ async function deliveryPage(id, did) {
     ['Attempts', String(d.attempts)], ['Created', fmtTime(d.createdAt)],
     ['Next attempt', d.status === 'pending' ? fmtTime(d.nextAttemptAt) : '—'],
     ['Last status', d.lastStatusCode ? String(d.lastStatusCode) : '—'],
-    ['Last error', h('span.err', d.lastError || '—')]])),
+    ['Last error', d.lastError ? h('span.err', d.lastError) : '—']])),
   h('section', h('h2', 'Attempts'), table(['#', 'At', 'Duration', 'Status', 'Error', 'Response'],
     attempts, 'Not attempted yet.')),
   h('section', h('h2', 'Body as sent'), h('pre.code', d.body === undefined ? '—' : pretty(d.body))),

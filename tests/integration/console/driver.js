@@ -201,6 +201,7 @@ async function scenario(page, plan) {
     }
   }
   await go(page, '#/webhook/' + newId);
+  await page.evaluate(() => { document.getElementById('toast').className = 'toast'; });
   await clickText(page, '.actions button', 'Reveal secret');
   await page.waitForFunction(() => document.querySelector('.alert code.copy, .toast.show'));
   const revealed = await page.evaluate(() => {
@@ -211,6 +212,7 @@ async function scenario(page, plan) {
     out.skipped.push('secret: GET /v1/webhook/{id}/secret answered 404 (not merged yet)');
   } else {
     out.seen.secret = revealed;
+    await page.evaluate(() => { document.getElementById('toast').className = 'toast'; });
     page.once('dialog', (d) => d.accept('1h'));
     await clickText(page, '.actions button', 'Rotate secret');
     await page.waitForFunction((old) => {
