@@ -13,7 +13,8 @@ LDFLAGS   += $(SAN)
 SRCS      := $(wildcard src/*.c)
 LIBSRCS   := $(filter-out src/main.c,$(SRCS))
 OBJS      := $(SRCS:src/%.c=$(BUILD)/obj/%.o)
-LIBOBJS   := $(LIBSRCS:src/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/openapi_json.o
+LIBOBJS   := $(LIBSRCS:src/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/openapi_json.o \
+             $(BUILD)/obj/gen/ui_assets.o
 UNITSRCS  := $(wildcard tests/unit/test_*.c)
 UNITBINS  := $(UNITSRCS:tests/unit/%.c=$(BUILD)/unit/%)
 
@@ -28,6 +29,8 @@ test-deps:
 	@scripts/bootstrap.sh test
 	@if [ ! -d tests/integration/node/node_modules ] && [ -f tests/integration/node/package-lock.json ]; then \
 	    cd tests/integration/node && npm ci --no-audit --no-fund --loglevel=error; fi
+	@if [ ! -d tests/integration/console/node_modules ]; then \
+	    cd tests/integration/console && npm ci --no-audit --no-fund --loglevel=error; fi
 
 $(BUILD)/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)
@@ -48,6 +51,39 @@ $(BUILD)/gen/openapi_json.c: docs/openapi.json
 	@mv $@.tmp $@
 
 $(BUILD)/obj/gen/openapi_json.o: $(BUILD)/gen/openapi_json.c
+	@mkdir -p $(dir $@)
+	@echo "CC $<"
+	@$(CC) $(CFLAGS) -Isrc -c $< -o $@
+
+# The console (src/ui.h): ui/*.html, *.css, *.js and uPlot's dist files (from ui/node_modules,
+# installed by npm from ui/package-lock.json) embedded as C arrays written with od and sed, each
+# with its cksum as ETag. Nothing is read from disk or fetched at run time.
+UI_FILES  := $(sort $(wildcard ui/*.html ui/*.css ui/*.js))
+UI_VENDOR := ui/node_modules/uplot/dist/uPlot.esm.js ui/node_modules/uplot/dist/uPlot.min.css
+
+ui/node_modules/.kzhook-npm: ui/package-lock.json
+	@echo "NPM ui (uplot)"
+	@cd ui && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(BUILD)/gen/ui_assets.c: $(UI_FILES) ui/node_modules/.kzhook-npm Makefile
+	@mkdir -p $(dir $@)
+	@echo "GEN $@"
+	@{ echo '/* Generated from ui/ by the Makefile: do not edit. */'; \
+	   echo '#include "ui.h"'; \
+	   i=0; for f in $(UI_FILES) $(UI_VENDOR); do \
+	     echo "static const unsigned char a$$i[] = {"; \
+	     od -An -v -tx1 $$f | sed 's/ *\([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	     echo '0x00};'; i=$$((i+1)); done; \
+	   echo 'const struct kz_ui_asset kz_ui_assets[] = {'; \
+	   i=0; for f in $(UI_FILES) $(UI_VENDOR); do \
+	     case $$f in ui/node_modules/*) n=vendor/$${f##*/} ;; *) n=$${f#ui/} ;; esac; \
+	     echo "{\"$$n\", a$$i, sizeof(a$$i) - 1, \"\\\"$$(cksum < $$f | cut -d' ' -f1)\\\"\"},"; \
+	     i=$$((i+1)); done; \
+	   echo '{0, 0, 0, 0}};'; } > $@.tmp
+	@mv $@.tmp $@
+
+$(BUILD)/obj/gen/ui_assets.o: $(BUILD)/gen/ui_assets.c src/ui.h
 	@mkdir -p $(dir $@)
 	@echo "CC $<"
 	@$(CC) $(CFLAGS) -Isrc -c $< -o $@

@@ -4,9 +4,9 @@
 set -eu
 what=${1:-build}
 pkgs="build-essential pkg-config libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev \
-libsqlite3-dev libssl-dev libpq-dev openssl ca-certificates"
+libsqlite3-dev libssl-dev libpq-dev openssl ca-certificates nodejs npm"
 case "$what" in
-    test) pkgs="$pkgs libcmocka-dev clang libclang-rt-14-dev clang-format postgresql nodejs npm python3 valgrind curl" ;;
+    test) pkgs="$pkgs libcmocka-dev clang libclang-rt-14-dev clang-format postgresql nodejs npm python3 valgrind curl chromium" ;;
     bench) pkgs="$pkgs nginx wrk python3 curl postgresql" ;;
     fuzz) pkgs="$pkgs clang libclang-rt-14-dev" ;;
 esac
@@ -16,6 +16,7 @@ for p in $pkgs; do
         # a tool present on PATH from elsewhere (e.g. node, python3 from pyenv) counts as installed
         case "$p" in
             nodejs) command -v node >/dev/null 2>&1 && continue ;;
+            chromium) command -v chromium >/dev/null 2>&1 && continue ;;
             npm|python3|curl|openssl|clang|clang-format|valgrind) command -v "$p" >/dev/null 2>&1 && continue ;;
         esac
         missing="$missing $p"

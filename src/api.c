@@ -9,6 +9,7 @@
 #include "json.h"
 #include "openapi.h"
 #include "sign.h"
+#include "ui.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -65,6 +66,7 @@ void kz_req_init(struct kz_req *req)
     req->content_type = "application/json";
     req->retry_after[0] = '\0';
     req->allow = NULL;
+    req->headers[0] = NULL;
     req->app_id[0] = '\0';
     req->pending = NULL;
     req->err.message[0] = '\0';
@@ -659,6 +661,9 @@ static enum kz_err webhook_routes(struct kz_api *api, struct kz_req *req, char *
     } else if (n == 6 && seg_is(seg[3], "deliveries") && seg_is(seg[5], "retry")) {
         if (!is(m, "POST"))
             return kz_api_method_not_allowed(req, "POST");
+    } else if (n == 4 && seg_is(seg[3], "health")) {
+        if (!is(m, "GET"))
+            return kz_api_method_not_allowed(req, "GET");
     } else {
         return kz_api_reject(req, KZ_ERR_NOTFOUND, "no such endpoint");
     }
@@ -699,6 +704,8 @@ static enum kz_err webhook_routes(struct kz_api *api, struct kz_req *req, char *
         result = kz_api_delivery_get(api, req, &app, id, seg[4]);
     else if (n == 6)
         result = kz_api_delivery_retry(api, req, &app, id, seg[4]);
+    else if (n == 4 && seg_is(seg[3], "health"))
+        result = kz_api_webhook_health(api, req, &app, id);
     else
         result = kz_api_replay(api, req, &app, id);
 out:
@@ -764,6 +771,17 @@ static enum kz_err route(struct kz_api *api, struct kz_req *req)
     }
     if (seg_is(seg[0], "admin") && n >= 3 && seg_is(seg[1], "v1") && seg_is(seg[2], "applications"))
         return admin_routes(api, req, seg, n);
+    if (seg_is(seg[0], "ui"))
+        return kz_ui_serve(req); /* the console (ui.h) */
+    if (seg_is(seg[0], "admin") && n == 3 && seg_is(seg[1], "v1") &&
+        (seg_is(seg[2], "stats") || seg_is(seg[2], "webhooks"))) {
+        if (!is(m, "GET"))
+            return kz_api_method_not_allowed(req, "GET");
+        e = require_admin(api, req);
+        if (e)
+            return e;
+        return seg_is(seg[2], "stats") ? kz_api_stats(api, req) : kz_api_admin_webhooks(api, req);
+    }
     if (!seg_is(seg[0], "v1") || n < 2)
         return kz_api_reject(req, KZ_ERR_NOTFOUND, "no such endpoint");
     if (n == 2 && seg_is(seg[1], "accessToken")) {

@@ -42,6 +42,7 @@ struct kz_req {
     const char *content_type;
     char retry_after[24];           /* "" or seconds */
     const char *allow;              /* Allow header for 405 */
+    const char *headers[16];        /* more headers: name, value, ..., NULL (static strings) */
     char app_id[40];                /* for the request log, "" when none */
     struct kz_api_pending *pending; /* api-private state of a PENDING request */
     struct {                        /* api-private: how a failed request is answered */

@@ -158,4 +158,10 @@ enum kz_err kz_api_webhook_test(struct kz_api *api, struct kz_req *req, const st
 /* api_publish.c */
 enum kz_err kz_api_publish(struct kz_api *api, struct kz_req *req);
 
+/* api_console.c */
+enum kz_err kz_api_stats(struct kz_api *api, struct kz_req *req);
+enum kz_err kz_api_admin_webhooks(struct kz_api *api, struct kz_req *req);
+enum kz_err kz_api_webhook_health(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                                  const char *id);
+
 #endif

@@ -2,6 +2,7 @@
  * against the subscription index, submit one PUBLISH op and answer 202 once it is committed.
  * The request is PENDING meanwhile; publish_done() answers it from the store writer thread. */
 #include "api_internal.h"
+#include "stats.h"
 #include "alloc.h"
 #include "envelope.h"
 #include "id.h"
@@ -187,6 +188,7 @@ static void publish_done(struct kz_op *op, void *arg)
                 skipped += !it->target_active[k];
         }
         atomic_fetch_add(&api->m->events_accepted, fresh);
+        kz_stats_published(api->m->stats, (int64_t)fresh);
         atomic_fetch_add(&api->m->events_duplicate, dup);
         atomic_fetch_add(&api->m->deliveries_created, created);
         atomic_fetch_add(&api->m->deliveries_skipped, skipped);

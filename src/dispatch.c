@@ -4,6 +4,7 @@
  * endpoint table, the queues and every cap). Other threads touch only `wake` (an atomic) and the
  * claim/complete hand-offs, which store.c's writer fills in its done() callbacks under `lock`. */
 #include "dispatch.h"
+#include "stats.h"
 #include "alloc.h"
 #include "envelope.h"
 #include "log.h"
@@ -39,6 +40,7 @@ struct xfer {
     int64_t started_us;
     int64_t started_ms; /* epoch ms: the attempt's `at` in its history */
     int64_t delivery_id;
+    int64_t published_at;         /* the event's, for the statistics' latency */
     int attempts;                 /* made before this one */
     char errbuf[CURL_ERROR_SIZE]; /* libcurl's detailed reason for a failed transfer */
     struct kz_sched_ep *ep;       /* while running */
@@ -410,7 +412,7 @@ static struct curl_slist *add_custom_headers(struct curl_slist *l, const char *h
 static void record(struct kz_dispatch *d, int64_t delivery_id, const char *webhook_id,
                    int attempts_before, int64_t at, int64_t duration_ms, int status,
                    const char *error, const struct kz_buf *resp, int64_t retry_after_ms,
-                   bool success)
+                   bool success, int64_t published_at)
 {
     struct kz_attempt *a = batch_add(d);
     int64_t delay;
@@ -429,6 +431,7 @@ static void record(struct kz_dispatch *d, int64_t delivery_id, const char *webho
     if (success) {
         a->state = KZ_D_SUCCEEDED;
         atomic_fetch_add(&d->m->attempts_succeeded, 1);
+        kz_stats_outcome(d->m->stats, webhook_id, a->state, NULL, published_at);
         return;
     }
     delay = kz_retry_honour(d->cfg->retry_schedule, d->cfg->retry_count, (unsigned)a->attempts,
@@ -441,6 +444,7 @@ static void record(struct kz_dispatch *d, int64_t delivery_id, const char *webho
         a->next_attempt_at = kz_now_ms() + delay;
         atomic_fetch_add(&d->m->attempts_failed, 1);
     }
+    kz_stats_outcome(d->m->stats, webhook_id, a->state, error, published_at);
 }
 
 static void record_skip(struct kz_dispatch *d, const struct kz_claimed *row, const char *why)
@@ -469,12 +473,13 @@ static void start(struct kz_dispatch *d, struct kz_sched_ep *e, struct kz_claime
     const char *prev = row->wh.prev_expires > now_ms ? row->wh.prev_secret : NULL;
 
     x->delivery_id = row->delivery_id;
+    x->published_at = row->ev.created_at;
     x->attempts = row->attempts;
     if (kz_envelope_build(&row->wh, &row->ev, &x->body) ||
         kz_sign_header(row->wh.signing_secret, prev, row->ev.event_id, now_s, x->body.data,
                        x->body.len, sig, sizeof(sig))) {
         record(d, row->delivery_id, row->wh.id, row->attempts, kz_now_ms(), 0, 0,
-               "could not build the request", NULL, -1, false);
+               "could not build the request", NULL, -1, false, row->ev.created_at);
         xfer_put(d, x);
         kz_sched_done(d->sched, e);
         return;
@@ -482,7 +487,7 @@ static void start(struct kz_dispatch *d, struct kz_sched_ep *e, struct kz_claime
     memset(&t, 0, sizeof(t)); /* no pinned address: the open-socket guard checks every connect */
     if (kz_outbound_setup(d->cfg, x->h, row->wh.callback_url, &t, &resolve)) {
         record(d, row->delivery_id, row->wh.id, row->attempts, kz_now_ms(), 0, 0,
-               "invalid callback URL", NULL, -1, false);
+               "invalid callback URL", NULL, -1, false, row->ev.created_at);
         xfer_put(d, x);
         kz_sched_done(d->sched, e);
         return;
@@ -520,7 +525,7 @@ static void start(struct kz_dispatch *d, struct kz_sched_ep *e, struct kz_claime
         atomic_fetch_add(&d->m->inflight, 1);
     } else {
         record(d, row->delivery_id, row->wh.id, row->attempts, x->started_ms, 0, 0,
-               "could not start the request", NULL, -1, false);
+               "could not start the request", NULL, -1, false, row->ev.created_at);
         xfer_put(d, x);
         kz_sched_done(d->sched, e);
     }
@@ -568,7 +573,7 @@ static void reap(struct kz_dispatch *d)
         }
         record(d, x->delivery_id, kz_sched_ep_id(x->ep), x->attempts, x->started_ms,
                (elapsed_us + 500) / 1000, (int)status, ok ? NULL : err, &x->resp, x->retry_after_ms,
-               ok);
+               ok, x->published_at);
         atomic_fetch_sub(&d->m->inflight, 1);
         kz_sched_done(d->sched, x->ep);
         xfer_put(d, x);

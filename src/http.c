@@ -115,6 +115,8 @@ static enum MHD_Result send_answer(struct conn *cs)
         MHD_add_response_header(r, "Retry-After", req->retry_after);
     if (req->allow)
         MHD_add_response_header(r, "Allow", req->allow);
+    for (size_t i = 0; req->headers[i] && req->headers[i + 1]; i += 2)
+        MHD_add_response_header(r, req->headers[i], req->headers[i + 1]);
     if (req->status == 413 || cs->early)
         MHD_add_response_header(r, "Connection", "close");
     ok = MHD_queue_response(cs->c, (unsigned)req->status, r);

@@ -9,6 +9,8 @@
 #include "log.h"
 #include "outbound.h"
 #include "sign.h"
+#include "listen.h"
+#include "stats.h"
 #include "store.h"
 #include "subidx.h"
 
@@ -41,6 +43,7 @@ static void usage(FILE *f)
         "       kzhook webhook test WEBHOOK_ID [--event-type TYPE] [--data JSON] [--db PATH]\n"
         "       kzhook webhook retry WEBHOOK_ID DELIVERY_ID [--db PATH]\n"
         "       kzhook webhook delivery WEBHOOK_ID DELIVERY_ID [--db PATH]\n"
+        "       kzhook listen [--host 127.0.0.1] [--port 9000] [--secret whsec_...]\n"
         "       kzhook version\n"
         "serve options (each also an environment variable, see README):\n"
         "  --listen HOST:PORT  --db PATH|postgresql://...  --admin-token T  --public-url URL\n"
@@ -297,6 +300,11 @@ static int serve(struct kz_ctx *ctx)
      * whatever was inflight), and its heartbeat starts. */
     if (node_start(ctx))
         goto out;
+    ctx->metrics.stats = kz_stats_new(ctx->st);
+    if (kz_stats_start(ctx->metrics.stats)) {
+        fatal("cannot start the statistics flusher", "out of resources");
+        goto out;
+    }
     if (kz_dispatch_start(&ctx->dispatch, &ctx->cfg, ctx->st, &ctx->metrics)) {
         fatal("cannot start the delivery engine", "out of resources");
         goto out;
@@ -368,6 +376,8 @@ out:
     kz_dispatch_stop(ctx->dispatch, 0);
     ctx->dispatch = NULL;
     kz_metrics_refresher_stop(&ctx->metrics);
+    kz_stats_free(ctx->metrics.stats); /* its last counts, before the store closes */
+    ctx->metrics.stats = NULL;
     ctx_close(ctx);
     return rc;
 }
@@ -696,6 +706,8 @@ int main(int argc, char **argv)
         rc = cmd_webhook(&ctx, argc - 2, argv + 2);
     } else if (!strcmp(argv[1], "publish")) {
         rc = cmd_publish(&ctx, argc - 2, argv + 2);
+    } else if (!strcmp(argv[1], "listen")) {
+        rc = kz_listen_main(argc - 2, argv + 2);
     } else {
         usage(stderr);
         rc = 2;

@@ -36,6 +36,7 @@ struct kz_metrics {
     atomic_llong backlog_query_us;          /* duration of the last backlog query */
     atomic_llong backlog_interval_ms;       /* current refresh interval */
     struct kz_metrics_refresher *refresher; /* owned by kz_metrics_refresher_start/stop */
+    struct kz_stats *stats;                 /* per-minute statistics (stats.h); NULL: not counted */
 };
 
 /** Counts the backlog (as kz_store_backlog): `now` in epoch ms. */

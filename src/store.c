@@ -166,6 +166,46 @@ static bool node_id_ok(const char *id)
     return true;
 }
 
+/* A STATS_ADD: whole minutes and hours, no negative count, error text as a COMPLETE stores it,
+ * and the failing rule: a webhook fails since its first failure after its last success, so
+ * fail_since is set exactly when the last failure is newer than the last success (and is not
+ * after it). The backend merges rows of several nodes by the same rule. */
+static bool stats_valid(const struct kz_op *op)
+{
+    size_t i;
+    int k;
+
+    if (!op->u.stats.node_id || !*op->u.stats.node_id || strlen(op->u.stats.node_id) > 64 ||
+        (op->u.stats.n_minutes && !op->u.stats.minutes) ||
+        (op->u.stats.n_webhooks && !op->u.stats.webhooks) || op->u.stats.prune_before < 0)
+        return false;
+    for (i = 0; i < op->u.stats.n_minutes; i++) {
+        const struct kz_stats_minute *m = &op->u.stats.minutes[i];
+
+        if (m->minute <= 0 || m->minute % 60000 || m->published < 0 || m->succeeded < 0 ||
+            m->failed < 0 || m->dead < 0)
+            return false;
+        for (k = 0; k < KZ_STATS_HIST; k++) {
+            if (m->hist[k] < 0)
+                return false;
+        }
+    }
+    for (i = 0; i < op->u.stats.n_webhooks; i++) {
+        const struct kz_stats_webhook *w = &op->u.stats.webhooks[i];
+        bool failing = w->last_fail_at > w->last_ok_at;
+
+        if (!memchr(w->webhook_id, '\0', sizeof(w->webhook_id)) || !w->webhook_id[0] ||
+            w->hour <= 0 || w->hour % 3600000 || w->succeeded < 0 || w->failed < 0 || w->dead < 0 ||
+            w->last_ok_at < 0 || w->last_fail_at < 0 ||
+            (failing ? (w->fail_since <= w->last_ok_at || w->fail_since > w->last_fail_at)
+                     : w->fail_since != 0) ||
+            (w->last_error && (!text_ok(w->last_error) ||
+                               strnlen(w->last_error, KZ_ERROR_KEEP + 1) > KZ_ERROR_KEEP)))
+            return false;
+    }
+    return true;
+}
+
 /* The checks every op passes before any SQL. An op failing them gets KZ_ERR_INVALID, alone. */
 /* NULL, or text of at most `max` bytes: the delivery-control columns (headers, filter) are
  * bounded on both backends by the API's limits, never by what a backend happens to accept. */
@@ -237,6 +277,8 @@ static bool op_valid(const struct kz_op *op)
                 return false;
         }
         return true;
+    case KZ_OP_STATS_ADD:
+        return stats_valid(op);
     case KZ_OP_COMPLETE:
         if (op->u.complete.n && !op->u.complete.items)
             return false;
@@ -305,7 +347,7 @@ static bool batch_lazy(struct kz_op **ops, size_t n)
         enum kz_op_type t = ops[i]->type;
 
         if (t != KZ_OP_CLAIM && t != KZ_OP_COMPLETE && t != KZ_OP_RELEASE && t != KZ_OP_PRUNE &&
-            t != KZ_OP_TAKEOVER)
+            t != KZ_OP_TAKEOVER && t != KZ_OP_STATS_ADD)
             return false;
     }
     return true;
@@ -542,6 +584,8 @@ static enum kz_err call_op(struct kz_store *st, struct kz_op *op, bool *bump)
         return b->takeover(be, op, KZ_NODE_DEAD_MS);
     case KZ_OP_NODE_START:
         return b->node_start(be, op);
+    case KZ_OP_STATS_ADD:
+        return b->stats_add(be, op);
     }
     return KZ_ERR_INVALID;
 }
@@ -1300,4 +1344,60 @@ enum kz_err kz_store_backlog(struct kz_store *st, int64_t now, int64_t *due, int
 enum kz_err kz_store_next_due(struct kz_store *st, int64_t *at)
 {
     return st->ops->next_due(st->be, at);
+}
+
+enum kz_err kz_store_stats_minutes(struct kz_store *st, int64_t since,
+                                   void (*fn)(void *, const struct kz_stats_minute *), void *arg)
+{
+    return st->ops->stats_minutes(st->be, since, fn, arg);
+}
+
+enum kz_err kz_store_webhook_health(struct kz_store *st, const char *id, int64_t since_hour,
+                                    struct kz_webhook_health *out)
+{
+    memset(out, 0, sizeof(*out));
+    return st->ops->webhook_health(st->be, id, since_hour, out);
+}
+
+void kz_webhook_health_cleanup(struct kz_webhook_health *h)
+{
+    kz_free(h->last_error);
+    h->last_error = NULL;
+}
+
+enum kz_err kz_store_failing_list(struct kz_store *st, size_t limit,
+                                  void (*fn)(void *, const struct kz_failing *), void *arg)
+{
+    if (!limit)
+        return KZ_OK;
+    return st->ops->failing_list(st->be, limit, fn, arg);
+}
+
+void kz_stats_hist_format(const int64_t *hist, char out[KZ_STATS_HIST_TEXT])
+{
+    size_t off = 0;
+    int k;
+
+    for (k = 0; k < KZ_STATS_HIST; k++)
+        off += (size_t)snprintf(out + off, KZ_STATS_HIST_TEXT - off, "%s%lld", k ? "," : "",
+                                (long long)hist[k]);
+}
+
+bool kz_stats_hist_parse(const char *s, int64_t *hist)
+{
+    int k;
+
+    memset(hist, 0, KZ_STATS_HIST * sizeof(*hist));
+    for (k = 0; s && k < KZ_STATS_HIST; k++) {
+        char *end;
+        long long v = strtoll(s, &end, 10);
+
+        if (end == s || v < 0 || (k < KZ_STATS_HIST - 1 ? *end != ',' : *end != '\0')) {
+            memset(hist, 0, KZ_STATS_HIST * sizeof(*hist));
+            return false;
+        }
+        hist[k] = v;
+        s = end + 1;
+    }
+    return s != NULL;
 }

@@ -76,12 +76,50 @@ enum kz_op_type {
                              that webhook is inactive or expired (nothing changes) */
     KZ_OP_TAKEOVER,       /* inflight deliveries claimed by dead nodes -> pending: see u.takeover */
     KZ_OP_NODE_START,     /* store-internal: submitted by kz_store_node_start */
+    KZ_OP_STATS_ADD,      /* write this node's statistics rows (u.stats), prune old ones */
 };
 
 /** One dead node whose claims a TAKEOVER released. */
 struct kz_takeover {
     char node_id[KZ_NODE_ID_MAX + 1];
     int64_t deliveries;
+};
+
+/** Latency histogram buckets of the statistics: bucket i holds values up to 2^(i/2) ms (the last
+ * one everything above). */
+#define KZ_STATS_HIST 48
+
+/** One node's counts of one minute (the node's whole count so far: STATS_ADD sets, never adds,
+ * so writing the same row again is harmless). */
+struct kz_stats_minute {
+    int64_t minute; /* epoch ms, a multiple of 60000 */
+    int64_t published, succeeded, failed, dead;
+    int64_t hist[KZ_STATS_HIST]; /* publish -> success of the deliveries that succeeded */
+};
+
+/** One node's outcomes of one webhook: its counts of one hour, and what it saw last. */
+struct kz_stats_webhook {
+    char webhook_id[40];
+    int64_t hour; /* epoch ms, a multiple of 3600000 */
+    int64_t succeeded, failed, dead;
+    int64_t last_ok_at, last_fail_at; /* epoch ms of the last success / failure seen; 0: none */
+    int64_t fail_since;     /* first failure after last_ok_at (store.c: 0 unless still failing) */
+    const char *last_error; /* of the failure at last_fail_at (borrowed; NULL when none) */
+};
+
+/** A webhook's health as the statistics tables tell it (kz_store_webhook_health). */
+struct kz_webhook_health {
+    int64_t succeeded, failed, dead; /* attempts since the hour given */
+    int64_t failing_since;           /* 0 when not failing */
+    int64_t last_ok_at, last_fail_at;
+    char *last_error; /* owned; NULL when none */
+};
+
+/** A failing webhook (kz_store_failing_list): its last attempt failed. */
+struct kz_failing {
+    char id[40], app_id[40];
+    const char *callback_url, *last_error; /* valid during the callback */
+    int64_t failing_since;
 };
 
 /** One published event and the webhooks it matched (computed by the caller from the
@@ -226,6 +264,15 @@ struct kz_op {
             int64_t delivery_id, now;
             bool requeued; /* false: it was inflight (an attempt is under way), left alone */
         } retry;
+        struct {
+            const char *node_id;
+            const struct kz_stats_minute *minutes;
+            size_t n_minutes;
+            const struct kz_stats_webhook *webhooks;
+            size_t n_webhooks;
+            int64_t prune_before; /* > 0: also drop rows of minutes before it, hours before it
+                                     minus an hour, and the state of deleted webhooks */
+        } stats;
     } u;
     enum kz_err result;                        /* set by the writer before done() */
     int64_t webhooks_version;                  /* meta "webhooks_version" after this op's batch */
@@ -329,5 +376,17 @@ enum kz_err kz_store_backlog(struct kz_store *st, int64_t now, int64_t *due, int
                              int64_t *inflight);
 /** Earliest next_attempt_at among pending deliveries, or -1 when none. */
 enum kz_err kz_store_next_due(struct kz_store *st, int64_t *at);
+/** Every node's statistics rows of minutes >= `since`, oldest first (several rows per minute when
+ * several nodes counted in it). Never reads deliveries. */
+enum kz_err kz_store_stats_minutes(struct kz_store *st, int64_t since,
+                                   void (*fn)(void *, const struct kz_stats_minute *), void *arg);
+/** Webhook `id`'s attempts counted in hours >= `since_hour` (all nodes) and its failing state;
+ * zeros when nothing was counted. `out` must be cleaned with kz_webhook_health_cleanup. */
+enum kz_err kz_store_webhook_health(struct kz_store *st, const char *id, int64_t since_hour,
+                                    struct kz_webhook_health *out);
+void kz_webhook_health_cleanup(struct kz_webhook_health *h);
+/** Existing webhooks whose last attempt failed, longest failing first, at most `limit`. */
+enum kz_err kz_store_failing_list(struct kz_store *st, size_t limit,
+                                  void (*fn)(void *, const struct kz_failing *), void *arg);
 
 #endif

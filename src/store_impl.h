@@ -52,6 +52,13 @@ static inline void kz_attempts_oldest_first(struct kz_delivery_detail *dd)
         dd->attempts[dd->n_attempts - 1 - i] = t;
     }
 }
+/** Bytes kz_stats_hist_format writes at most (with the NUL). */
+#define KZ_STATS_HIST_TEXT (KZ_STATS_HIST * 21)
+/** A statistics histogram as both backends store it: KZ_STATS_HIST decimal counts, comma
+ * separated. */
+void kz_stats_hist_format(const int64_t *hist, char out[KZ_STATS_HIST_TEXT]);
+/** Parses what kz_stats_hist_format wrote; false (and `hist` zeroed) for anything else. */
+bool kz_stats_hist_parse(const char *s, int64_t *hist);
 
 /** Backend state; each backend defines its own struct. */
 struct kz_backend;
@@ -160,6 +167,10 @@ struct kz_backend_ops {
     enum kz_err (*heartbeat)(struct kz_backend *be, bool stopping, bool *ours);
     /** 0 < limit <= KZ_PRUNE_LIMIT_MAX here; `pruned` starts at 0. */
     enum kz_err (*prune)(struct kz_backend *be, struct kz_op *op);
+    /** Upserts the op's minute rows and webhook rows (set, never add: a row belongs to one node)
+     * and merges each webhook's state (latest success/failure wins); with prune_before, drops old
+     * rows and the state of deleted webhooks. */
+    enum kz_err (*stats_add)(struct kz_backend *be, struct kz_op *op);
     /** True when `publish` takes a run of several ops: store.c then runs the consecutive PUBLISH
      * ops up to a barrier op as one set (and each alone when the set fails). */
     bool publish_sets;
@@ -188,6 +199,12 @@ struct kz_backend_ops {
     enum kz_err (*backlog)(struct kz_backend *be, int64_t now, int64_t *due, int64_t *scheduled,
                            int64_t *inflight);
     enum kz_err (*next_due)(struct kz_backend *be, int64_t *at);
+    enum kz_err (*stats_minutes)(struct kz_backend *be, int64_t since,
+                                 void (*fn)(void *, const struct kz_stats_minute *), void *arg);
+    enum kz_err (*webhook_health)(struct kz_backend *be, const char *id, int64_t since_hour,
+                                  struct kz_webhook_health *out);
+    enum kz_err (*failing_list)(struct kz_backend *be, size_t limit,
+                                void (*fn)(void *, const struct kz_failing *), void *arg);
 };
 
 /** The SQLite backend (store_sqlite.c). */

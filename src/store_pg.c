@@ -171,6 +171,34 @@ static const char *const migrations[] = {
     "  heartbeat_at BIGINT NOT NULL);"
     "ALTER TABLE deliveries ADD COLUMN claimed_by TEXT;"
     "CREATE INDEX deliveries_claimed ON deliveries(claimed_by) WHERE state = 1;",
+    /* 7: statistics: per node and minute, per webhook, hour and node, and each webhook's failing
+     * state (see SQLite, migration 8). */
+    "CREATE TABLE stats_minute ("
+    "  minute BIGINT NOT NULL,"
+    "  node_id TEXT NOT NULL,"
+    "  published BIGINT NOT NULL,"
+    "  succeeded BIGINT NOT NULL,"
+    "  failed BIGINT NOT NULL,"
+    "  dead BIGINT NOT NULL,"
+    "  hist TEXT NOT NULL,"
+    "  PRIMARY KEY (minute, node_id));"
+    "CREATE TABLE webhook_stats ("
+    "  webhook_id TEXT NOT NULL,"
+    "  hour BIGINT NOT NULL,"
+    "  node_id TEXT NOT NULL,"
+    "  succeeded BIGINT NOT NULL,"
+    "  failed BIGINT NOT NULL,"
+    "  dead BIGINT NOT NULL,"
+    "  PRIMARY KEY (webhook_id, hour, node_id));"
+    "CREATE INDEX webhook_stats_hour ON webhook_stats(hour);"
+    "CREATE TABLE webhook_state ("
+    "  webhook_id TEXT PRIMARY KEY,"
+    "  last_ok_at BIGINT NOT NULL,"
+    "  last_fail_at BIGINT NOT NULL,"
+    "  failing_since BIGINT,"
+    "  last_error TEXT);"
+    "CREATE INDEX webhook_state_failing ON webhook_state(failing_since)"
+    "  WHERE failing_since IS NOT NULL;",
 };
 
 /* The server's clock in epoch ms: every node's heartbeat is written and judged by it, so the
@@ -231,6 +259,12 @@ enum stmt_id {
     S_PRUNE_EV_SCAN,
     S_PRUNE_EV_SWEEP,
     S_TXID_STATUS,
+    S_STATS_MINUTE_SET,
+    S_STATS_WH_SET,
+    S_STATS_STATE_MERGE,
+    S_STATS_PRUNE_MINUTES,
+    S_STATS_PRUNE_WH,
+    S_STATS_PRUNE_STATE,
     /* reads: read connections */
     S_PING,
     S_META_GET,
@@ -246,6 +280,10 @@ enum stmt_id {
     S_DLV_OF_EVENT,
     S_BACKLOG,
     S_NEXT_DUE,
+    S_STATS_MINUTES,
+    S_WH_HEALTH_SUM,
+    S_WH_HEALTH_STATE,
+    S_FAILING_LIST,
     S__COUNT
 };
 
@@ -468,6 +506,50 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_NEXT_DUE] = "SELECT next_attempt_at FROM deliveries AS d WHERE state = 0"
                    " AND EXISTS (SELECT 1 FROM webhooks AS w WHERE w.id = d.webhook_id)"
                    " ORDER BY next_attempt_at LIMIT 1",
+    [S_STATS_MINUTE_SET] =
+        "INSERT INTO stats_minute(minute, node_id, published, succeeded, failed, dead, hist)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT(minute, node_id) DO UPDATE SET"
+        " published = excluded.published, succeeded = excluded.succeeded,"
+        " failed = excluded.failed, dead = excluded.dead, hist = excluded.hist",
+    [S_STATS_WH_SET] =
+        "INSERT INTO webhook_stats(webhook_id, hour, node_id, succeeded, failed, dead)"
+        " VALUES ($1, $2, $3, $4, $5, $6)"
+        " ON CONFLICT(webhook_id, hour, node_id) DO UPDATE SET"
+        " succeeded = excluded.succeeded, failed = excluded.failed,"
+        " dead = excluded.dead",
+    /* the same merge as SQLite's (store.h, struct kz_stats_webhook) */
+    [S_STATS_STATE_MERGE] =
+        "INSERT INTO webhook_state AS s(webhook_id, last_ok_at, last_fail_at, failing_since,"
+        " last_error) VALUES ($1, $2, $3, NULLIF($4::bigint, 0), $5)"
+        " ON CONFLICT(webhook_id) DO UPDATE SET"
+        " last_ok_at = GREATEST(s.last_ok_at, excluded.last_ok_at),"
+        " last_fail_at = GREATEST(s.last_fail_at, excluded.last_fail_at),"
+        " last_error = CASE WHEN excluded.last_fail_at > s.last_fail_at"
+        "   THEN excluded.last_error ELSE s.last_error END,"
+        " failing_since = CASE WHEN GREATEST(s.last_fail_at, excluded.last_fail_at)"
+        "     <= GREATEST(s.last_ok_at, excluded.last_ok_at) THEN NULL"
+        "   ELSE LEAST(CASE WHEN s.failing_since > GREATEST(s.last_ok_at, excluded.last_ok_at)"
+        "              THEN s.failing_since ELSE GREATEST(s.last_fail_at, excluded.last_fail_at) "
+        "END,"
+        "            CASE WHEN excluded.failing_since > GREATEST(s.last_ok_at, excluded.last_ok_at)"
+        "              THEN excluded.failing_since"
+        "              ELSE GREATEST(s.last_fail_at, excluded.last_fail_at) END)"
+        "   END",
+    [S_STATS_PRUNE_MINUTES] = "DELETE FROM stats_minute WHERE minute < $1",
+    [S_STATS_PRUNE_WH] = "DELETE FROM webhook_stats WHERE hour < $1::bigint - 3600000",
+    [S_STATS_PRUNE_STATE] = "DELETE FROM webhook_state AS s WHERE NOT EXISTS"
+                            " (SELECT 1 FROM webhooks AS w WHERE w.id = s.webhook_id)",
+    [S_STATS_MINUTES] = "SELECT minute, published, succeeded, failed, dead, hist FROM stats_minute"
+                        " WHERE minute >= $1 ORDER BY minute",
+    [S_WH_HEALTH_SUM] = "SELECT COALESCE(SUM(succeeded), 0), COALESCE(SUM(failed), 0),"
+                        " COALESCE(SUM(dead), 0) FROM webhook_stats"
+                        " WHERE webhook_id = $1 AND hour >= $2",
+    [S_WH_HEALTH_STATE] = "SELECT COALESCE(failing_since, 0), last_ok_at, last_fail_at, last_error"
+                          " FROM webhook_state WHERE webhook_id = $1",
+    [S_FAILING_LIST] =
+        "SELECT w.id, w.application_id, w.callback_url, s.failing_since, s.last_error"
+        " FROM webhook_state AS s JOIN webhooks AS w ON w.id = s.webhook_id"
+        " WHERE s.failing_since IS NOT NULL ORDER BY s.failing_since, s.webhook_id LIMIT $1",
 };
 
 /* One libpq connection and which statements it has prepared. */
@@ -2180,6 +2262,60 @@ out:
  * is assigned up front; a batch that writes nothing then costs a commit record, which only
  * happens to claims that found nothing. A stale connection (the server restarted since the last
  * batch) is replaced and the batch begun again: nothing had run. */
+static enum kz_err op_stats_add(struct kz_backend *be, struct kz_op *op)
+{
+    struct conn *c = be->wr;
+    char hist[KZ_STATS_HIST_TEXT];
+    enum kz_err result = KZ_OK;
+    size_t i;
+
+    for (i = 0; i < op->u.stats.n_minutes && !result; i++) {
+        const struct kz_stats_minute *m = &op->u.stats.minutes[i];
+        struct params p = {0};
+
+        kz_stats_hist_format(m->hist, hist);
+        p_int(&p, m->minute);
+        p_text(&p, op->u.stats.node_id);
+        p_int(&p, m->published);
+        p_int(&p, m->succeeded);
+        p_int(&p, m->failed);
+        p_int(&p, m->dead);
+        p_text(&p, hist);
+        result = run_count(c, S_STATS_MINUTE_SET, &p, "stats minute", NULL);
+    }
+    for (i = 0; i < op->u.stats.n_webhooks && !result; i++) {
+        const struct kz_stats_webhook *w = &op->u.stats.webhooks[i];
+        struct params p = {0}, q = {0};
+
+        p_fixed(&p, w->webhook_id, sizeof(w->webhook_id));
+        p_int(&p, w->hour);
+        p_text(&p, op->u.stats.node_id);
+        p_int(&p, w->succeeded);
+        p_int(&p, w->failed);
+        p_int(&p, w->dead);
+        result = run_count(c, S_STATS_WH_SET, &p, "stats webhook", NULL);
+        if (result)
+            break;
+        p_fixed(&q, w->webhook_id, sizeof(w->webhook_id));
+        p_int(&q, w->last_ok_at);
+        p_int(&q, w->last_fail_at);
+        p_int(&q, w->fail_since);
+        p_text(&q, w->last_error);
+        result = run_count(c, S_STATS_STATE_MERGE, &q, "stats state", NULL);
+    }
+    if (!result && op->u.stats.prune_before > 0) {
+        struct params p = {0};
+
+        p_int(&p, op->u.stats.prune_before);
+        result = run_count(c, S_STATS_PRUNE_MINUTES, &p, "stats prune", NULL);
+        if (!result)
+            result = run_count(c, S_STATS_PRUNE_WH, &p, "stats prune", NULL);
+        if (!result)
+            result = run_count(c, S_STATS_PRUNE_STATE, NULL, "stats prune", NULL);
+    }
+    return result;
+}
+
 static enum kz_err pg_begin(struct kz_backend *be, bool lazy)
 {
     const char *sql = lazy ? "BEGIN; SET LOCAL synchronous_commit TO off; SAVEPOINT op;"
@@ -2728,6 +2864,104 @@ static enum kz_err pg_next_due(struct kz_backend *be, int64_t *at)
     return KZ_OK;
 }
 
+static enum kz_err pg_stats_minutes(struct kz_backend *be, int64_t since,
+                                    void (*fn)(void *, const struct kz_stats_minute *), void *arg)
+{
+    struct params p = {0};
+    struct conn *c;
+    PGresult *r;
+    enum kz_err result;
+    int row;
+
+    p_int(&p, since);
+    result = read_run(be, S_STATS_MINUTES, &p, "stats minutes", &c, &r);
+    if (result)
+        return result;
+    release(be, c);
+    for (row = 0; row < PQntuples(r); row++) {
+        struct kz_stats_minute m;
+
+        m.minute = col_int(r, row, 0);
+        m.published = col_int(r, row, 1);
+        m.succeeded = col_int(r, row, 2);
+        m.failed = col_int(r, row, 3);
+        m.dead = col_int(r, row, 4);
+        if (!kz_stats_hist_parse(PQgetvalue(r, row, 5), m.hist)) {
+            result = KZ_ERR_DB;
+            break;
+        }
+        fn(arg, &m);
+    }
+    PQclear(r);
+    return result;
+}
+
+static enum kz_err pg_webhook_health(struct kz_backend *be, const char *id, int64_t since_hour,
+                                     struct kz_webhook_health *out)
+{
+    struct params p = {0}, q = {0};
+    struct conn *c;
+    PGresult *r;
+    enum kz_err result;
+
+    p_text(&p, id);
+    p_int(&p, since_hour);
+    result = read_run(be, S_WH_HEALTH_SUM, &p, "webhook health", &c, &r);
+    if (result)
+        return result;
+    release(be, c);
+    if (PQntuples(r)) {
+        out->succeeded = col_int(r, 0, 0);
+        out->failed = col_int(r, 0, 1);
+        out->dead = col_int(r, 0, 2);
+    }
+    PQclear(r);
+    p_text(&q, id);
+    result = read_run(be, S_WH_HEALTH_STATE, &q, "webhook health", &c, &r);
+    if (result)
+        return result;
+    release(be, c);
+    if (PQntuples(r)) {
+        out->failing_since = col_int(r, 0, 0);
+        out->last_ok_at = col_int(r, 0, 1);
+        out->last_fail_at = col_int(r, 0, 2);
+        out->last_error = col_dup(r, 0, 3);
+    }
+    PQclear(r);
+    return KZ_OK;
+}
+
+static enum kz_err pg_failing_list(struct kz_backend *be, size_t limit,
+                                   void (*fn)(void *, const struct kz_failing *), void *arg)
+{
+    struct params p = {0};
+    struct conn *c;
+    PGresult *r;
+    enum kz_err result;
+    int row;
+
+    p_int(&p, kz_store_clamp_size(limit));
+    result = read_run(be, S_FAILING_LIST, &p, "failing list", &c, &r);
+    if (result)
+        return result;
+    release(be, c);
+    for (row = 0; row < PQntuples(r); row++) {
+        struct kz_failing f;
+
+        if (!col_fixed(r, row, 0, f.id, sizeof(f.id)) ||
+            !col_fixed(r, row, 1, f.app_id, sizeof(f.app_id))) {
+            result = KZ_ERR_DB;
+            break;
+        }
+        f.callback_url = PQgetisnull(r, row, 2) ? NULL : PQgetvalue(r, row, 2);
+        f.failing_since = col_int(r, row, 3);
+        f.last_error = PQgetisnull(r, row, 4) ? NULL : PQgetvalue(r, row, 4);
+        fn(arg, &f);
+    }
+    PQclear(r);
+    return result;
+}
+
 const struct kz_backend_ops kz_store_pg_ops = {
     .name = "postgresql",
     .open = pg_open,
@@ -2759,6 +2993,7 @@ const struct kz_backend_ops kz_store_pg_ops = {
     .node_start = op_node_start,
     .takeover = op_takeover,
     .heartbeat = pg_heartbeat,
+    .stats_add = op_stats_add,
     .on_notify = pg_on_notify,
     .ping = pg_ping,
     .meta_get = pg_meta_get,
@@ -2772,4 +3007,7 @@ const struct kz_backend_ops kz_store_pg_ops = {
     .delivery_of_event = pg_delivery_of_event,
     .backlog = pg_backlog,
     .next_due = pg_next_due,
+    .stats_minutes = pg_stats_minutes,
+    .webhook_health = pg_webhook_health,
+    .failing_list = pg_failing_list,
 };

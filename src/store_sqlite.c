@@ -143,6 +143,36 @@ static const char *const migrations[] = {
     "  heartbeat_at INTEGER NOT NULL);"
     "ALTER TABLE deliveries ADD COLUMN claimed_by TEXT;"
     "CREATE INDEX deliveries_claimed ON deliveries(claimed_by) WHERE state = 1;",
+    /* 8: statistics (README "Console and statistics"): each node's counts per minute and per
+     * webhook and hour, written by the node alone (no contention), summed when read; the failing
+     * state of each webhook (partial index: only failing ones are listed). Never the deliveries
+     * table: /admin/v1/stats costs the same at any size. */
+    "CREATE TABLE stats_minute ("
+    "  minute INTEGER NOT NULL,"
+    "  node_id TEXT NOT NULL,"
+    "  published INTEGER NOT NULL,"
+    "  succeeded INTEGER NOT NULL,"
+    "  failed INTEGER NOT NULL,"
+    "  dead INTEGER NOT NULL,"
+    "  hist TEXT NOT NULL,"
+    "  PRIMARY KEY (minute, node_id));"
+    "CREATE TABLE webhook_stats ("
+    "  webhook_id TEXT NOT NULL,"
+    "  hour INTEGER NOT NULL,"
+    "  node_id TEXT NOT NULL,"
+    "  succeeded INTEGER NOT NULL,"
+    "  failed INTEGER NOT NULL,"
+    "  dead INTEGER NOT NULL,"
+    "  PRIMARY KEY (webhook_id, hour, node_id));"
+    "CREATE INDEX webhook_stats_hour ON webhook_stats(hour);"
+    "CREATE TABLE webhook_state ("
+    "  webhook_id TEXT PRIMARY KEY,"
+    "  last_ok_at INTEGER NOT NULL,"
+    "  last_fail_at INTEGER NOT NULL,"
+    "  failing_since INTEGER,"
+    "  last_error TEXT);"
+    "CREATE INDEX webhook_state_failing ON webhook_state(failing_since)"
+    "  WHERE failing_since IS NOT NULL;",
 };
 
 /* ==== statements ==== */
@@ -215,6 +245,12 @@ enum stmt_id {
     S_PRUNE_DLV,
     S_PRUNE_EV_SCAN,
     S_PRUNE_EV_ORPHAN,
+    S_STATS_MINUTE_SET,
+    S_STATS_WH_SET,
+    S_STATS_STATE_MERGE,
+    S_STATS_PRUNE_MINUTES,
+    S_STATS_PRUNE_WH,
+    S_STATS_PRUNE_STATE,
     /* reads: read connections */
     S_PING,
     S_META_GET,
@@ -230,6 +266,10 @@ enum stmt_id {
     S_DLV_OF_EVENT,
     S_BACKLOG,
     S_NEXT_DUE,
+    S_STATS_MINUTES,
+    S_WH_HEALTH_SUM,
+    S_WH_HEALTH_STATE,
+    S_FAILING_LIST,
     S__COUNT
 };
 
@@ -404,6 +444,49 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_NEXT_DUE] = "SELECT next_attempt_at FROM deliveries AS d WHERE state = 0"
                    " AND EXISTS (SELECT 1 FROM webhooks AS w WHERE w.id = d.webhook_id)"
                    " ORDER BY next_attempt_at LIMIT 1",
+    [S_STATS_MINUTE_SET] =
+        "INSERT INTO stats_minute(minute, node_id, published, succeeded, failed, dead, hist)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(minute, node_id) DO UPDATE SET"
+        " published = excluded.published, succeeded = excluded.succeeded,"
+        " failed = excluded.failed, dead = excluded.dead, hist = excluded.hist",
+    [S_STATS_WH_SET] =
+        "INSERT INTO webhook_stats(webhook_id, hour, node_id, succeeded, failed, dead)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+        " ON CONFLICT(webhook_id, hour, node_id) DO UPDATE SET"
+        " succeeded = excluded.succeeded, failed = excluded.failed,"
+        " dead = excluded.dead",
+    /* the latest success or failure wins; failing since the first failure after the latest
+     * success, whichever node saw it (store.h, struct kz_stats_webhook) */
+    [S_STATS_STATE_MERGE] =
+        "INSERT INTO webhook_state(webhook_id, last_ok_at, last_fail_at, failing_since, last_error)"
+        " VALUES (?1, ?2, ?3, NULLIF(?4, 0), ?5) ON CONFLICT(webhook_id) DO UPDATE SET"
+        " last_ok_at = MAX(last_ok_at, excluded.last_ok_at),"
+        " last_fail_at = MAX(last_fail_at, excluded.last_fail_at),"
+        " last_error = CASE WHEN excluded.last_fail_at > last_fail_at"
+        "   THEN excluded.last_error ELSE last_error END,"
+        " failing_since = CASE WHEN MAX(last_fail_at, excluded.last_fail_at)"
+        "     <= MAX(last_ok_at, excluded.last_ok_at) THEN NULL"
+        "   ELSE MIN(CASE WHEN failing_since > MAX(last_ok_at, excluded.last_ok_at)"
+        "              THEN failing_since ELSE MAX(last_fail_at, excluded.last_fail_at) END,"
+        "            CASE WHEN excluded.failing_since > MAX(last_ok_at, excluded.last_ok_at)"
+        "              THEN excluded.failing_since ELSE MAX(last_fail_at, excluded.last_fail_at) "
+        "END)"
+        "   END",
+    [S_STATS_PRUNE_MINUTES] = "DELETE FROM stats_minute WHERE minute < ?1",
+    [S_STATS_PRUNE_WH] = "DELETE FROM webhook_stats WHERE hour < ?1 - 3600000",
+    [S_STATS_PRUNE_STATE] = "DELETE FROM webhook_state WHERE NOT EXISTS"
+                            " (SELECT 1 FROM webhooks AS w WHERE w.id = webhook_state.webhook_id)",
+    [S_STATS_MINUTES] = "SELECT minute, published, succeeded, failed, dead, hist FROM stats_minute"
+                        " WHERE minute >= ?1 ORDER BY minute",
+    [S_WH_HEALTH_SUM] = "SELECT COALESCE(SUM(succeeded), 0), COALESCE(SUM(failed), 0),"
+                        " COALESCE(SUM(dead), 0) FROM webhook_stats"
+                        " WHERE webhook_id = ?1 AND hour >= ?2",
+    [S_WH_HEALTH_STATE] = "SELECT COALESCE(failing_since, 0), last_ok_at, last_fail_at, last_error"
+                          " FROM webhook_state WHERE webhook_id = ?1",
+    [S_FAILING_LIST] =
+        "SELECT w.id, w.application_id, w.callback_url, s.failing_since, s.last_error"
+        " FROM webhook_state AS s JOIN webhooks AS w ON w.id = s.webhook_id"
+        " WHERE s.failing_since IS NOT NULL ORDER BY s.failing_since, s.webhook_id LIMIT ?1",
 };
 
 /* One SQLite connection and its statement cache. */
@@ -1742,6 +1825,64 @@ out:
  * (no lock_wait). Some errors (I/O, disk full, out of memory) make SQLite roll the whole
  * transaction back by itself: `lost` sees that through sqlite3_get_autocommit. */
 
+static enum kz_err op_stats_add(struct kz_backend *be, struct kz_op *op)
+{
+    struct conn *c = be->wr;
+    struct bind b;
+    char hist[KZ_STATS_HIST_TEXT];
+    size_t i;
+    int rc = SQLITE_OK;
+
+    for (i = 0; i < op->u.stats.n_minutes && !rc; i++) {
+        const struct kz_stats_minute *m = &op->u.stats.minutes[i];
+
+        kz_stats_hist_format(m->hist, hist);
+        prep(c, S_STATS_MINUTE_SET, &b);
+        b_int(&b, m->minute);
+        b_text(&b, op->u.stats.node_id);
+        b_int(&b, m->published);
+        b_int(&b, m->succeeded);
+        b_int(&b, m->failed);
+        b_int(&b, m->dead);
+        b_text(&b, hist);
+        rc = run(&b);
+    }
+    for (i = 0; i < op->u.stats.n_webhooks && !rc; i++) {
+        const struct kz_stats_webhook *w = &op->u.stats.webhooks[i];
+
+        prep(c, S_STATS_WH_SET, &b);
+        b_fixed(&b, w->webhook_id, sizeof(w->webhook_id));
+        b_int(&b, w->hour);
+        b_text(&b, op->u.stats.node_id);
+        b_int(&b, w->succeeded);
+        b_int(&b, w->failed);
+        b_int(&b, w->dead);
+        rc = run(&b);
+        if (rc)
+            break;
+        prep(c, S_STATS_STATE_MERGE, &b);
+        b_fixed(&b, w->webhook_id, sizeof(w->webhook_id));
+        b_int(&b, w->last_ok_at);
+        b_int(&b, w->last_fail_at);
+        b_int(&b, w->fail_since);
+        b_text(&b, w->last_error);
+        rc = run(&b);
+    }
+    if (!rc && op->u.stats.prune_before > 0) {
+        prep(c, S_STATS_PRUNE_MINUTES, &b);
+        b_int(&b, op->u.stats.prune_before);
+        rc = run(&b);
+        if (!rc) {
+            prep(c, S_STATS_PRUNE_WH, &b);
+            b_int(&b, op->u.stats.prune_before);
+            rc = run(&b);
+        }
+        if (!rc)
+            rc = run_plain(c, S_STATS_PRUNE_STATE);
+    }
+    return rc ? fail(c, "stats add", rc) : KZ_OK;
+}
+
 static enum kz_err sq_begin(struct kz_backend *be, bool lazy)
 {
     struct conn *c = be->wr;
@@ -2249,6 +2390,111 @@ static enum kz_err sq_next_due(struct kz_backend *be, int64_t *at)
     return result;
 }
 
+static enum kz_err sq_stats_minutes(struct kz_backend *be, int64_t since,
+                                    void (*fn)(void *, const struct kz_stats_minute *), void *arg)
+{
+    struct conn *c;
+    struct bind b;
+    enum kz_err result = acquire(be, &c);
+    int rc;
+
+    if (result)
+        return result;
+    prep(c, S_STATS_MINUTES, &b);
+    b_int(&b, since);
+    while ((rc = step(&b)) == SQLITE_ROW) {
+        struct kz_stats_minute m;
+
+        m.minute = sqlite3_column_int64(b.q, 0);
+        m.published = sqlite3_column_int64(b.q, 1);
+        m.succeeded = sqlite3_column_int64(b.q, 2);
+        m.failed = sqlite3_column_int64(b.q, 3);
+        m.dead = sqlite3_column_int64(b.q, 4);
+        if (!kz_stats_hist_parse((const char *)sqlite3_column_text(b.q, 5), m.hist)) {
+            result = KZ_ERR_DB;
+            break;
+        }
+        fn(arg, &m);
+    }
+    if (!result && rc != SQLITE_DONE)
+        result = fail(c, "stats minutes", rc);
+    finish(&b);
+    release(be, c);
+    return result;
+}
+
+static enum kz_err sq_webhook_health(struct kz_backend *be, const char *id, int64_t since_hour,
+                                     struct kz_webhook_health *out)
+{
+    struct conn *c;
+    struct bind b;
+    enum kz_err result = acquire(be, &c);
+    int rc;
+
+    if (result)
+        return result;
+    prep(c, S_WH_HEALTH_SUM, &b);
+    b_text(&b, id);
+    b_int(&b, since_hour);
+    rc = step(&b);
+    if (rc == SQLITE_ROW) {
+        out->succeeded = sqlite3_column_int64(b.q, 0);
+        out->failed = sqlite3_column_int64(b.q, 1);
+        out->dead = sqlite3_column_int64(b.q, 2);
+        rc = SQLITE_OK;
+    }
+    finish(&b);
+    if (!rc) {
+        prep(c, S_WH_HEALTH_STATE, &b);
+        b_text(&b, id);
+        rc = step(&b);
+        if (rc == SQLITE_ROW) {
+            out->failing_since = sqlite3_column_int64(b.q, 0);
+            out->last_ok_at = sqlite3_column_int64(b.q, 1);
+            out->last_fail_at = sqlite3_column_int64(b.q, 2);
+            out->last_error = col_dup(b.q, 3);
+        }
+        rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+        finish(&b);
+    }
+    if (rc)
+        result = fail(c, "webhook health", rc);
+    release(be, c);
+    return result;
+}
+
+static enum kz_err sq_failing_list(struct kz_backend *be, size_t limit,
+                                   void (*fn)(void *, const struct kz_failing *), void *arg)
+{
+    struct conn *c;
+    struct bind b;
+    enum kz_err result = acquire(be, &c);
+    int rc;
+
+    if (result)
+        return result;
+    prep(c, S_FAILING_LIST, &b);
+    b_int(&b, kz_store_clamp_size(limit));
+    while ((rc = step(&b)) == SQLITE_ROW) {
+        struct kz_failing f;
+
+        if (!col_fixed(b.q, 0, f.id, sizeof(f.id)) ||
+            !col_fixed(b.q, 1, f.app_id, sizeof(f.app_id))) {
+            result = KZ_ERR_DB;
+            break;
+        }
+        f.callback_url = (const char *)sqlite3_column_text(b.q, 2);
+        f.failing_since = sqlite3_column_int64(b.q, 3);
+        f.last_error = (const char *)sqlite3_column_text(b.q, 4);
+        fn(arg, &f);
+    }
+    if (!result && rc != SQLITE_DONE)
+        result = fail(c, "failing list", rc);
+    finish(&b);
+    release(be, c);
+    return result;
+}
+
 const struct kz_backend_ops kz_store_sqlite_ops = {
     .name = "sqlite",
     .open = sq_open,
@@ -2278,6 +2524,7 @@ const struct kz_backend_ops kz_store_sqlite_ops = {
     .release = op_release,
     .prune = op_prune,
     .node_start = op_node_start,
+    .stats_add = op_stats_add,
     .on_notify = NULL,
     .ping = sq_ping,
     .meta_get = sq_meta_get,
@@ -2291,4 +2538,7 @@ const struct kz_backend_ops kz_store_sqlite_ops = {
     .delivery_of_event = sq_delivery_of_event,
     .backlog = sq_backlog,
     .next_due = sq_next_due,
+    .stats_minutes = sq_stats_minutes,
+    .webhook_health = sq_webhook_health,
+    .failing_list = sq_failing_list,
 };

@@ -105,8 +105,7 @@ static int64_t sql_int(const char *sql)
 static void reset_db(void)
 {
     sql_exec("SET client_min_messages = warning;"
-             "DROP TABLE IF EXISTS schema_version, meta, applications, access_tokens, webhooks,"
-             " events, deliveries, delivery_attempts, nodes CASCADE");
+             "DROP SCHEMA public CASCADE; CREATE SCHEMA public" /* every table, whatever the migrations add */);
 }
 
 /* The first column of the first row of `sql` on the SQLite file `path` (read-only), -1 if none. */
@@ -4018,12 +4017,175 @@ struct tcase {
     }
 #define BOTH (B_SQLITE | B_PG)
 
+/* ==== statistics (KZ_OP_STATS_ADD) ==== */
+
+struct minsum {
+    int n;
+    int64_t published, succeeded, hist3;
+};
+
+static void minsum_add(void *arg, const struct kz_stats_minute *m)
+{
+    struct minsum *ms = arg;
+
+    ms->n++;
+    ms->published += m->published;
+    ms->succeeded += m->succeeded;
+    ms->hist3 += m->hist[3];
+}
+
+struct failsum {
+    int n;
+    char id[40];
+    int64_t since;
+    char err[64];
+};
+
+static void failsum_add(void *arg, const struct kz_failing *f)
+{
+    struct failsum *fs = arg;
+
+    if (!fs->n++) {
+        snprintf(fs->id, sizeof(fs->id), "%s", f->id);
+        fs->since = f->failing_since;
+        snprintf(fs->err, sizeof(fs->err), "%s", f->last_error ? f->last_error : "");
+    }
+}
+
+static enum kz_err stats_add(struct kz_store *st, const char *node, const struct kz_stats_minute *m,
+                             const struct kz_stats_webhook *w, int64_t prune_before)
+{
+    struct kz_op op = {.type = KZ_OP_STATS_ADD};
+
+    op.u.stats.node_id = node;
+    op.u.stats.minutes = m;
+    op.u.stats.n_minutes = m ? 1 : 0;
+    op.u.stats.webhooks = w;
+    op.u.stats.n_webhooks = w ? 1 : 0;
+    op.u.stats.prune_before = prune_before;
+    return exec(st, &op);
+}
+
+static struct kz_stats_webhook wh_outcome(const char *id, int64_t ok_at, int64_t fail_at,
+                                          int64_t fail_since, const char *err)
+{
+    struct kz_stats_webhook w;
+
+    memset(&w, 0, sizeof(w));
+    snprintf(w.webhook_id, sizeof(w.webhook_id), "%s", id);
+    w.hour = T0 - T0 % 3600000;
+    w.succeeded = ok_at ? 1 : 0;
+    w.failed = fail_at ? 1 : 0;
+    w.last_ok_at = ok_at;
+    w.last_fail_at = fail_at;
+    w.fail_since = fail_since;
+    w.last_error = err;
+    return w;
+}
+
+static void test_stats_rows_and_failing_state(void **state)
+{
+    struct fx *f = *state;
+    int64_t minute = T0 - T0 % 60000;
+    struct kz_stats_minute m;
+    struct kz_stats_webhook w;
+    struct kz_webhook_health h;
+    struct minsum ms = {0};
+    struct failsum fs = {0};
+
+    add_app(f->st, "app1", T0);
+    add_webhook(f->st, "w1", "app1", "g1");
+    add_webhook(f->st, "w2", "app1", "g1");
+    /* one row per node and minute, set (not added): writing it again changes nothing */
+    memset(&m, 0, sizeof(m));
+    m.minute = minute;
+    m.published = 5;
+    m.succeeded = 4;
+    m.hist[3] = 4;
+    assert_int_equal(stats_add(f->st, "nodeA", &m, NULL, 0), KZ_OK);
+    assert_int_equal(stats_add(f->st, "nodeA", &m, NULL, 0), KZ_OK);
+    m.published = 2;
+    m.succeeded = 1;
+    m.hist[3] = 1;
+    assert_int_equal(stats_add(f->st, "nodeB", &m, NULL, 0), KZ_OK);
+    assert_int_equal(kz_store_stats_minutes(f->st, minute, minsum_add, &ms), KZ_OK);
+    assert_int_equal(ms.n, 2);
+    assert_int_equal(ms.published, 7);
+    assert_int_equal(ms.succeeded, 5);
+    assert_int_equal(ms.hist3, 5);
+    memset(&ms, 0, sizeof(ms));
+    assert_int_equal(kz_store_stats_minutes(f->st, minute + 60000, minsum_add, &ms), KZ_OK);
+    assert_int_equal(ms.n, 0);
+
+    /* failing state, merged across nodes: the latest outcome wins; failing since the first
+     * failure after the latest success */
+    w = wh_outcome("w1", 0, T0 + 100, T0 + 100, "HTTP 500");
+    assert_int_equal(stats_add(f->st, "nodeA", NULL, &w, 0), KZ_OK);
+    assert_int_equal(kz_store_failing_list(f->st, 10, failsum_add, &fs), KZ_OK);
+    assert_int_equal(fs.n, 1);
+    assert_string_equal(fs.id, "w1");
+    assert_int_equal(fs.since, T0 + 100);
+    assert_string_equal(fs.err, "HTTP 500");
+    w = wh_outcome("w1", T0 + 150, 0, 0, NULL); /* nodeB: a success after it */
+    assert_int_equal(stats_add(f->st, "nodeB", NULL, &w, 0), KZ_OK);
+    memset(&fs, 0, sizeof(fs));
+    assert_int_equal(kz_store_failing_list(f->st, 10, failsum_add, &fs), KZ_OK);
+    assert_int_equal(fs.n, 0);
+    w = wh_outcome("w1", 0, T0 + 200, T0 + 200, "timeout");
+    assert_int_equal(stats_add(f->st, "nodeA", NULL, &w, 0), KZ_OK);
+    w = wh_outcome("w1", T0 + 150, T0 + 180, T0 + 180, "HTTP 502");
+    assert_int_equal(stats_add(f->st, "nodeB", NULL, &w, 0), KZ_OK);
+    memset(&fs, 0, sizeof(fs));
+    assert_int_equal(kz_store_failing_list(f->st, 10, failsum_add, &fs), KZ_OK);
+    assert_int_equal(fs.n, 1);
+    assert_int_equal(fs.since, T0 + 180);
+    assert_string_equal(fs.err, "timeout"); /* of the latest failure */
+    assert_int_equal(kz_store_webhook_health(f->st, "w1", w.hour, &h), KZ_OK);
+    assert_int_equal(h.succeeded, 1);
+    assert_int_equal(h.failed, 2);
+    assert_int_equal(h.failing_since, T0 + 180);
+    assert_int_equal(h.last_ok_at, T0 + 150);
+    assert_string_equal(h.last_error, "timeout");
+    kz_webhook_health_cleanup(&h);
+    assert_int_equal(kz_store_webhook_health(f->st, "w2", w.hour, &h), KZ_OK);
+    assert_int_equal(h.succeeded + h.failed + h.dead + h.failing_since, 0);
+    assert_null(h.last_error);
+    kz_webhook_health_cleanup(&h);
+
+    /* policy: whole minutes, the failing rule, UTF-8 errors */
+    m.minute = minute + 1;
+    assert_int_equal(stats_add(f->st, "nodeA", &m, NULL, 0), KZ_ERR_INVALID);
+    w = wh_outcome("w2", T0 + 10, T0 + 5, T0 + 5, NULL); /* not failing: no fail_since */
+    assert_int_equal(stats_add(f->st, "nodeA", NULL, &w, 0), KZ_ERR_INVALID);
+    w = wh_outcome("w2", 0, T0 + 5, 0, NULL); /* failing: fail_since needed */
+    assert_int_equal(stats_add(f->st, "nodeA", NULL, &w, 0), KZ_ERR_INVALID);
+    w = wh_outcome("w2", 0, T0 + 5, T0 + 5, "\xff bad");
+    assert_int_equal(stats_add(f->st, "nodeA", NULL, &w, 0), KZ_ERR_INVALID);
+    assert_int_equal(stats_add(f->st, NULL, NULL, NULL, 0), KZ_ERR_INVALID);
+
+    /* a deleted webhook is not listed, and pruning drops its state and the old rows */
+    {
+        struct kz_op op = {.type = KZ_OP_WEBHOOK_DELETE};
+
+        op.u.del.id = "w1";
+        op.u.del.app_id = "";
+        assert_int_equal(exec(f->st, &op), KZ_OK);
+    }
+    memset(&fs, 0, sizeof(fs));
+    assert_int_equal(kz_store_failing_list(f->st, 10, failsum_add, &fs), KZ_OK);
+    assert_int_equal(fs.n, 0);
+    assert_int_equal(stats_add(f->st, "nodeA", NULL, NULL, minute + 60000), KZ_OK);
+    assert_int_equal(db_int(f, "SELECT COUNT(*) FROM webhook_state"), 0);
+    assert_int_equal(db_int(f, "SELECT COUNT(*) FROM stats_minute"), 0);
+}
+
 static const struct tcase cases[] = {
     T(reopen_idempotent_and_durable, BOTH),
     T(open_errors, BOTH),
     T(concurrent_open_migrates_once, BOTH),
     T(schema_newer_than_binary, BOTH),
     T(meta, BOTH),
+    T(stats_rows_and_failing_state, BOTH),
     T(apps, BOTH),
     T(tokens, BOTH),
     T(webhooks_crud, BOTH),
