@@ -490,7 +490,7 @@ async function deliveryPage(id, did) {
     }), 'btn-primary')),
   h('section.panel', kv([
     ['Status', statusPill(d.status)], ['Event', `${d.eventType} · ${d.eventId}`],
-    ['Attempts', String(d.attempts)], ['Created', fmtTime(d.createdAt)],
+    ['Attempts', String(Array.isArray(d.attempts) ? d.attempts.length : d.attempts)], ['Created', fmtTime(d.createdAt)],
     ['Next attempt', d.status === 'pending' ? fmtTime(d.nextAttemptAt) : '—'],
     ['Last status', d.lastStatusCode ? String(d.lastStatusCode) : '—'],
     ['Last error', d.lastError ? h('span.err', d.lastError) : '—']])),
