@@ -106,7 +106,7 @@ static void reset_db(void)
 {
     sql_exec("SET client_min_messages = warning;"
              "DROP TABLE IF EXISTS schema_version, meta, applications, access_tokens, webhooks,"
-             " events, deliveries, delivery_attempts CASCADE");
+             " events, deliveries, delivery_attempts, webhook_gates CASCADE");
 }
 
 /* The first column of the first row of `sql` on the SQLite file `path` (read-only), -1 if none. */
