@@ -247,12 +247,14 @@ static enum kz_err field_rate_order(struct kz_req *req, const json_t *doc, struc
     json_t *v = kz_json_get(doc, "rateLimit");
 
     if (v && !json_is_null(v)) {
-        if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-            json_integer_value(v) > KZ_RATE_LIMIT_MAX)
+        int64_t n = -1;
+
+        /* a JSON number with no fraction (the body may parse any number as a double) */
+        if (!json_is_number(v) || kz_json_i64(v, &n) || n < 0 || n > KZ_RATE_LIMIT_MAX)
             return kz_api_reject(req, KZ_ERR_INVALID,
                                  "rateLimit must be an integer from 0 (no limit) to %d",
                                  KZ_RATE_LIMIT_MAX);
-        w->rate_limit = (int)json_integer_value(v);
+        w->rate_limit = (int)n;
     }
     v = kz_json_get(doc, "ordered");
     if (v && !json_is_null(v)) {
