@@ -3,11 +3,12 @@ the API fields, the pace of attempts at a real receiver, and publish order kept 
 attempts, retries of older deliveries and a kill -9. Runs on SQLite and, with KZ_TEST_DB,
 PostgreSQL."""
 
+import json
 import threading
 import time
 
 from dlib import DReceiver, all_deliveries, create_hook, publish, uid, wait_until
-from kzlib import KzTestCase
+from kzlib import KzTestCase, run_cli
 
 
 class OrderReceiver(DReceiver):
@@ -69,6 +70,10 @@ class Ordering(KzTestCase):
         g = uid("g")
         wid = self.hook(srv, tok, rc, "/a", g, rateLimit=7, ordered=True)
         w = self.assertJsonOk(srv.req("GET", "/v1/webhook/" + wid, token=tok))
+        self.assertEqual((w["rateLimit"], w["ordered"]), (7, True))
+        p = run_cli(["webhook", "get", wid, "--db", srv.db])
+        self.assertEqual(p.returncode, 0, p.stderr[-500:])
+        w = json.loads(p.stdout)
         self.assertEqual((w["rateLimit"], w["ordered"]), (7, True))
         plain = self.hook(srv, tok, rc, "/b", g)
         listed = {x["id"]: x for x in self.assertJsonOk(
