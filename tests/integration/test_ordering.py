@@ -8,7 +8,11 @@ import threading
 import time
 
 from dlib import DReceiver, all_deliveries, create_hook, publish, uid, wait_until
-from kzlib import KzTestCase, run_cli
+from kzlib import KzTestCase, run_cli, test_db_url
+from pglib import LEASE_ENV, shared_db
+
+PG_URL = test_db_url()
+PG_URL = PG_URL if PG_URL and PG_URL.startswith(("postgres://", "postgresql://")) else None
 
 
 class OrderReceiver(DReceiver):
@@ -209,3 +213,46 @@ class Ordering(KzTestCase):
         self.assertEqual([event_id(q) for q in sorted(got, key=lambda q: q.time)],
                          [ids[4], ids[0], ids[4], ids[5]])
         self.check_order(rc, "/o", ids)  # first successes over the whole test
+
+    # ------------------------------------------------------------------ two nodes (PostgreSQL)
+    def test_ordered_two_nodes_one_killed(self):
+        if not PG_URL:
+            self.skipTest("needs KZ_TEST_DB=postgresql://... (PostgreSQL stage)")
+        db = shared_db(self, PG_URL)
+        adm = "adm_" + uid("t")
+        a, b = [self.server(db=db, admin_token=adm, env=LEASE_ENV, label="ordered_" + n,
+                            args=["--rate-limit", "0", "--retry-schedule", "100ms,100ms,100ms",
+                                  "--delivery-timeout", "2s"]) for n in ("A", "B")]
+        rc = OrderReceiver()
+        self.addCleanup(rc.stop)
+        _, tok = a.app_token()
+        g = uid("g")
+        self.hook(a, tok, rc, "/o", g, ordered=True)
+        rc.script("/o", [500 if k % 7 == 3 else 200 for k in range(1000)])
+        probes = []
+
+        def probe():  # until node B's index has the webhook (these are delivered first)
+            e = uid("p")
+            r = publish(b, {"eventType": "TextMessageCreated", "groupId": g, "eventId": e})
+            if r["deliveries"]:
+                probes.append(e)
+                return True
+            e = uid("p")  # (the first id is stored on B with no delivery: taken)
+            publish(a, {"eventType": "TextMessageCreated", "groupId": g, "eventId": e})
+            probes.append(e)
+            time.sleep(0.05)
+            return False
+        wait_until(probe, timeout=10, interval=0, msg="node B matches the webhook")
+        ids = ["%s-%03d" % (uid("e"), i) for i in range(200)]
+        for k in range(0, 200, 25):  # arrays of 25, alternately on each node, one after another
+            publish(a if k % 50 else b, [{"eventType": "TextMessageCreated", "groupId": g,
+                                          "eventId": e} for e in ids[k:k + 25]])
+        wait_until(lambda: len(rc.ok_requests("/o")) >= 70, timeout=60, msg="70 successes")
+        a.kill9()
+        killed_at = len(rc.ok_requests("/o"))
+        want = probes + ids
+        wait_until(lambda: len({event_id(q) for q in rc.ok_requests("/o")}) >= len(want),
+                   timeout=150, msg="every event delivered by node B")
+        posts = self.check_order(rc, "/o", want)
+        print("\nordered, two nodes, A killed after %d successes: %d events, %d attempts, order kept"
+              % (killed_at, len(want), len(posts)))
