@@ -52,6 +52,8 @@ static json_t *webhook_json(const struct kz_webhook *w, int64_t now)
     json_object_set_new(o, "validity", json_integer(w->validity_ms));
     json_object_set_new(o, "active", json_boolean(w->active && w->validity_ms > now));
     o_headers(o, w);
+    json_object_set_new(o, "rateLimit", json_integer(w->rate_limit));
+    json_object_set_new(o, "ordered", json_boolean(w->ordered));
     /* Last, and null when set: filter_splice() writes the stored text in its place, so numbers
      * come back exactly as written (1e400, 21-digit integers) rather than as doubles. */
     json_object_set_new(o, "filter", w->filter_json ? json_null() : json_object());
@@ -238,6 +240,33 @@ static enum kz_err field_filter(struct kz_req *req, const json_t *doc, struct kz
     return KZ_OK;
 }
 
+/* "rateLimit" (an integer 0..KZ_RATE_LIMIT_MAX, 0 = none) and "ordered" (a bool, or "true" /
+ * "false"): absent or null = unchanged (README.md "Delivery controls"). */
+static enum kz_err field_rate_order(struct kz_req *req, const json_t *doc, struct kz_webhook *w)
+{
+    json_t *v = kz_json_get(doc, "rateLimit");
+
+    if (v && !json_is_null(v)) {
+        int64_t n = -1;
+
+        /* a JSON number with no fraction (the body may parse any number as a double) */
+        if (!json_is_number(v) || kz_json_i64(v, &n) || n < 0 || n > KZ_RATE_LIMIT_MAX)
+            return kz_api_reject(req, KZ_ERR_INVALID,
+                                 "rateLimit must be an integer from 0 (no limit) to %d",
+                                 KZ_RATE_LIMIT_MAX);
+        w->rate_limit = (int)n;
+    }
+    v = kz_json_get(doc, "ordered");
+    if (v && !json_is_null(v)) {
+        bool b;
+
+        if (kz_json_bool(v, &b))
+            return kz_api_reject(req, KZ_ERR_INVALID, "ordered must be true or false");
+        w->ordered = b;
+    }
+    return KZ_OK;
+}
+
 /* Reads the fields of a create (all required ones present) or update (`update`: any subset)
  * body into `w`; the error names the field. Sets *url_changed when a callBackUrl was given. */
 static enum kz_err webhook_fields(struct kz_req *req, const json_t *doc, struct kz_webhook *w,
@@ -339,6 +368,9 @@ static enum kz_err webhook_fields(struct kz_req *req, const json_t *doc, struct 
         *active_given = true;
     }
     e = field_headers(req, doc, w);
+    if (e)
+        return e;
+    e = field_rate_order(req, doc, w);
     if (e)
         return e;
     return field_filter(req, doc, w);

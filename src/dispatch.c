@@ -42,6 +42,7 @@ struct xfer {
     int64_t delivery_id;
     int64_t published_at;         /* the event's, for the statistics' latency */
     int attempts;                 /* made before this one */
+    bool ordered;                 /* its webhook's next delivery waits for this one's outcome */
     char errbuf[CURL_ERROR_SIZE]; /* libcurl's detailed reason for a failed transfer */
     struct kz_sched_ep *ep;       /* while running */
     struct xfer *next_free;
@@ -475,6 +476,7 @@ static void start(struct kz_dispatch *d, struct kz_sched_ep *e, struct kz_claime
     x->delivery_id = row->delivery_id;
     x->published_at = row->ev.created_at;
     x->attempts = row->attempts;
+    x->ordered = row->wh.ordered;
     if (kz_envelope_build(&row->wh, &row->ev, &x->body) ||
         kz_sign_header(row->wh.signing_secret, prev, row->ev.event_id, now_s, x->body.data,
                        x->body.len, sig, sizeof(sig))) {
@@ -575,6 +577,12 @@ static void reap(struct kz_dispatch *d)
                (elapsed_us + 500) / 1000, (int)status, ok ? NULL : err, &x->resp, x->retry_after_ms,
                ok, x->published_at);
         atomic_fetch_sub(&d->m->inflight, 1);
+        if (x->ordered) {
+            /* the store hands out its webhook's next delivery once this outcome is recorded:
+             * claim right after this COMPLETE (README.md "Delivery controls") */
+            d->refill = true;
+            d->next_poll = 0;
+        }
         kz_sched_done(d->sched, x->ep);
         xfer_put(d, x);
     }
@@ -778,6 +786,7 @@ static bool start_queued(struct kz_dispatch *d)
 
     if (!node_ok(d) || !verify_queued(d))
         return false;
+    kz_sched_tick(d->sched, kz_now_ms());
     while (kz_sched_next(d->sched, &row, &e)) {
         start(d, e, &row);
         kz_webhook_cleanup(&row.wh);
@@ -872,18 +881,25 @@ static void claim_finish(struct kz_dispatch *d)
 
         if (!row->wh.active || row->wh.validity_ms <= now) {
             record_skip(d, row, row->wh.active ? "webhook expired" : "webhook inactive");
+            if (row->wh.ordered)
+                d->refill = true; /* its next delivery follows once the skip is recorded */
             continue;
         }
         kz_sched_push(d->sched, row); /* takes the row's contents */
     }
     if (n == op->u.claim.limit || d->refill) {
         d->next_poll = 0; /* a full batch (there is probably more), or a queue asked for more */
-    } else if (op->u.claim.n_exclude) {
+    } else if (op->u.claim.n_exclude || op->u.claim.held) {
         /* Rows due now may all belong to excluded endpoints: next_due would say "now" forever.
          * Their queues ask for a claim when they drain; new work arrives with a wake. What is
          * left is retries of other endpoints falling due, so after an empty claim (which may
          * have walked a large backlog of excluded rows: ~0.4 s at 1M) wait longer. */
         d->next_poll = now + (n ? 200 : IDLE_POLL_MS);
+        /* Gated webhooks (rateLimit, ordered) held rows back: due ones too, so next_due would
+         * say "now". Claim again when the first of their buckets holds an attempt; an ordered
+         * webhook's next delivery comes with the outcome of the one in flight (reap). */
+        if (op->u.claim.held_until > 0 && op->u.claim.held_until < d->next_poll)
+            d->next_poll = op->u.claim.held_until > now ? op->u.claim.held_until : now + 10;
     } else {
         int64_t due = -1;
 
@@ -961,6 +977,13 @@ static void *run(void *arg)
             timeout = d->next_poll > now ? (long)(d->next_poll - now) : 0;
         if (timeout > IDLE_POLL_MS)
             timeout = IDLE_POLL_MS;
+        if (!stopping && timeout) {
+            /* a paced endpoint's next start (rateLimit) */
+            int64_t paced = kz_sched_next_ready(d->sched);
+
+            if (paced >= 0 && paced - now < timeout)
+                timeout = paced > now ? (long)(paced - now) : 1;
+        }
         if (timeout)
             curl_multi_poll(d->multi, NULL, 0, (int)timeout, NULL);
     }

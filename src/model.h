@@ -64,8 +64,9 @@ const char *kz_dstate_name(enum kz_dstate s);
 /* headers_json at most: 20 entries of escaped name and value ("\u00XX" is 6 bytes a byte) */
 #define KZ_HEADERS_JSON_MAX                                                                        \
     (2 + KZ_HEADERS_MAX * (6 + KZ_HEADER_NAME_MAX + 6 * KZ_HEADER_VALUE_MAX))
-#define KZ_FILTER_MAX 4096     /* bytes of a webhook's filter as written */
-#define KZ_TRACEPARENT_MAX 256 /* a traceparent header kept with an event (W3C: 55 for 00) */
+#define KZ_FILTER_MAX 4096       /* bytes of a webhook's filter as written */
+#define KZ_RATE_LIMIT_MAX 100000 /* rateLimit at most (attempts per second) */
+#define KZ_TRACEPARENT_MAX 256   /* a traceparent header kept with an event (W3C: 55 for 00) */
 
 /** An application (Kaizala connector). Strings are owned by the struct; kz_app_cleanup frees. */
 struct kz_app {
@@ -98,6 +99,8 @@ struct kz_webhook {
     char *filter_json;    /* event filter: compact JSON object as written (numbers verbatim) */
     char *prev_secret;    /* the secret before the last rotation, during its overlap */
     int64_t prev_expires; /* epoch ms until which prev_secret also signs; 0 when none */
+    int rate_limit;       /* attempts started per second at most, all nodes; 0: unlimited */
+    bool ordered;         /* deliveries attempted one at a time, in publish order */
 };
 void kz_webhook_cleanup(struct kz_webhook *w);
 /** Deep copy; dst must be uninitialised or cleaned. */

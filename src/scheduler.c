@@ -39,6 +39,11 @@ struct kz_sched_ep {
     struct queued *head, *tail;
     size_t nqueued;
     bool in_ring;
+    /* delivery controls of its webhook, from the last row queued (README.md "Delivery
+     * controls"): starts are paced by a local bucket of rate_limit per second (thousandths) */
+    int rate_limit;
+    bool ordered;
+    int64_t tokens, refilled_at; /* refilled_at 0: never started (a full bucket) */
 };
 
 struct kz_sched {
@@ -51,6 +56,9 @@ struct kz_sched {
     size_t queued;
     int inflight;
     bool refill;
+    int64_t now;      /* the clock as of kz_sched_tick(), epoch ms */
+    size_t n_paced;   /* endpoints with a rate limit in the table */
+    int64_t swept_at; /* last sweep of idle paced endpoints */
 };
 
 /* ==== applications ==== */
@@ -172,17 +180,36 @@ static struct kz_sched_ep *ep_get(struct kz_sched *s, const char *id, const char
     return e;
 }
 
+/* The local bucket of a paced endpoint now, in thousandths of a start. */
+static int64_t ep_tokens(const struct kz_sched *s, const struct kz_sched_ep *e)
+{
+    int64_t cap = (int64_t)e->rate_limit * 1000, dt = s->now - e->refilled_at, t;
+
+    if (!e->refilled_at || dt >= 1000)
+        return cap;
+    t = e->tokens + (dt > 0 ? dt * e->rate_limit : 0);
+    return t < cap ? t : cap;
+}
+
+/* A paced endpoint is kept while its bucket refills, so that its pace survives an idle moment. */
+static bool ep_pacing(const struct kz_sched *s, const struct kz_sched_ep *e)
+{
+    return e->rate_limit > 0 && ep_tokens(s, e) < (int64_t)e->rate_limit * 1000;
+}
+
 /* Frees `e` (and then perhaps its application) when nothing refers to it any more. */
 static void ep_release(struct kz_sched *s, struct kz_sched_ep *e)
 {
     struct kz_sched_ep **pp;
     struct app *a = e->app;
 
-    if (e->inflight || e->nqueued || e->in_ring)
+    if (e->inflight || e->nqueued || e->in_ring || ep_pacing(s, e))
         return;
     for (pp = &s->eps[kz_hash_str(e->id) % EP_BUCKETS]; *pp; pp = &(*pp)->next) {
         if (*pp == e) {
             *pp = e->next;
+            if (e->rate_limit > 0)
+                s->n_paced--;
             kz_free(e);
             a->neps--;
             app_release(s, a);
@@ -291,6 +318,10 @@ void kz_sched_push(struct kz_sched *s, struct kz_claimed *row)
     q->row = *row;
     memset(row, 0, sizeof(*row)); /* ownership moved to q */
     e = ep_get(s, q->row.wh.id, q->row.wh.app_id);
+    if ((e->rate_limit > 0) != (q->row.wh.rate_limit > 0))
+        s->n_paced += q->row.wh.rate_limit > 0 ? 1 : (size_t)-1;
+    e->rate_limit = q->row.wh.rate_limit;
+    e->ordered = q->row.wh.ordered;
     if (e->tail)
         e->tail->next = q;
     else
@@ -321,6 +352,8 @@ static struct kz_sched_ep *pick_ep(struct kz_sched *s, struct app *a)
         a->ring = e;
         if (s->inflight >= KZ_SCHED_SOFT && e->inflight && a->inflight >= share)
             continue;
+        if (e->rate_limit > 0 && ep_tokens(s, e) < 1000)
+            continue; /* over its rate: it waits, the others are served */
         return e;
     }
     return NULL;
@@ -348,6 +381,10 @@ bool kz_sched_next(struct kz_sched *s, struct kz_claimed *out, struct kz_sched_e
         if (!e)
             continue;
         ep_shift(s, e, out);
+        if (e->rate_limit > 0) {
+            e->tokens = ep_tokens(s, e) - 1000;
+            e->refilled_at = s->now > 0 ? s->now : 1;
+        }
         if (e->nqueued == kz_sched_queue_target(s) / 2)
             s->refill = true; /* it was excluded from claims: ask for more now */
         e->inflight++;
@@ -405,6 +442,15 @@ static bool app_full(const struct app *a, int limit)
     return (size_t)a->inflight + a->nqueued >= (size_t)limit;
 }
 
+/* An endpoint the next claim must pass over: its queue is full, its application has work enough,
+ * it is paced and still has rows waiting for their turn, or it is ordered and has a delivery
+ * here already (the store would hand out nothing more for it anyway). */
+static bool ep_excluded(const struct kz_sched_ep *e, size_t target, int limit)
+{
+    return e->nqueued >= target || app_full(e->app, limit) || (e->rate_limit > 0 && e->nqueued) ||
+           (e->ordered && (e->nqueued || e->inflight));
+}
+
 const char **kz_sched_exclude(const struct kz_sched *s, size_t *n)
 {
     size_t i, k = 0, count = 0, target = kz_sched_queue_target(s);
@@ -415,7 +461,7 @@ const char **kz_sched_exclude(const struct kz_sched *s, size_t *n)
 
     for (i = 0; i < EP_BUCKETS; i++) {
         for (e = s->eps[i]; e; e = e->next)
-            count += e->nqueued >= target || app_full(e->app, limit);
+            count += ep_excluded(e, target, limit);
     }
     *n = count;
     if (!count)
@@ -424,7 +470,7 @@ const char **kz_sched_exclude(const struct kz_sched *s, size_t *n)
     text = (char *)(ids + count);
     for (i = 0; i < EP_BUCKETS; i++) {
         for (e = s->eps[i]; e; e = e->next) {
-            if (e->nqueued < target && !app_full(e->app, limit))
+            if (!ep_excluded(e, target, limit))
                 continue;
             memcpy(text + k * sizeof(e->id), e->id, sizeof(e->id));
             ids[k] = text + k * sizeof(e->id);
@@ -454,10 +500,61 @@ size_t kz_sched_claim_room(const struct kz_sched *s)
                 parked += a->nqueued;
         }
     }
+    /* rows of paced endpoints wait for their rate, not for slots */
+    for (i = 0; s->n_paced && i < EP_BUCKETS; i++) {
+        const struct kz_sched_ep *e;
+
+        for (e = s->eps[i]; e; e = e->next) {
+            if (e->rate_limit > 0 && e->app->inflight < limit)
+                parked += e->nqueued;
+        }
+    }
     if (parked > KZ_SCHED_PARK_MAX)
         parked = KZ_SCHED_PARK_MAX;
     runnable = s->queued - parked;
     return runnable >= room ? 0 : room - runnable;
+}
+
+void kz_sched_tick(struct kz_sched *s, int64_t now_ms)
+{
+    size_t i;
+
+    s->now = now_ms;
+    if (!s->n_paced || now_ms - s->swept_at < 10000)
+        return;
+    /* Paced endpoints stay while their bucket refills (ep_release): free those idle again. */
+    s->swept_at = now_ms;
+    for (i = 0; i < EP_BUCKETS; i++) {
+        struct kz_sched_ep *e = s->eps[i], *next;
+
+        for (; e; e = next) {
+            next = e->next;
+            if (e->rate_limit > 0)
+                ep_release(s, e);
+        }
+    }
+}
+
+int64_t kz_sched_next_ready(const struct kz_sched *s)
+{
+    int64_t at = -1;
+    size_t i;
+
+    for (i = 0; s->n_paced && i < EP_BUCKETS; i++) {
+        const struct kz_sched_ep *e;
+
+        for (e = s->eps[i]; e; e = e->next) {
+            int64_t t, when;
+
+            if (e->rate_limit <= 0 || !e->nqueued || e->inflight >= s->per_endpoint)
+                continue;
+            t = ep_tokens(s, e);
+            when = t >= 1000 ? s->now : s->now + (1000 - t + e->rate_limit - 1) / e->rate_limit;
+            if (at < 0 || when < at)
+                at = when;
+        }
+    }
+    return at;
 }
 
 bool kz_sched_take_refill(struct kz_sched *s)

@@ -17,7 +17,8 @@
  * no more rows (queue full, or their application has work enough for its share) and
  * kz_sched_claim_room() how many rows the next claim may take.
  *
- * Pure: no I/O, no clock, no threads. The dispatcher thread alone owns a struct kz_sched. */
+ * Pure: no I/O, no threads; the clock is what the caller last passed to kz_sched_tick(). The
+ * dispatcher thread alone owns a struct kz_sched. */
 #ifndef KZ_SCHED_H
 #define KZ_SCHED_H
 
@@ -66,24 +67,35 @@ bool kz_sched_pop(struct kz_sched *s, struct kz_claimed *out);
 
 /**
  * The webhook ids the next claim must exclude: endpoints with a full queue (kz_sched_queue_target
- * rows), and every known endpoint of an application whose transfers in flight plus queued rows
- * reach its limit. One allocation (pointers, then the strings) the caller frees with kz_free;
- * NULL when `*n` is 0. The strings are copies, so the list outlives changes to the scheduler.
+ * rows), every known endpoint of an application whose transfers in flight plus queued rows
+ * reach its limit, paced endpoints (rateLimit) with rows still queued, and ordered endpoints with
+ * a row queued or in flight. One allocation (pointers, then the strings) the caller frees with
+ * kz_free; NULL when `*n` is 0. The strings are copies, so the list outlives changes to the
+ * scheduler.
  */
 const char **kz_sched_exclude(const struct kz_sched *s, size_t *n);
 
 /**
  * How many rows the next claim may take: the free slots below the soft cap (at least
  * KZ_SCHED_HEADROOM while below the hard cap, at most KZ_SCHED_CLAIM_MAX), less the rows already
- * queued that could start. Rows queued for applications at their limit (parked) do not count,
- * up to KZ_SCHED_PARK_MAX of them, so they cannot stop other applications' rows from being
- * claimed. 0 at the hard cap.
+ * queued that could start. Rows queued for applications at their limit or for paced endpoints
+ * (parked) do not count, up to KZ_SCHED_PARK_MAX of them, so they cannot stop other applications'
+ * rows from being claimed. 0 at the hard cap.
  */
 size_t kz_sched_claim_room(const struct kz_sched *s);
 
 /** Rows an endpoint may hold queued: enough to keep its slots busy between claims, few enough
  * that a slow endpoint holds little in memory. */
 size_t kz_sched_queue_target(const struct kz_sched *s);
+
+/** Sets the scheduler's clock (epoch ms): call before kz_sched_next(). An endpoint whose webhook
+ * has a rateLimit (README.md "Delivery controls") starts at most that many transfers per second
+ * (a local bucket of that capacity and refill rate), so over any T seconds at most rateLimit *
+ * (T + 1); while over its rate it is passed over and the others are served. */
+void kz_sched_tick(struct kz_sched *s, int64_t now_ms);
+/** The earliest epoch ms at which a paced endpoint with queued rows and a free slot may start
+ * again (the clock of the last tick when one may start now); -1 when none waits for its rate. */
+int64_t kz_sched_next_ready(const struct kz_sched *s);
 
 /** True (once) when an endpoint that was excluded from claims has drained to half its queue
  * target since the last call: the caller should claim again soon. */

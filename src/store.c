@@ -227,6 +227,7 @@ static bool op_valid(const struct kz_op *op)
         return memchr(op->u.webhook.id, '\0', sizeof(op->u.webhook.id)) &&
                memchr(op->u.webhook.app_id, '\0', sizeof(op->u.webhook.app_id)) &&
                (op->type == KZ_OP_WEBHOOK_UPDATE || op->u.max_per_app >= 0) &&
+               op->u.webhook.rate_limit >= 0 && op->u.webhook.rate_limit <= KZ_RATE_LIMIT_MAX &&
                text_within(op->u.webhook.headers_json, KZ_HEADERS_JSON_MAX) &&
                text_within(op->u.webhook.filter_json, KZ_FILTER_MAX);
     case KZ_OP_WEBHOOK_ROTATE:
@@ -301,8 +302,11 @@ static void op_failed(struct kz_op *op, enum kz_err result)
     size_t k;
 
     op->result = result;
-    if (op->type == KZ_OP_CLAIM)
+    if (op->type == KZ_OP_CLAIM) {
         kz_claim_cleanup(op);
+        op->u.claim.held = 0;
+        op->u.claim.held_until = 0;
+    }
     if (op->type == KZ_OP_RETRY)
         op->u.retry.requeued = false;
     if (op->type == KZ_OP_TAKEOVER) {
@@ -536,6 +540,130 @@ static void complete_restore(struct kz_store *st, struct kz_op *op, bool applied
     op->u.complete.n = st->saved_n;
 }
 
+/* ==== claim gates: rateLimit and ordered (README.md "Delivery controls") ==== */
+
+/* The bucket's content now: capacity and refill rate_limit attempts per second, in thousandths
+ * (integers, so both backends and every node compute the same). Never used: full. */
+static int64_t gate_tokens(const struct kz_gate *g)
+{
+    int64_t cap = (int64_t)g->rate_limit * 1000, dt = g->now - g->refilled_at, t;
+
+    if (!g->refilled_at || dt >= 1000)
+        return cap; /* a second refills rate_limit * 1000 thousandths: the whole bucket */
+    t = g->tokens + (dt > 0 ? dt * g->rate_limit : 0);
+    return t < cap ? t : cap;
+}
+
+size_t kz_gate_allow(struct kz_gate *g, size_t room)
+{
+    size_t n = room;
+
+    g->head_only = false;
+    if (!g->deliverable) {
+        /* inactive or expired: its rows are skipped, never attempted, so neither rate nor order
+         * holds them back */
+        g->allow = room;
+        return room;
+    }
+    if (g->rate_limit > 0) {
+        size_t whole = (size_t)(gate_tokens(g) / 1000);
+
+        if (whole < n)
+            n = whole;
+    }
+    if (g->ordered) {
+        /* The oldest delivery not yet final goes alone, when it is due and nothing else of this
+         * webhook is in flight (a retried or replayed older delivery is that oldest one). */
+        g->head_only = true;
+        if (!g->head_found || !g->head_pending || g->last_inflight || g->head_due > g->due_now)
+            n = 0;
+        else if (n > 1)
+            n = 1;
+    }
+    g->allow = n;
+    g->room = room;
+    return n;
+}
+
+void kz_gate_charge(struct kz_gate *g, size_t taken, size_t *held, int64_t *held_until)
+{
+    int64_t at = 0;
+
+    if (!g->deliverable)
+        return;
+    if (g->rate_limit > 0) {
+        int64_t t = gate_tokens(g) - (int64_t)taken * 1000;
+
+        g->tokens = t > 0 ? t : 0;
+        if (g->now > g->refilled_at)
+            g->refilled_at = g->now;
+    }
+    if (taken < g->allow || g->allow >= g->room)
+        return; /* it had no more due rows, or the claim's room was the limit */
+    (*held)++;
+    if (g->rate_limit > 0 && g->tokens < 1000)
+        at = g->refilled_at + (1000 - g->tokens + g->rate_limit - 1) / g->rate_limit;
+    if (g->ordered && g->head_found && g->head_pending && !g->last_inflight &&
+        g->head_due > g->due_now && g->head_due > at)
+        at = g->head_due;
+    if (at > 0 && (!*held_until || at < *held_until))
+        *held_until = at;
+}
+
+/* CLAIM: the gated webhooks first (their rules: claim_gated), then every other due row (the
+ * backend's claim, which never takes a gated webhook's rows: they are excluded as well, so that
+ * SQLite's plan never walks them). Rows come out gated first. */
+static enum kz_err claim_run(struct kz_store *st, struct kz_op *op)
+{
+    const struct kz_backend_ops *b = st->ops;
+    const char *const *excl = op->u.claim.exclude;
+    size_t n_excl = op->u.claim.n_exclude, limit = op->u.claim.limit;
+    struct kz_claimed *rows = NULL;
+    size_t n = 0, cap = 0, n_ids = 0, i;
+    char **ids = NULL;
+    const char **all = NULL;
+    enum kz_err result;
+
+    op->u.claim.held = 0;
+    op->u.claim.held_until = 0;
+    result = b->claim_gated(st->be, op, limit, &rows, &n, &cap, &ids, &n_ids);
+    if (!result && n < limit) {
+        if (n_ids) {
+            all = kz_malloc((n_excl + n_ids) * sizeof(*all));
+            if (n_excl)
+                memcpy(all, excl, n_excl * sizeof(*all));
+            for (i = 0; i < n_ids; i++)
+                all[n_excl + i] = ids[i];
+            op->u.claim.exclude = all;
+            op->u.claim.n_exclude = n_excl + n_ids;
+        }
+        op->u.claim.limit = limit - n;
+        result = b->claim(st->be, op);
+        op->u.claim.exclude = excl;
+        op->u.claim.n_exclude = n_excl;
+        op->u.claim.limit = limit;
+        kz_free(all);
+    }
+    /* Hand every row to the op, so that kz_claim_cleanup frees them on any failure. */
+    if (n) {
+        size_t m = op->u.claim.n_out;
+
+        if (m) {
+            rows = kz_realloc(rows, (n + m) * sizeof(*rows));
+            memcpy(rows + n, op->u.claim.out, m * sizeof(*rows));
+            kz_free(op->u.claim.out);
+        }
+        op->u.claim.out = rows;
+        op->u.claim.n_out = n + m;
+    } else {
+        kz_free(rows);
+    }
+    for (i = 0; i < n_ids; i++)
+        kz_free(ids[i]);
+    kz_free(ids);
+    return result;
+}
+
 /* Runs the backend's function for `op` (valid, prepared). `*bump` when it changed webhooks. */
 static enum kz_err call_op(struct kz_store *st, struct kz_op *op, bool *bump)
 {
@@ -564,7 +692,7 @@ static enum kz_err call_op(struct kz_store *st, struct kz_op *op, bool *bump)
     case KZ_OP_PUBLISH:
         return b->publish(be, &op, 1);
     case KZ_OP_CLAIM:
-        return b->claim(be, op);
+        return claim_run(st, op);
     case KZ_OP_COMPLETE:
         memset(st->dis, 0, op->u.complete.n * sizeof(*st->dis));
         return b->complete(be, op, st->ok, st->n_ok, st->dis, bump);
@@ -664,6 +792,8 @@ static enum kz_err run_one(struct kz_store *st, struct kz_op *op, bool *bump, bo
     case KZ_OP_CLAIM:
         op->u.claim.out = NULL;
         op->u.claim.n_out = 0;
+        op->u.claim.held = 0;
+        op->u.claim.held_until = 0;
         if (!op->u.claim.limit) {
             op->result = KZ_OK;
             return KZ_OK;

@@ -220,6 +220,12 @@ struct kz_op {
             size_t n_exclude;
             struct kz_claimed *out; /* allocated by the store, `n_out` rows */
             size_t n_out;
+            /* out: webhooks with a rateLimit or ordered (README.md "Delivery controls") that
+             * have due rows this claim did not take (over their rate, or waiting for an earlier
+             * delivery), and the earliest epoch ms one of them gets a row by its rate (0: none
+             * by time: an ordered one waits for its delivery in flight) */
+            size_t held;
+            int64_t held_until;
         } claim;
         struct {
             const struct kz_attempt *items;

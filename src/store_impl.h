@@ -60,6 +60,43 @@ void kz_stats_hist_format(const int64_t *hist, char out[KZ_STATS_HIST_TEXT]);
 /** Parses what kz_stats_hist_format wrote; false (and `hist` zeroed) for anything else. */
 bool kz_stats_hist_parse(const char *s, int64_t *hist);
 
+/** Gated webhooks one claim looks at, at most (the others wait for a later claim). */
+#define KZ_GATES_MAX 1024
+
+/** A webhook with a claim gate (a rateLimit or ordered: README.md "Delivery controls") that has
+ * due rows, as the claim reads it: the backend fills the state (inside the claim's transaction,
+ * the gate row locked against other nodes' claims), store.c's kz_gate_allow() decides. */
+struct kz_gate {
+    char webhook_id[40];
+    int rate_limit;   /* 0: none */
+    bool ordered;     /* one at a time, in delivery id (publish) order */
+    bool deliverable; /* active and not expired: else its rows are claimed freely, to be skipped */
+    int64_t now;      /* the bucket's clock, epoch ms (PostgreSQL: the server's, for every node) */
+    int64_t due_now;  /* the claim's now, which next_attempt_at is compared with */
+    int64_t tokens;   /* the shared bucket: thousandths of an attempt, as of refilled_at */
+    int64_t refilled_at; /* 0: never used (a full bucket) */
+    int64_t last_id;     /* the delivery an ordered claim handed out last (0: none) */
+    /* ordered only: the oldest pending or inflight delivery (the head) */
+    bool head_found;
+    int64_t head_id, head_due; /* head_due: its next_attempt_at */
+    bool head_pending;         /* false: the head is inflight */
+    bool last_inflight;        /* the delivery this gate handed out last is still inflight */
+    /* decided by kz_gate_allow */
+    size_t allow;   /* rows the claim may take for this webhook */
+    size_t room;    /* what the claim could still take when it asked */
+    bool head_only; /* take exactly the head (ordered), else the oldest due rows */
+};
+
+/** store.c: how many rows of gated webhook `g` the claim may take now (at most `room`): 0 while
+ * an ordered webhook's head is inflight, not due, or another of its deliveries is inflight, else
+ * 1 (the head); for a rateLimit, no more than the whole attempts in its bucket (capacity and
+ * refill rateLimit per second). Sets g->allow and g->head_only. */
+size_t kz_gate_allow(struct kz_gate *g, size_t room);
+/** store.c: `taken` rows were claimed for `g`: the bucket pays for them (g->tokens, refilled_at
+ * now); counts `g` in *held when it kept due rows back, and lowers *held_until (0: unset) to when
+ * its bucket next holds a whole attempt. */
+void kz_gate_charge(struct kz_gate *g, size_t taken, size_t *held, int64_t *held_until);
+
 /** Backend state; each backend defines its own struct. */
 struct kz_backend;
 
@@ -131,8 +168,19 @@ struct kz_backend_ops {
      * or earlier in the set) is a duplicate of that first one. Sets every item's results. n is 1
      * unless `publish_sets`. */
     enum kz_err (*publish)(struct kz_backend *be, struct kz_op **ops, size_t n);
-    /** limit > 0 here; out/n_out start NULL/0. */
+    /** limit > 0 here; out/n_out start NULL/0. Never claims rows of a gated webhook (rateLimit
+     * or ordered): claim_gated does. */
     enum kz_err (*claim)(struct kz_backend *be, struct kz_op *op);
+    /** The claim rules of gated webhooks, run first in a CLAIM (limit > 0): for each gated webhook
+     * with due rows not in u.claim.exclude (at most KZ_GATES_MAX, by id), locks its gate row (the
+     * claims of other nodes wait), reads a struct kz_gate, asks kz_gate_allow() for at most
+     * `limit` less the rows taken so far, takes that many (the head, or the oldest due rows),
+     * marks them inflight, charges the gate (kz_gate_charge) and writes it back. Appends the rows
+     * to *rows (n used, cap allocated: kz_realloc) and the webhook ids to *ids (n_ids, each a
+     * kz_strdup: the general claim passes over them). Sets u.claim.held/held_until. */
+    enum kz_err (*claim_gated)(struct kz_backend *be, struct kz_op *op, size_t limit,
+                               struct kz_claimed **rows, size_t *n, size_t *cap, char ***ids,
+                               size_t *n_ids);
     /** Delivery ids are distinct here; error/response are clean and cut. Updates the rows still
      * inflight and appends an attempt row for each of those with `at` > 0; raises
      * webhooks.last_success_at to ok[i].at for each of `ok[0..n_ok)` (store.c's list); then, for

@@ -199,6 +199,17 @@ static const char *const migrations[] = {
     "  last_error TEXT);"
     "CREATE INDEX webhook_state_failing ON webhook_state(failing_since)"
     "  WHERE failing_since IS NOT NULL;",
+    /* 8: rateLimit and ordered, the gate of each gated webhook (locked by claims, so that every
+     * node's claim of one webhook waits for another's), the open rows in id order (see SQLite). */
+    "ALTER TABLE webhooks ADD COLUMN rate_limit INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE webhooks ADD COLUMN ordered INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX webhooks_gated ON webhooks(id) WHERE rate_limit > 0 OR ordered <> 0;"
+    "CREATE TABLE webhook_gates ("
+    "  webhook_id TEXT PRIMARY KEY REFERENCES webhooks(id) ON DELETE CASCADE,"
+    "  tokens BIGINT NOT NULL DEFAULT 0,"
+    "  refilled_at BIGINT NOT NULL DEFAULT 0,"
+    "  last_id BIGINT NOT NULL DEFAULT 0);"
+    "CREATE INDEX deliveries_open ON deliveries(webhook_id, id) WHERE state <= 1;",
 };
 
 /* The server's clock in epoch ms: every node's heartbeat is written and judged by it, so the
@@ -207,13 +218,16 @@ static const char *const migrations[] = {
 
 /* ==== statements ==== */
 
+/* The server's clock in epoch ms: the gates' buckets count by it on every node. */
+#define GATE_NOW_MS "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)"
+
 /* Column lists shared by every statement that reads a whole webhook or event row; row_webhook()
  * and row_event() read them in this order. */
 #define WH_COLS                                                                                    \
     "w.id, w.application_id, w.object_type, w.object_id, w.event_mask, w.callback_url, "           \
     "w.callback_token, w.callback_context, w.signing_secret, w.ts_ms, w.validity_ms, w.active, "   \
-    "w.headers_json, w.filter_json, w.prev_secret, w.prev_secret_expires"
-#define WH_NCOLS 16
+    "w.headers_json, w.filter_json, w.prev_secret, w.prev_secret_expires, w.rate_limit, w.ordered"
+#define WH_NCOLS 18
 #define EV_COLS                                                                                    \
     "e.seq, e.event_id, e.event_type, e.group_id, e.action_id, e.action_package_id, "              \
     "e.from_user, e.from_user_id, e.from_user_name, e.from_user_pic, e.data_json, e.created_at, "  \
@@ -241,6 +255,12 @@ enum stmt_id {
     S_PUBLISH,
     S_EV_LOOKUP,
     S_CLAIM,
+    S_GATE_LIST,
+    S_GATE_ADD,
+    S_GATE_LOCK,
+    S_GATE_HEAD,
+    S_GATE_CLAIM,
+    S_GATE_SAVE,
     S_COMPLETE,
     S_WH_SUCCESS,
     S_WH_DISABLE,
@@ -312,12 +332,14 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_WH_COUNT_APP] = "SELECT count(*) FROM webhooks WHERE application_id = $1",
     [S_WH_INSERT] = "INSERT INTO webhooks(id, application_id, object_type, object_id, event_mask,"
                     " callback_url, callback_token, callback_context, signing_secret, ts_ms,"
-                    " validity_ms, active, headers_json, filter_json)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                    " validity_ms, active, headers_json, filter_json, rate_limit, ordered)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,"
+                    " $15, $16)",
     [S_WH_UPDATE] = "UPDATE webhooks SET object_type = $1, object_id = $2, event_mask = $3,"
                     " callback_url = $4, callback_token = $5, callback_context = $6,"
                     " signing_secret = COALESCE($7, signing_secret), validity_ms = $8,"
-                    " active = $9, headers_json = $12, filter_json = $13"
+                    " active = $9, headers_json = $12, filter_json = $13, rate_limit = $14,"
+                    " ordered = $15"
                     " WHERE id = $10 AND ($11 = '' OR application_id = $11)",
     [S_WH_ROTATE] = "UPDATE webhooks SET"
                     " prev_secret = CASE WHEN $5::bigint > $4::bigint THEN signing_secret END,"
@@ -365,6 +387,7 @@ static const char *const stmt_sql[S__COUNT] = {
                 " JOIN events AS e ON e.seq = d.event_seq"
                 " WHERE d.state = 0 AND d.next_attempt_at <= $1"
                 " AND d.webhook_id <> ALL($3::text[])"
+                " AND w.rate_limit = 0 AND w.ordered = 0" /* gated: op_claim_gated's */
                 " ORDER BY d.next_attempt_at, d.id LIMIT $4"
                 " FOR UPDATE OF d SKIP LOCKED),"
                 " upd AS (UPDATE deliveries AS d SET state = 1, lease_until = $2, updated_at = $1,"
@@ -376,6 +399,44 @@ static const char *const stmt_sql[S__COUNT] = {
                 " JOIN webhooks AS w ON w.id = u.webhook_id"
                 " JOIN events AS e ON e.seq = u.event_seq"
                 " ORDER BY u.next_attempt_at, u.id",
+    /* The gated webhooks (rateLimit or ordered) with due rows, and whether their gate row is
+     * still to be created. No lock yet: S_GATE_LOCK takes them, in id order. */
+    [S_GATE_LIST] = "SELECT w.id, g.webhook_id IS NULL FROM webhooks AS w"
+                    " LEFT JOIN webhook_gates AS g ON g.webhook_id = w.id"
+                    " WHERE (w.rate_limit > 0 OR w.ordered <> 0) AND w.id <> ALL($2::text[])"
+                    " AND EXISTS (SELECT 1 FROM deliveries AS d WHERE d.webhook_id = w.id"
+                    " AND d.state = 0 AND d.next_attempt_at <= $1)"
+                    " ORDER BY w.id LIMIT $3",
+    [S_GATE_ADD] = "INSERT INTO webhook_gates(webhook_id) SELECT unnest($1::text[])"
+                   " ON CONFLICT (webhook_id) DO NOTHING",
+    /* Locks the gates: another node's claim of the same webhooks waits here until this
+     * transaction ends, and the statements after this one see what it committed. */
+    [S_GATE_LOCK] = "SELECT g.webhook_id, w.rate_limit, w.ordered, w.active, w.validity_ms,"
+                    " g.tokens, g.refilled_at, g.last_id, " GATE_NOW_MS
+                    " FROM webhook_gates AS g JOIN webhooks AS w ON w.id = g.webhook_id"
+                    " WHERE g.webhook_id = ANY($1::text[]) ORDER BY g.webhook_id FOR UPDATE OF g",
+    /* An ordered webhook's oldest open delivery, and the state of the one handed out last. */
+    [S_GATE_HEAD] = "SELECT (SELECT x.state FROM deliveries AS x WHERE x.id = $2),"
+                    " h.id, h.state, h.next_attempt_at FROM (SELECT 1) AS one LEFT JOIN"
+                    " (SELECT d.id, d.state, d.next_attempt_at FROM deliveries AS d"
+                    " WHERE d.webhook_id = $1 AND d.state <= 1 ORDER BY d.id LIMIT 1) AS h"
+                    " ON true",
+    /* Up to $4 due rows of webhook $3 in id order (only row $5 when $5 > 0), as S_CLAIM. */
+    [S_GATE_CLAIM] = "WITH pick AS (SELECT d.id FROM deliveries AS d"
+                     " JOIN events AS e ON e.seq = d.event_seq"
+                     " WHERE d.webhook_id = $3 AND d.state = 0 AND d.next_attempt_at <= $1"
+                     " AND ($5::bigint = 0 OR d.id = $5::bigint)"
+                     " ORDER BY d.id LIMIT $4 FOR UPDATE OF d SKIP LOCKED),"
+                     " upd AS (UPDATE deliveries AS d SET state = 1, lease_until = $2,"
+                     " updated_at = $1, claimed_by = $6 FROM pick WHERE d.id = pick.id"
+                     " RETURNING d.id, d.attempts, d.created_at, d.webhook_id, d.event_seq,"
+                     " d.snap, d.snap_object_type, d.snap_object_id, d.snap_context)"
+                     " SELECT u.id, u.attempts, u.created_at, u.snap, u.snap_object_type,"
+                     " u.snap_object_id, u.snap_context, " WH_COLS ", " EV_COLS " FROM upd AS u"
+                     " JOIN webhooks AS w ON w.id = u.webhook_id"
+                     " JOIN events AS e ON e.seq = u.event_seq ORDER BY u.id",
+    [S_GATE_SAVE] = "UPDATE webhook_gates SET tokens = $2, refilled_at = $3, last_id = $4"
+                    " WHERE webhook_id = $1",
     /* Every attempt of one COMPLETE op (distinct ids); only rows still inflight change, and
      * those with a request made (at > 0) get their attempt row, all in one multi-row INSERT.
      * RETURNING gives the 1-based position of each attempt that applied. */
@@ -806,6 +867,8 @@ static bool row_webhook(const PGresult *r, int row, int c0, struct kz_webhook *w
     w->filter_json = col_dup(r, row, c0 + 13);
     w->prev_secret = col_dup(r, row, c0 + 14);
     w->prev_expires = col_int(r, row, c0 + 15);
+    w->rate_limit = (int)col_int(r, row, c0 + 16);
+    w->ordered = col_int(r, row, c0 + 17) != 0;
     return ok;
 }
 
@@ -1609,6 +1672,8 @@ static enum kz_err op_webhook_insert(struct kz_backend *be, struct kz_op *op)
     p_int(&p, w->active);
     p_text(&p, w->headers_json);
     p_text(&p, w->filter_json);
+    p_int(&p, w->rate_limit);
+    p_int(&p, w->ordered);
     return run_count(c, S_WH_INSERT, &p, "webhook insert", NULL);
 }
 
@@ -1643,6 +1708,8 @@ static enum kz_err op_webhook_update(struct kz_backend *be, struct kz_op *op)
     p_fixed(&p, w->app_id, sizeof(w->app_id));
     p_text(&p, w->headers_json);
     p_text(&p, w->filter_json);
+    p_int(&p, w->rate_limit);
+    p_int(&p, w->ordered);
     result = run_count(c, S_WH_UPDATE, &p, "webhook update", &changed);
     if (!result && !changed)
         result = KZ_ERR_NOTFOUND;
@@ -1850,6 +1917,185 @@ static enum kz_err op_publish(struct kz_backend *be, struct kz_op **pops, size_t
 out:
     PQclear(r);
     kmap_cleanup(&map);
+    return result;
+}
+
+/* Appends the rows of a claim statement's result (S_GATE_CLAIM) to *rows. False when a row has an
+ * id that does not fit (a row we did not write). */
+static bool gate_rows(PGresult *r, struct kz_claimed **rows, size_t *n, size_t *cap)
+{
+    int i, m = PQntuples(r);
+    bool ok = true;
+
+    for (i = 0; i < m; i++) {
+        struct kz_claimed *cl;
+
+        if (*n == *cap) {
+            *cap = *cap ? *cap * 2 : 16;
+            *rows = kz_realloc(*rows, *cap * sizeof(**rows));
+        }
+        cl = &(*rows)[(*n)++];
+        memset(cl, 0, sizeof(*cl));
+        cl->delivery_id = col_int(r, i, 0);
+        cl->attempts = (int)col_int(r, i, 1);
+        cl->created_at = col_int(r, i, 2);
+        if (!row_webhook(r, i, 7, &cl->wh))
+            ok = false;
+        row_event(r, i, 7 + WH_NCOLS, &cl->ev);
+        if (col_int(r, i, 3)) {
+            cl->wh.object_type = (enum kz_objtype)col_int(r, i, 4);
+            kz_free(cl->wh.object_id);
+            cl->wh.object_id = col_dup(r, i, 5);
+            kz_free(cl->wh.callback_context);
+            cl->wh.callback_context = col_dup(r, i, 6);
+        }
+    }
+    return ok;
+}
+
+/* Lists the gated webhooks with due rows (creating missing gate rows), then locks their gates and
+ * reads them into *gates (*ng entries; kz_malloc'd). */
+static enum kz_err gate_lock(struct kz_backend *be, const struct kz_op *op, struct kz_gate **gates,
+                             size_t *ng)
+{
+    enum kz_err result = KZ_OK;
+    struct params p = {0};
+    PGresult *r;
+    int i, m, missing = 0;
+    int64_t now = op->u.claim.now;
+    size_t k;
+
+    arr_begin(&be->arr[0]);
+    for (k = 0; k < op->u.claim.n_exclude; k++)
+        arr_str(&be->arr[0], op->u.claim.exclude[k]);
+    p_int(&p, now);
+    result = p_arrays(&p, be->arr, 1);
+    if (result)
+        return result;
+    p_int(&p, KZ_GATES_MAX);
+    r = run(be->wr, S_GATE_LIST, &p, "claim gates", &result);
+    if (!r)
+        return result;
+    m = PQntuples(r);
+    if (!m) {
+        PQclear(r);
+        return KZ_OK; /* the common case: one statement */
+    }
+    arr_begin(&be->arr[0]);
+    arr_begin(&be->arr[1]);
+    for (i = 0; i < m; i++) {
+        arr_str(&be->arr[0], PQgetvalue(r, i, 0));
+        if (PQgetvalue(r, i, 1)[0] == 't') {
+            arr_str(&be->arr[1], PQgetvalue(r, i, 0));
+            missing++;
+        }
+    }
+    PQclear(r);
+    if (missing) {
+        memset(&p, 0, sizeof(p));
+        result = p_arrays(&p, be->arr + 1, 1);
+        if (!result)
+            result = run_count(be->wr, S_GATE_ADD, &p, "claim gates add", NULL);
+        if (result)
+            return result;
+    }
+    memset(&p, 0, sizeof(p));
+    result = p_arrays(&p, be->arr, 1);
+    if (result)
+        return result;
+    r = run(be->wr, S_GATE_LOCK, &p, "claim gates lock", &result);
+    if (!r)
+        return result;
+    m = PQntuples(r);
+    *gates = kz_calloc((size_t)(m ? m : 1), sizeof(**gates));
+    for (i = 0; i < m; i++) {
+        struct kz_gate *g = &(*gates)[*ng];
+
+        if (!col_fixed(r, i, 0, g->webhook_id, sizeof(g->webhook_id))) {
+            result = KZ_ERR_DB;
+            break;
+        }
+        g->rate_limit = (int)col_int(r, i, 1);
+        g->ordered = col_int(r, i, 2) != 0;
+        g->deliverable = col_int(r, i, 3) != 0 && col_int(r, i, 4) > now;
+        g->tokens = col_int(r, i, 5);
+        g->refilled_at = col_int(r, i, 6);
+        g->last_id = col_int(r, i, 7);
+        g->now = col_int(r, i, 8);
+        g->due_now = now;
+        (*ng)++;
+    }
+    PQclear(r);
+    return result;
+}
+
+/* The claim rules of the gated webhooks (store_impl.h, claim_gated): their gate rows locked
+ * first, so two nodes never decide for one webhook at once. */
+static enum kz_err op_claim_gated(struct kz_backend *be, struct kz_op *op, size_t limit,
+                                  struct kz_claimed **rows, size_t *n, size_t *cap, char ***ids,
+                                  size_t *n_ids)
+{
+    struct kz_gate *gates = NULL;
+    size_t ng = 0, i;
+    enum kz_err result;
+
+    result = gate_lock(be, op, &gates, &ng);
+    if (ng)
+        *ids = kz_malloc(ng * sizeof(**ids));
+    for (i = 0; i < ng && !result; i++) {
+        struct kz_gate *g = &gates[i];
+        size_t before = *n;
+        struct params p = {0};
+        PGresult *r;
+
+        (*ids)[(*n_ids)++] = kz_strdup(g->webhook_id);
+        if (g->ordered && g->deliverable) {
+            p_text(&p, g->webhook_id);
+            p_int(&p, g->last_id);
+            r = run(be->wr, S_GATE_HEAD, &p, "claim gate head", &result);
+            if (!r)
+                break;
+            if (PQntuples(r) == 1) {
+                g->last_inflight = !PQgetisnull(r, 0, 0) && col_int(r, 0, 0) == KZ_D_INFLIGHT;
+                g->head_found = !PQgetisnull(r, 0, 1);
+                g->head_id = col_int(r, 0, 1);
+                g->head_pending = col_int(r, 0, 2) == KZ_D_PENDING;
+                g->head_due = col_int(r, 0, 3);
+            }
+            PQclear(r);
+        }
+        if (kz_gate_allow(g, limit - *n)) {
+            memset(&p, 0, sizeof(p));
+            p_int(&p, op->u.claim.now);
+            p_int(&p, op->u.claim.lease_until);
+            p_text(&p, g->webhook_id);
+            p_int(&p, kz_store_clamp_size(g->allow));
+            p_int(&p, g->head_only ? g->head_id : 0);
+            p_text(&p, be->has_node ? be->node_id : NULL);
+            r = run(be->wr, S_GATE_CLAIM, &p, "claim gated", &result);
+            if (!r)
+                break;
+            if (!gate_rows(r, rows, n, cap)) {
+                kz_log("error", "store: claimed row with an oversized id", "\"rows\":%zu", *n);
+                result = KZ_ERR_DB;
+            }
+            PQclear(r);
+            if (result)
+                break;
+        }
+        if (g->head_only && *n > before)
+            g->last_id = g->head_id;
+        kz_gate_charge(g, *n - before, &op->u.claim.held, &op->u.claim.held_until);
+        if (g->deliverable && (g->rate_limit > 0 || *n > before)) {
+            memset(&p, 0, sizeof(p));
+            p_text(&p, g->webhook_id);
+            p_int(&p, g->tokens);
+            p_int(&p, g->refilled_at);
+            p_int(&p, g->last_id);
+            result = run_count(be->wr, S_GATE_SAVE, &p, "claim gate save", NULL);
+        }
+    }
+    kz_free(gates);
     return result;
 }
 
@@ -2985,6 +3231,7 @@ const struct kz_backend_ops kz_store_pg_ops = {
     .publish = op_publish,
     .publish_sets = true,
     .claim = op_claim,
+    .claim_gated = op_claim_gated,
     .complete = op_complete,
     .retry = op_retry,
     .replay = op_replay,

@@ -173,6 +173,22 @@ static const char *const migrations[] = {
     "  last_error TEXT);"
     "CREATE INDEX webhook_state_failing ON webhook_state(failing_since)"
     "  WHERE failing_since IS NOT NULL;",
+    /* 9: rateLimit and ordered (README.md "Delivery controls"). The gated webhooks (either set)
+     * have an index of their own; each has a gate row (created by its first claim, deleted with
+     * it): its shared token bucket and the delivery an ordered claim handed out last. The open
+     * (pending or inflight) rows of each webhook in id order give an ordered webhook its oldest
+     * delivery not yet final in one seek. */
+    "ALTER TABLE webhooks ADD COLUMN rate_limit INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE webhooks ADD COLUMN ordered INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX webhooks_gated ON webhooks(id) WHERE rate_limit > 0 OR ordered <> 0;"
+    "CREATE TABLE webhook_gates ("
+    "  webhook_id TEXT PRIMARY KEY,"
+    "  tokens INTEGER NOT NULL DEFAULT 0,"
+    "  refilled_at INTEGER NOT NULL DEFAULT 0,"
+    "  last_id INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TRIGGER webhooks_gates_gc AFTER DELETE ON webhooks BEGIN"
+    "  DELETE FROM webhook_gates WHERE webhook_id = old.id; END;"
+    "CREATE INDEX deliveries_open ON deliveries(webhook_id, id) WHERE state <= 1;",
 };
 
 /* ==== statements ==== */
@@ -182,8 +198,8 @@ static const char *const migrations[] = {
 #define WH_COLS                                                                                    \
     "w.id, w.application_id, w.object_type, w.object_id, w.event_mask, w.callback_url, "           \
     "w.callback_token, w.callback_context, w.signing_secret, w.ts_ms, w.validity_ms, w.active, "   \
-    "w.headers_json, w.filter_json, w.prev_secret, w.prev_secret_expires"
-#define WH_NCOLS 16
+    "w.headers_json, w.filter_json, w.prev_secret, w.prev_secret_expires, w.rate_limit, w.ordered"
+#define WH_NCOLS 18
 #define EV_COLS                                                                                    \
     "e.seq, e.event_id, e.event_type, e.group_id, e.action_id, e.action_package_id, "              \
     "e.from_user, e.from_user_id, e.from_user_name, e.from_user_pic, e.data_json, e.created_at, "  \
@@ -231,6 +247,10 @@ enum stmt_id {
     S_CLAIM_WH_NEXT,
     S_CLAIM_WH_SELECT,
     S_CLAIM_MARK,
+    S_GATE_LIST,
+    S_GATE_HEAD,
+    S_GATE_ONE,
+    S_GATE_SAVE,
     S_COMPLETE,
     S_ATT_INSERT,
     S_WH_SUCCESS,
@@ -302,12 +322,14 @@ static const char *const stmt_sql[S__COUNT] = {
                        " VALUES (?1, ?2, ?3)",
     [S_WH_INSERT] = "INSERT INTO webhooks(id, application_id, object_type, object_id, event_mask,"
                     " callback_url, callback_token, callback_context, signing_secret, ts_ms,"
-                    " validity_ms, active, headers_json, filter_json)"
-                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    " validity_ms, active, headers_json, filter_json, rate_limit, ordered)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
+                    " ?15, ?16)",
     [S_WH_UPDATE] = "UPDATE webhooks SET object_type = ?1, object_id = ?2, event_mask = ?3,"
                     " callback_url = ?4, callback_token = ?5, callback_context = ?6,"
                     " signing_secret = COALESCE(?7, signing_secret), validity_ms = ?8,"
-                    " active = ?9, headers_json = ?12, filter_json = ?13"
+                    " active = ?9, headers_json = ?12, filter_json = ?13, rate_limit = ?14,"
+                    " ordered = ?15"
                     " WHERE id = ?10 AND (?11 = '' OR application_id = ?11)",
     [S_WH_ROTATE] = "UPDATE webhooks SET"
                     " prev_secret = CASE WHEN ?5 > ?4 THEN signing_secret END,"
@@ -341,6 +363,7 @@ static const char *const stmt_sql[S__COUNT] = {
                        " CROSS JOIN webhooks AS w ON w.id = d.webhook_id"
                        " CROSS JOIN events AS e ON e.seq = d.event_seq"
                        " WHERE d.state = 0 AND d.next_attempt_at <= ?1"
+                       " AND w.rate_limit = 0 AND w.ordered = 0" /* gated: claim_gated's */
                        " ORDER BY d.next_attempt_at, d.id LIMIT ?2",
     /* The next webhook (in id order) after ?1 that has pending rows: one seek. */
     [S_CLAIM_WH_NEXT] = "SELECT webhook_id FROM deliveries INDEXED BY deliveries_pending"
@@ -353,6 +376,29 @@ static const char *const stmt_sql[S__COUNT] = {
                           " ORDER BY d.next_attempt_at, d.id LIMIT ?2",
     [S_CLAIM_MARK] = "UPDATE deliveries SET state = 1, lease_until = ?1, updated_at = ?2,"
                      " claimed_by = ?4 WHERE id = ?3",
+    /* The gated webhooks (rateLimit or ordered) with due rows, in id order, with their gate. */
+    [S_GATE_LIST] = "SELECT w.id, w.rate_limit, w.ordered, w.active, w.validity_ms,"
+                    " COALESCE(g.tokens, 0), COALESCE(g.refilled_at, 0), COALESCE(g.last_id, 0)"
+                    " FROM webhooks AS w INDEXED BY webhooks_gated"
+                    " LEFT JOIN webhook_gates AS g ON g.webhook_id = w.id"
+                    " WHERE (w.rate_limit > 0 OR w.ordered <> 0)"
+                    " AND EXISTS (SELECT 1 FROM deliveries AS d INDEXED BY deliveries_pending"
+                    " WHERE d.webhook_id = w.id AND d.state = 0 AND d.next_attempt_at <= ?1)"
+                    " ORDER BY w.id LIMIT ?2",
+    /* An ordered webhook's oldest open delivery, and the state of the one handed out last. */
+    [S_GATE_HEAD] = "SELECT (SELECT x.state FROM deliveries AS x WHERE x.id = ?2),"
+                    " h.id, h.state, h.next_attempt_at FROM (SELECT 1) LEFT JOIN"
+                    " (SELECT d.id, d.state, d.next_attempt_at FROM deliveries AS d"
+                    " INDEXED BY deliveries_open WHERE d.webhook_id = ?1 AND d.state <= 1"
+                    " ORDER BY d.id LIMIT 1) AS h ON 1 = 1",
+    [S_GATE_ONE] = "SELECT " CLAIM_COLS " FROM deliveries AS d"
+                   " CROSS JOIN webhooks AS w ON w.id = d.webhook_id"
+                   " CROSS JOIN events AS e ON e.seq = d.event_seq"
+                   " WHERE d.id = ?1 AND d.state = 0",
+    [S_GATE_SAVE] = "INSERT INTO webhook_gates(webhook_id, tokens, refilled_at, last_id)"
+                    " VALUES (?1, ?2, ?3, ?4) ON CONFLICT(webhook_id) DO UPDATE SET"
+                    " tokens = excluded.tokens, refilled_at = excluded.refilled_at,"
+                    " last_id = excluded.last_id",
     [S_COMPLETE] = "UPDATE deliveries SET state = ?1, attempts = ?2,"
                    " next_attempt_at = CASE WHEN ?1 = 0 THEN ?3 ELSE next_attempt_at END,"
                    " last_status = ?4, last_error = ?5, last_response = ?6, updated_at = ?7,"
@@ -686,6 +732,8 @@ static bool row_webhook(sqlite3_stmt *q, int c0, struct kz_webhook *w)
     w->filter_json = col_dup(q, c0 + 13);
     w->prev_secret = col_dup(q, c0 + 14);
     w->prev_expires = sqlite3_column_int64(q, c0 + 15);
+    w->rate_limit = sqlite3_column_int(q, c0 + 16);
+    w->ordered = sqlite3_column_int(q, c0 + 17) != 0;
     return ok;
 }
 
@@ -1221,6 +1269,8 @@ static enum kz_err op_webhook_insert(struct kz_backend *be, struct kz_op *op)
     b_int(&b, w->active);
     b_text(&b, w->headers_json);
     b_text(&b, w->filter_json);
+    b_int(&b, w->rate_limit);
+    b_int(&b, w->ordered);
     rc = run(&b);
     return rc ? fail(c, "webhook insert", rc) : KZ_OK;
 }
@@ -1256,6 +1306,8 @@ static enum kz_err op_webhook_update(struct kz_backend *be, struct kz_op *op)
     b_fixed(&b, w->app_id, sizeof(w->app_id));
     b_text(&b, w->headers_json);
     b_text(&b, w->filter_json);
+    b_int(&b, w->rate_limit);
+    b_int(&b, w->ordered);
     rc = run(&b);
     if (rc)
         return fail(c, "webhook update", rc);
@@ -1476,6 +1528,27 @@ static int claim_webhooks(struct conn *c, const struct kz_op *op, char **ids, si
     return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
 }
 
+/* Marks rows[from..n) of a claim inflight, leased and recorded as claimed by `node`. */
+static int claim_mark(struct conn *c, const struct kz_op *op, const struct kz_claimed *rows,
+                      size_t from, size_t n, const char *node)
+{
+    struct bind b;
+    size_t i;
+    int rc;
+
+    for (i = from; i < n; i++) {
+        prep(c, S_CLAIM_MARK, &b);
+        b_int(&b, op->u.claim.lease_until);
+        b_int(&b, op->u.claim.now);
+        b_int(&b, rows[i].delivery_id);
+        b_text(&b, node);
+        rc = run(&b);
+        if (rc)
+            return rc;
+    }
+    return SQLITE_OK;
+}
+
 static enum kz_err op_claim(struct kz_backend *be, struct kz_op *op)
 {
     struct conn *c = be->wr;
@@ -1533,15 +1606,150 @@ static enum kz_err op_claim(struct kz_backend *be, struct kz_op *op)
         kz_log("error", "store: claimed row with an oversized id", "\"rows\":%zu", n);
         return KZ_ERR_DB;
     }
-    for (i = 0; i < n; i++) {
-        prep(c, S_CLAIM_MARK, &b);
-        b_int(&b, op->u.claim.lease_until);
-        b_int(&b, now);
-        b_int(&b, rows[i].delivery_id);
-        b_text(&b, be->has_node ? be->node_id : NULL);
-        rc = run(&b);
-        if (rc)
-            return fail(c, "claim mark", rc);
+    rc = claim_mark(c, op, rows, 0, n, be->has_node ? be->node_id : NULL);
+    if (rc)
+        return fail(c, "claim mark", rc);
+    return KZ_OK;
+}
+
+/* Marks rows[from..n) inflight. */
+
+/* Reads the gated webhooks with due rows that the claim does not exclude (at most KZ_GATES_MAX)
+ * into *gates (kz_realloc'd, *ng entries). */
+static int gate_list(struct conn *c, const struct kz_op *op, struct kz_gate **gates, size_t *ng)
+{
+    size_t ne = op->u.claim.n_exclude, cap = 0;
+    const char **ex = NULL;
+    int64_t now = op->u.claim.now;
+    struct bind b;
+    int rc;
+
+    if (ne) {
+        ex = kz_malloc(ne * sizeof(*ex));
+        memcpy(ex, op->u.claim.exclude, ne * sizeof(*ex));
+        qsort(ex, ne, sizeof(*ex), cmp_str);
+    }
+    prep(c, S_GATE_LIST, &b);
+    b_int(&b, now);
+    b_int(&b, kz_store_clamp_size(KZ_GATES_MAX + ne));
+    while (*ng < KZ_GATES_MAX && (rc = step(&b)) == SQLITE_ROW) {
+        struct kz_gate g;
+        const char *id = g.webhook_id;
+
+        memset(&g, 0, sizeof(g));
+        if (!col_fixed(b.q, 0, g.webhook_id, sizeof(g.webhook_id)) ||
+            (ne && bsearch(&id, ex, ne, sizeof(*ex), cmp_str)))
+            continue;
+        g.rate_limit = sqlite3_column_int(b.q, 1);
+        g.ordered = sqlite3_column_int(b.q, 2) != 0;
+        g.deliverable = sqlite3_column_int(b.q, 3) != 0 && sqlite3_column_int64(b.q, 4) > now;
+        g.tokens = sqlite3_column_int64(b.q, 5);
+        g.refilled_at = sqlite3_column_int64(b.q, 6);
+        g.last_id = sqlite3_column_int64(b.q, 7);
+        g.now = now;
+        g.due_now = now;
+        if (*ng == cap) {
+            cap = cap ? cap * 2 : 8;
+            *gates = kz_realloc(*gates, cap * sizeof(**gates));
+        }
+        (*gates)[(*ng)++] = g;
+    }
+    if (*ng == KZ_GATES_MAX)
+        rc = SQLITE_DONE;
+    finish(&b);
+    kz_free(ex);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* An ordered webhook's head: its oldest pending or inflight delivery, and whether the one its
+ * gate handed out last is still inflight. */
+static int gate_head(struct conn *c, struct kz_gate *g)
+{
+    struct bind b;
+    int rc;
+
+    prep(c, S_GATE_HEAD, &b);
+    b_text(&b, g->webhook_id);
+    b_int(&b, g->last_id);
+    rc = step(&b);
+    if (rc == SQLITE_ROW) {
+        g->last_inflight = sqlite3_column_type(b.q, 0) != SQLITE_NULL &&
+                           sqlite3_column_int(b.q, 0) == KZ_D_INFLIGHT;
+        g->head_found = sqlite3_column_type(b.q, 1) != SQLITE_NULL;
+        g->head_id = sqlite3_column_int64(b.q, 1);
+        g->head_pending = sqlite3_column_int(b.q, 2) == KZ_D_PENDING;
+        g->head_due = sqlite3_column_int64(b.q, 3);
+        rc = SQLITE_OK;
+    }
+    finish(&b);
+    return rc;
+}
+
+/* The claim rules of the gated webhooks (store_impl.h, claim_gated). SQLite has one writer, so
+ * the gates need no lock: nothing else claims while this transaction runs. */
+static enum kz_err op_claim_gated(struct kz_backend *be, struct kz_op *op, size_t limit,
+                                  struct kz_claimed **rows, size_t *n, size_t *cap, char ***ids,
+                                  size_t *n_ids)
+{
+    struct conn *c = be->wr;
+    struct kz_gate *gates = NULL;
+    size_t ng = 0, i;
+    bool bad = false;
+    struct bind b;
+    int rc;
+
+    rc = gate_list(c, op, &gates, &ng);
+    if (rc) {
+        kz_free(gates);
+        return fail(c, "claim gates", rc);
+    }
+    if (ng)
+        *ids = kz_malloc(ng * sizeof(**ids));
+    for (i = 0; i < ng && !rc; i++) {
+        struct kz_gate *g = &gates[i];
+        size_t before = *n;
+
+        (*ids)[(*n_ids)++] = kz_strdup(g->webhook_id);
+        if (g->ordered && g->deliverable) {
+            rc = gate_head(c, g);
+            if (rc)
+                break;
+        }
+        if (kz_gate_allow(g, limit - *n)) {
+            if (g->head_only) {
+                prep(c, S_GATE_ONE, &b);
+                b_int(&b, g->head_id);
+            } else {
+                prep(c, S_CLAIM_WH_SELECT, &b);
+                b_int(&b, op->u.claim.now);
+                b_int(&b, kz_store_clamp_size(g->allow));
+                b_text(&b, g->webhook_id);
+            }
+            rc = claim_rows(&b, rows, n, cap, g->allow, &bad);
+            if (rc != SQLITE_DONE)
+                break;
+            rc = claim_mark(c, op, *rows, before, *n, be->has_node ? be->node_id : NULL);
+            if (rc)
+                break;
+        }
+        if (g->head_only && *n > before)
+            g->last_id = g->head_id;
+        kz_gate_charge(g, *n - before, &op->u.claim.held, &op->u.claim.held_until);
+        if (g->deliverable && (g->rate_limit > 0 || *n > before)) {
+            prep(c, S_GATE_SAVE, &b);
+            b_text(&b, g->webhook_id);
+            b_int(&b, g->tokens);
+            b_int(&b, g->refilled_at);
+            b_int(&b, g->last_id);
+            rc = run(&b);
+        }
+    }
+    kz_free(gates);
+    if (rc)
+        return fail(c, "claim gated", rc);
+    if (bad) {
+        kz_log("error", "store: claimed row with an oversized id", "\"rows\":%zu", *n);
+        return KZ_ERR_DB;
     }
     return KZ_OK;
 }
@@ -2518,6 +2726,7 @@ const struct kz_backend_ops kz_store_sqlite_ops = {
     .publish = op_publish,
     .publish_sets = false,
     .claim = op_claim,
+    .claim_gated = op_claim_gated,
     .complete = op_complete,
     .retry = op_retry,
     .replay = op_replay,

@@ -16,7 +16,7 @@ WEBHOOK = {"id": WID, "objectId": "g1", "objectType": "Group",
            "events": ["SurveyResponse", "TextMessageCreated"], "filters": [],
            "callbackUrl": "https://hooks.example.org/kz", "callbackToken": "s3cret",
            "callBackContext": "tenant-42", "ts": 1796176754680, "validity": 1859290606680,
-           "active": True, "headers": {}, "filter": {}}
+           "active": True, "headers": {}, "rateLimit": 0, "ordered": False, "filter": {}}
 DELIVERY = {"deliveryId": "2", "eventId": "m-1", "eventType": "TextMessageCreated",
             "status": "pending", "attempts": 2, "lastStatusCode": 500, "lastError": "HTTP 500",
             "lastResponse": "ok", "nextAttemptAt": 1796176755806, "createdAt": 1796176754696,

@@ -1,6 +1,6 @@
 /* test_scheduler.c — the transfer-slot scheduler (src/scheduler.h): round-robin fairness across
  * applications and endpoints, the per-endpoint, per-application and global caps, the claim
- * exclusions and room, and that no row or endpoint leaks. */
+ * exclusions and room, the pace of rate-limited endpoints, and that no row or endpoint leaks. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -481,6 +481,134 @@ static void test_pop(void **state)
     kz_sched_free(s);
 }
 
+/* ==== delivery controls: rateLimit pacing, ordered exclusions (README.md "Delivery controls") */
+
+/* Queues one row of a webhook with rateLimit `rate` and `ordered`. */
+static void push_ctl(struct kz_sched *s, const char *app, const char *wh, int rate, bool ordered)
+{
+    struct kz_claimed row;
+
+    memset(&row, 0, sizeof(row));
+    row.delivery_id = ++next_id;
+    snprintf(row.wh.id, sizeof(row.wh.id), "%s", wh);
+    snprintf(row.wh.app_id, sizeof(row.wh.app_id), "%s", app);
+    row.wh.callback_url = kz_strdup("https://example.com/hook");
+    row.wh.rate_limit = rate;
+    row.wh.ordered = ordered;
+    kz_sched_push(s, &row);
+}
+
+/* Starts everything that may start now, ends each transfer at once; counts per endpoint. */
+static void start_all(struct kz_sched *s, int *paced, int *free_)
+{
+    struct kz_sched_ep *ep;
+    char wh[40];
+
+    while (next(s, &ep, wh, NULL)) {
+        if (!strcmp(wh, "paced"))
+            (*paced)++;
+        else
+            (*free_)++;
+        kz_sched_done(s, ep);
+    }
+}
+
+/* A paced endpoint starts a burst of rateLimit, then one every 1/rateLimit s: over any 10 s at
+ * most 11 x rateLimit. It is passed over meanwhile: the other endpoint of the same application
+ * gets every start it can take. */
+static void test_rate_limit_paces_starts(void **state)
+{
+    struct kz_sched *s = kz_sched_new(100);
+    int64_t starts[200];
+    int n = 0, paced = 0, free_ = 0, i, k;
+    int64_t t;
+
+    (void)state;
+    for (i = 0; i < 150; i++)
+        push_ctl(s, "app", "paced", 5, false);
+    for (i = 0; i < 30; i++)
+        push(s, "app", "free");
+    kz_sched_tick(s, 100000);
+    start_all(s, &paced, &free_);
+    assert_int_equal(paced, 5);
+    assert_int_equal(free_, 30);
+    assert_int_equal(kz_sched_next_ready(s), 100200); /* one start every 200 ms */
+    kz_sched_tick(s, 100199);
+    start_all(s, &paced, &free_);
+    assert_int_equal(paced, 5);
+    for (i = 0; i < 5; i++)
+        starts[n++] = 100000;
+    /* 20 s, a tick every millisecond */
+    for (t = 100200; t < 120200; t++) {
+        int before = paced;
+
+        kz_sched_tick(s, t);
+        start_all(s, &paced, &free_);
+        for (k = before; k < paced && n < 200; k++)
+            starts[n++] = t;
+    }
+    assert_int_equal(paced, 105); /* 5 + 20 s x 5 */
+    for (i = 0; i < n; i++) {
+        int in = 0;
+
+        for (k = i; k < n && starts[k] < starts[i] + 10000; k++)
+            in++;
+        assert_true(in <= 55);
+    }
+    assert_int_equal(kz_sched_queued(s), 45);
+    kz_sched_free(s);
+}
+
+/* The claim passes over a paced endpoint while it still has rows queued (they wait for the rate,
+ * not for slots, so they leave the claim room as it was) and over an ordered endpoint with a row
+ * queued or in flight. */
+static void test_controls_exclusions_and_room(void **state)
+{
+    struct kz_sched *s = kz_sched_new(4);
+    struct kz_sched_ep *ep, *ordered_ep = NULL;
+    size_t n, room0 = kz_sched_claim_room(s), i;
+    const char **ids;
+    char wh[40];
+
+    (void)state;
+    kz_sched_tick(s, 1000);
+    for (i = 0; i < 10; i++)
+        push_ctl(s, "app", "paced", 2, false);
+    push_ctl(s, "app", "ord", 0, true);
+    ids = kz_sched_exclude(s, &n);
+    assert_true(listed(ids, n, "paced"));
+    assert_true(listed(ids, n, "ord"));
+    kz_free(ids);
+    assert_int_equal(kz_sched_claim_room(s), room0 - 1); /* the ordered row could start */
+    while (next(s, &ep, wh, NULL)) {
+        if (!strcmp(wh, "ord"))
+            ordered_ep = ep;
+        else
+            kz_sched_done(s, ep);
+    }
+    assert_non_null(ordered_ep);
+    ids = kz_sched_exclude(s, &n);
+    assert_true(listed(ids, n, "paced")); /* 8 rows still wait for the rate */
+    assert_true(listed(ids, n, "ord"));   /* in flight */
+    kz_free(ids);
+    kz_sched_done(s, ordered_ep);
+    ids = kz_sched_exclude(s, &n);
+    assert_false(listed(ids, n, "ord"));
+    kz_free(ids);
+    for (i = 0; i < 8; i++) { /* 2 per second */
+        kz_sched_tick(s, 1500 + 500 * (int64_t)i);
+        assert_true(next(s, &ep, wh, NULL));
+        assert_string_equal(wh, "paced");
+        kz_sched_done(s, ep);
+        assert_false(next(s, &ep, wh, NULL));
+    }
+    ids = kz_sched_exclude(s, &n);
+    assert_false(listed(ids, n, "paced"));
+    kz_free(ids);
+    assert_int_equal(kz_sched_next_ready(s), -1);
+    kz_sched_free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -495,6 +623,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_claim_room, setup, teardown),
         cmocka_unit_test_setup_teardown(test_silent_app_does_not_block_other, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rate_limit_paces_starts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_controls_exclusions_and_room, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -4179,6 +4179,290 @@ static void test_stats_rows_and_failing_state(void **state)
     assert_int_equal(db_int(f, "SELECT COUNT(*) FROM stats_minute"), 0);
 }
 
+/* ==== rateLimit and ordered: the claim gates (README.md "Delivery controls") ==== */
+
+static void add_gated_webhook(struct kz_store *st, const char *id, int rate, bool ordered,
+                              int64_t validity)
+{
+    struct kz_op op = {.type = KZ_OP_WEBHOOK_INSERT};
+
+    fill_webhook(&op.u.webhook, id, "app-1", "g1");
+    op.u.webhook.rate_limit = rate;
+    op.u.webhook.ordered = ordered;
+    op.u.webhook.validity_ms = validity;
+    assert_int_equal(exec(st, &op), KZ_OK);
+}
+
+/* The claimed rows of webhook `wh` (their delivery ids, in claim order) into ids; returns n. */
+static size_t claimed_of(const struct kz_op *op, const char *wh, int64_t *ids, size_t max)
+{
+    size_t i, n = 0;
+
+    for (i = 0; i < op->u.claim.n_out; i++) {
+        if (!strcmp(op->u.claim.out[i].wh.id, wh) && n < max)
+            ids[n++] = op->u.claim.out[i].delivery_id;
+    }
+    return n;
+}
+
+static void test_claim_ordered_head_only(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wo", "wp"};
+    int64_t d[4], got[8];
+    struct kz_op op;
+    char ev[16];
+    int i;
+
+    add_app(f->st, "app-1", T0);
+    add_gated_webhook(f->st, "wo", 0, true, T0 + 1000000);
+    add_webhook(f->st, "wp", "app-1", "g1");
+    for (i = 0; i < 4; i++) {
+        snprintf(ev, sizeof(ev), "ev-%d", i);
+        publish(f->st, ev, T0 + i, ids, 2, 0);
+    }
+    /* ids of wo's rows in publish order */
+    {
+        struct dlist l = list_deliveries(f->st, "wo", -1, 0, 10);
+
+        assert_int_equal(l.n, 4);
+        for (i = 0; i < 4; i++)
+            d[i] = l.id[3 - i]; /* the log is newest first */
+    }
+    /* the plain webhook's four rows and only the ordered one's first */
+    claim(f->st, &op, T0 + 100, 10, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 5);
+    assert_int_equal(claimed_of(&op, "wo", got, 8), 1);
+    assert_int_equal(got[0], d[0]);
+    assert_int_equal(claimed_of(&op, "wp", got, 8), 4);
+    assert_int_equal(op.u.claim.held, 1);
+    kz_claim_cleanup(&op);
+    /* its head is inflight: nothing more */
+    claim(f->st, &op, T0 + 100, 10, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 0);
+    assert_int_equal(op.u.claim.held, 1);
+    assert_int_equal(op.u.claim.held_until, 0);
+    kz_claim_cleanup(&op);
+    /* a failed attempt: the head waits for its retry, and the later ones wait for it */
+    complete(f->st, d[0], "wo", KZ_D_PENDING, 1, T0 + 5000, 500);
+    claim(f->st, &op, T0 + 200, 10, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 0);
+    assert_int_equal(op.u.claim.held, 1);
+    assert_int_equal(op.u.claim.held_until, T0 + 5000);
+    kz_claim_cleanup(&op);
+    claim(f->st, &op, T0 + 5000, 10, NULL, 0);
+    assert_int_equal(claimed_of(&op, "wo", got, 8), 1);
+    assert_int_equal(got[0], d[0]);
+    kz_claim_cleanup(&op);
+    /* succeeded: the next; dead: the next */
+    complete(f->st, d[0], "wo", KZ_D_SUCCEEDED, 2, 0, 200);
+    claim(f->st, &op, T0 + 5001, 10, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 1);
+    assert_int_equal(op.u.claim.out[0].delivery_id, d[1]);
+    kz_claim_cleanup(&op);
+    complete(f->st, d[1], "wo", KZ_D_DEAD, 3, 0, 500);
+    /* the dead delivery disabled the webhook (nothing succeeded since its first attempt);
+     * enabled again, the next one goes */
+    db_exec(f, "UPDATE webhooks SET active = 1 WHERE id = 'wo'");
+    claim(f->st, &op, T0 + 5002, 10, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 1);
+    assert_int_equal(op.u.claim.out[0].delivery_id, d[2]);
+    kz_claim_cleanup(&op);
+    complete(f->st, d[2], "wo", KZ_D_SUCCEEDED, 1, 0, 200);
+    /* a retry of the first (succeeded) delivery puts it in front of the fourth */
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_RETRY;
+    op.u.retry.webhook_id = "wo";
+    op.u.retry.delivery_id = d[0];
+    op.u.retry.now = T0 + 5003;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    claim(f->st, &op, T0 + 5003, 10, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 1);
+    assert_int_equal(op.u.claim.out[0].delivery_id, d[0]);
+    kz_claim_cleanup(&op);
+    /* and while it is inflight, a replay of everything (the dead one comes back) waits */
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_REPLAY;
+    op.u.replay.webhook_id = "wo";
+    op.u.replay.since = 0;
+    op.u.replay.now = T0 + 5004;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    claim(f->st, &op, T0 + 5004, 10, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 0);
+    kz_claim_cleanup(&op);
+    complete(f->st, d[0], "wo", KZ_D_SUCCEEDED, 1, 0, 200);
+    for (i = 1; i < 4; i++) { /* then d1 (replayed), d3, in publish order, one at a time */
+        if (i == 2)
+            continue;
+        claim(f->st, &op, T0 + 5005 + i, 10, NULL, 0);
+        assert_int_equal(op.u.claim.n_out, 1);
+        assert_int_equal(op.u.claim.out[0].delivery_id, d[i]);
+        kz_claim_cleanup(&op);
+        complete(f->st, d[i], "wo", KZ_D_SUCCEEDED, 1, 0, 200);
+    }
+    claim(f->st, &op, T0 + 5010, 10, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 0);
+    assert_int_equal(op.u.claim.held, 0);
+    kz_claim_cleanup(&op);
+    /* excluded by the caller: not even looked at */
+    publish(f->st, "ev-9", T0 + 5011, ids, 1, 0);
+    {
+        const char *ex[] = {"wo"};
+
+        claim(f->st, &op, T0 + 5012, 10, ex, 1);
+        assert_int_equal(op.u.claim.n_out, 0);
+        assert_int_equal(op.u.claim.held, 0);
+        kz_claim_cleanup(&op);
+    }
+    /* the gate goes with its webhook */
+    assert_int_equal(db_int(f, "SELECT count(*) FROM webhook_gates"), 1);
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_WEBHOOK_DELETE;
+    op.u.del.id = "wo";
+    op.u.del.app_id = "";
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_int_equal(db_int(f, "SELECT count(*) FROM webhook_gates"), 0);
+}
+
+static void test_claim_rate_limit_bucket(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wr", "wp"};
+    int64_t far = INT64_C(253402300799999), got[16], now;
+    struct kz_op op;
+    char ev[16];
+    size_t total;
+    int i;
+
+    add_app(f->st, "app-1", T0);
+    add_gated_webhook(f->st, "wr", 2, false, far);
+    add_webhook(f->st, "wp", "app-1", "g1");
+    for (i = 0; i < 8; i++) {
+        snprintf(ev, sizeof(ev), "ev-%d", i);
+        publish(f->st, ev, T0 + i, ids, 2, 0);
+    }
+    /* a full bucket: 2 rows (the bucket's clock is real time: PostgreSQL's is the server's);
+     * the unlimited webhook's rows come in the same claim */
+    now = kz_now_ms();
+    claim(f->st, &op, now, 20, NULL, 0);
+    assert_int_equal(claimed_of(&op, "wr", got, 16), 2);
+    assert_int_equal(claimed_of(&op, "wp", got, 16), 8);
+    assert_int_equal(op.u.claim.held, 1);
+    assert_true(op.u.claim.held_until > 0);
+    kz_claim_cleanup(&op);
+    /* empty: nothing, and when it holds an attempt again (2 per second: within 500 ms) */
+    claim(f->st, &op, kz_now_ms(), 20, NULL, 0);
+    total = op.u.claim.n_out;
+    assert_true(total <= 1); /* 1 only on a machine that took 500 ms since */
+    assert_int_equal(op.u.claim.held, 1);
+    assert_true(op.u.claim.held_until >= now && op.u.claim.held_until <= kz_now_ms() + 600);
+    kz_claim_cleanup(&op);
+    /* the claim's own limit counts too, and only what was taken is paid for */
+    usleep(1100 * 1000);
+    claim(f->st, &op, kz_now_ms(), 1, NULL, 0);
+    assert_int_equal(claimed_of(&op, "wr", got, 16), 1);
+    kz_claim_cleanup(&op);
+    claim(f->st, &op, kz_now_ms(), 20, NULL, 0);
+    total += claimed_of(&op, "wr", got, 16);
+    assert_true(claimed_of(&op, "wr", got, 16) >= 1);
+    kz_claim_cleanup(&op);
+    /* over about 2 s: at most 2 + 2 * elapsed */
+    assert_true(2 + 1 + total <= 2 + 2 * (size_t)((kz_now_ms() - now) / 1000 + 1));
+    assert_int_equal(db_int(f, "SELECT count(*) FROM deliveries WHERE webhook_id = 'wr'"
+                               " AND state = 1"),
+                     (int64_t)(2 + 1 + total));
+    /* rateLimit 0 again: the rest at once */
+    {
+        struct kz_op u = {.type = KZ_OP_WEBHOOK_UPDATE};
+
+        fill_webhook(&u.u.webhook, "wr", "app-1", "g1");
+        u.u.webhook.validity_ms = far;
+        assert_int_equal(exec(f->st, &u), KZ_OK);
+    }
+    claim(f->st, &op, kz_now_ms(), 20, NULL, 0);
+    assert_int_equal(claimed_of(&op, "wr", got, 16), (size_t)(8 - 3 - total));
+    assert_int_equal(op.u.claim.held, 0);
+    kz_claim_cleanup(&op);
+}
+
+#define OT_EVENTS 40
+
+struct ot_arg {
+    struct kz_store *st;
+    struct fx *f;
+    pthread_mutex_t *mu;
+    int64_t *seq;
+    size_t *n;
+    int bad;
+};
+
+/* A node's dispatcher in miniature: claim, record the ordered webhook's rows, complete them. */
+static void *ot_thread(void *p)
+{
+    struct ot_arg *a = p;
+    int idle = 0;
+
+    while (idle < 200) {
+        struct kz_op op;
+        size_t i;
+        int64_t mine[4];
+        size_t k = 0;
+
+        claim(a->st, &op, T0 + 100, 4, NULL, 0);
+        for (i = 0; i < op.u.claim.n_out; i++) {
+            if (k < 4)
+                mine[k++] = op.u.claim.out[i].delivery_id;
+        }
+        kz_claim_cleanup(&op);
+        if (k > 1)
+            a->bad++;
+        for (i = 0; i < k; i++) {
+            pthread_mutex_lock(a->mu);
+            a->seq[(*a->n)++] = mine[i];
+            pthread_mutex_unlock(a->mu);
+            complete(a->st, mine[i], "wo", KZ_D_SUCCEEDED, 1, 0, 200);
+        }
+        idle = k ? 0 : idle + 1;
+        if (!k)
+            usleep(2000);
+    }
+    return NULL;
+}
+
+/* Two nodes claiming one ordered webhook at once: one delivery at a time, in publish order. */
+static void test_pg_only_ordered_two_nodes(void **state)
+{
+    struct fx *f = *state;
+    const char *ids[] = {"wo"};
+    struct kz_store *other = NULL;
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    int64_t seq[OT_EVENTS * 2];
+    size_t n = 0, i;
+    struct ot_arg a[2];
+    pthread_t th[2];
+    char ev[16];
+
+    add_app(f->st, "app-1", T0);
+    add_gated_webhook(f->st, "wo", 0, true, T0 + 1000000);
+    for (i = 0; i < OT_EVENTS; i++) {
+        snprintf(ev, sizeof(ev), "ev-%zu", i);
+        publish(f->st, ev, T0 + (int64_t)i, ids, 1, 0);
+    }
+    open_store(f, &other, 1000);
+    for (i = 0; i < 2; i++) {
+        a[i] = (struct ot_arg){.st = i ? other : f->st, .f = f, .mu = &mu, .seq = seq, .n = &n};
+        assert_int_equal(pthread_create(&th[i], NULL, ot_thread, &a[i]), 0);
+    }
+    for (i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    kz_store_close(other);
+    assert_int_equal(a[0].bad + a[1].bad, 0);
+    assert_int_equal(n, OT_EVENTS);
+    for (i = 1; i < n; i++)
+        assert_true(seq[i] > seq[i - 1]);
+    assert_int_equal(db_int(f, "SELECT count(*) FROM deliveries WHERE state = 2"), OT_EVENTS);
+}
+
 static const struct tcase cases[] = {
     T(reopen_idempotent_and_durable, BOTH),
     T(open_errors, BOTH),
@@ -4208,6 +4492,8 @@ static const struct tcase cases[] = {
     T(attempt_history, BOTH),
     T(disable_rule, BOTH),
     T(retry_one_delivery, BOTH),
+    T(claim_ordered_head_only, BOTH),
+    T(claim_rate_limit_bucket, BOTH),
     T(delivery_list_filter_and_cursor, BOTH),
     T(prune, BOTH),
     T(prune_sweep_bounded, BOTH),
@@ -4222,6 +4508,7 @@ static const struct tcase cases[] = {
     T(sqlite_only_locked_batch_busy, B_SQLITE),
     T(sqlite_only_query_plans, B_SQLITE),
     T(pg_only_claim_skip_locked_two_nodes, B_PG),
+    T(pg_only_ordered_two_nodes, B_PG),
     T(pg_only_lock_timeout_busy_alone, B_PG),
     T(pg_only_notify_other_node, B_PG),
     T(pg_only_reconnect_after_terminate, B_PG),
