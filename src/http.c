@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,7 @@ struct kz_http {
     pthread_mutex_t linger_lock;
     struct lingering_sock lingering[LINGER_MAX]; /* fd -1: free slot; guarded by linger_lock */
     bool linger_stop;
+    atomic_int active; /* requests begun and not yet reported completed (answer sent or aborted) */
 };
 
 /* Per-request state, created on the first callback and freed when MHD reports completion. */
@@ -233,6 +235,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         const union MHD_ConnectionInfo *ci;
 
         cs = kz_calloc(1, sizeof(*cs));
+        atomic_fetch_add(&h->active, 1);
         cs->h = h;
         cs->c = c;
         cs->started_us = kz_mono_us();
@@ -498,6 +501,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
     pthread_mutex_destroy(&cs->lock);
     kz_free(cs);
     *con_cls = NULL;
+    atomic_fetch_sub(&h->active, 1);
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
@@ -620,6 +624,11 @@ void kz_http_quiesce(struct kz_http *h)
 {
     if (h && h->d)
         MHD_quiesce_daemon(h->d);
+}
+
+int kz_http_active(struct kz_http *h)
+{
+    return h ? atomic_load(&h->active) : 0;
 }
 
 void kz_http_stop(struct kz_http *h)

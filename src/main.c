@@ -362,6 +362,10 @@ static int serve(struct kz_ctx *ctx)
     kz_api_close(ctx->api);
     for (int i = 0; i < 500 && kz_api_pending(ctx->api); i++)
         nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    /* ... and let the answers of resumed requests reach their clients before the sockets close
+     * (idle keep-alive connections hold no request; a slow reader gets at most 2 s more) */
+    for (int i = 0; i < 200 && kz_http_active(ctx->http); i++)
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
     kz_http_stop(ctx->http);
     ctx->http = NULL;
     kz_store_on_notify(ctx->st, NULL, NULL);
