@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct kz_store {
     const struct kz_backend_ops *ops;
@@ -411,11 +412,15 @@ static int cmp_success(const void *a, const void *b)
 
 /* The disable rule (README, "Attempt history, retry and test events"): a dead delivery disables
  * its webhook only when no attempt to that webhook has succeeded since the delivery's first
- * attempt. The store keeps, per webhook, when its last successful attempt ended
- * (webhooks.last_success_at) and, per delivery, when its first attempt started; this list is what
- * one COMPLETE raises last_success_at to: every webhook with a successful attempt in it (whether
- * or not that row was still inflight: the endpoint answered), with the latest end time, sorted by
- * id so that every node locks webhook rows in the same order. */
+ * attempt. The store keeps, per webhook and node, when its last successful attempt started (the
+ * webhook_success table: one row per node, so that nodes never contend for it and a PUT or DELETE
+ * of the webhook never waits for a COMPLETE's success nor the other way round) and, per delivery,
+ * when its first attempt started; this list is what one COMPLETE raises this node's row to: every
+ * webhook with a successful attempt in it (whether or not that row was still inflight: the
+ * endpoint answered), with the latest start, sorted by id. A success counts against a dead
+ * delivery only when it started strictly after that delivery's first attempt: one that ended in
+ * the same millisecond the next attempt of an ordered webhook began is not "since" (times are
+ * whole milliseconds). */
 static void success_list(struct kz_store *st, size_t m)
 {
     size_t i;
@@ -427,7 +432,7 @@ static void success_list(struct kz_store *st, size_t m)
         if (a->state != KZ_D_SUCCEEDED || !a->at)
             continue;
         st->ok[k].webhook_id = a->webhook_id;
-        st->ok[k].at = a->at + a->duration_ms;
+        st->ok[k].at = a->at; /* its start: "since" the dead delivery's first attempt began */
         k++;
     }
     qsort(st->ok, k, sizeof(*st->ok), cmp_success);
@@ -769,6 +774,17 @@ static void op_effects(const struct kz_op *op, bool be_bump, bool *bump, bool *d
         *bump = true;
 }
 
+/* Before a wide op runs again after giving its rows back: a few milliseconds (growing, with
+ * jitter), so that the other side (another node's batch waiting for the rows it gave back) takes
+ * them first instead of losing the race to the retry again until PostgreSQL's deadlock detector
+ * picks it as the victim. */
+static void wide_backoff(int retry)
+{
+    int64_t us = 2000 * (retry < 10 ? retry : 10) + kz_mono_us() % 2000;
+
+    nanosleep(&(struct timespec){0, (long)us * 1000}, NULL);
+}
+
 /* Runs one op in its own savepoint: validate, prepare, call the backend, retry what may be
  * retried, roll back a failure. Sets op->result. Returns non-OK only when the batch cannot go
  * on (the transaction is lost, or a savepoint command failed). */
@@ -847,6 +863,8 @@ static enum kz_err run_one(struct kz_store *st, struct kz_op *op, bool *bump, bo
             result = b->lock_wait(st->be, true);
         if (result)
             goto out;
+        if (wide)
+            wide_backoff(WIDE_TRIES - tries);
         op_bump = false;
         op->result = call_op(st, op, &op_bump);
     }

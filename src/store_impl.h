@@ -182,10 +182,10 @@ struct kz_backend_ops {
                                struct kz_claimed **rows, size_t *n, size_t *cap, char ***ids,
                                size_t *n_ids);
     /** Delivery ids are distinct here; error/response are clean and cut. Updates the rows still
-     * inflight and appends an attempt row for each of those with `at` > 0; raises
-     * webhooks.last_success_at to ok[i].at for each of `ok[0..n_ok)` (store.c's list); then, for
-     * each attempt that turned its row DEAD, disables its webhook when its last_success_at is
-     * before the delivery's first attempt (created_at when none is known), setting disabled[i]
+     * inflight and appends an attempt row for each of those with `at` > 0; raises this node's
+     * webhook_success row to ok[i].at for each of `ok[0..n_ok)` (store.c's list); then, for
+     * each attempt that turned its row DEAD, disables its webhook when no node's success started
+     * after the delivery's first attempt did (created_at when none is known), setting disabled[i]
      * (an index into op->u.complete.items) for the attempt that did. *bump when a webhook was
      * turned inactive. */
     enum kz_err (*complete)(struct kz_backend *be, struct kz_op *op, const struct kz_success *ok,

@@ -161,7 +161,11 @@ static const char *const migrations[] = {
     "  response TEXT);"
     "CREATE INDEX delivery_attempts_delivery ON delivery_attempts(delivery_id, id);"
     "ALTER TABLE deliveries ADD COLUMN first_attempt_at BIGINT NOT NULL DEFAULT 0;"
-    "ALTER TABLE webhooks ADD COLUMN last_success_at BIGINT NOT NULL DEFAULT 0;",
+    "CREATE TABLE webhook_success ("
+    "  webhook_id TEXT NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,"
+    "  node_id TEXT NOT NULL,"
+    "  at BIGINT NOT NULL,"
+    "  PRIMARY KEY (webhook_id, node_id));",
     /* 6: node identities and heartbeats (times by the server's clock), and which node claimed an
      * inflight delivery, so that a dead node's claims are taken over in seconds. */
     "CREATE TABLE nodes ("
@@ -455,14 +459,18 @@ static const char *const stmt_sql[S__COUNT] = {
                    " error, response) SELECT id, at, dur, NULLIF(status, 0), err, resp FROM upd"
                    " WHERE at > 0 ORDER BY ord)"
                    " SELECT ord FROM upd",
-    [S_WH_SUCCESS] = "UPDATE webhooks AS w SET last_success_at = s.t"
-                     " FROM unnest($1::text[], $2::bigint[]) AS s(id, t)"
-                     " WHERE w.id = s.id AND w.last_success_at < s.t",
+    /* one row per webhook and node: nodes never wait for each other here, nor for a PUT */
+    [S_WH_SUCCESS] = "INSERT INTO webhook_success(webhook_id, node_id, at)"
+                     " SELECT s.id, $3, s.t FROM unnest($1::text[], $2::bigint[]) AS s(id, t)"
+                     " WHERE EXISTS (SELECT 1 FROM webhooks AS w WHERE w.id = s.id)"
+                     " ON CONFLICT (webhook_id, node_id) DO UPDATE SET at = excluded.at"
+                     " WHERE webhook_success.at < excluded.at",
     /* the disable rule: nothing to the webhook succeeded since the delivery's first attempt */
     [S_WH_DISABLE] = "UPDATE webhooks AS w SET active = 0 FROM deliveries AS d"
                      " WHERE d.id = ANY($1::bigint[]) AND w.id = d.webhook_id AND w.active <> 0"
-                     " AND w.last_success_at < CASE WHEN d.first_attempt_at > 0"
-                     " THEN d.first_attempt_at ELSE d.created_at END RETURNING d.id",
+                     " AND NOT EXISTS (SELECT 1 FROM webhook_success AS s"
+                     " WHERE s.webhook_id = w.id AND s.at > CASE WHEN d.first_attempt_at > 0"
+                     " THEN d.first_attempt_at ELSE d.created_at END) RETURNING d.id",
     [S_RETRY_CHECK] = "SELECT d.state, w.active, w.validity_ms FROM deliveries AS d"
                       " JOIN webhooks AS w ON w.id = d.webhook_id"
                       " WHERE d.id = $1 AND d.webhook_id = $2 FOR NO KEY UPDATE OF d",
@@ -2183,6 +2191,23 @@ static enum kz_err op_complete(struct kz_backend *be, struct kz_op *op, const st
         arr_int(&be->arr[7], a->at);
         arr_int(&be->arr[8], a->duration_ms);
     }
+    /* The successes first (this node's rows of webhook_success, in webhook id order: ok[] is
+     * sorted), then the deliveries. */
+    if (n_ok) {
+        for (i = 0; i < n_ok; i++) {
+            arr_str(&be->arr[9], ok[i].webhook_id);
+            arr_int(&be->arr[10], ok[i].at);
+        }
+        memset(&p, 0, sizeof(p));
+        result = p_arrays(&p, &be->arr[9], 2);
+        if (result)
+            goto out;
+        p_text(&p, be->has_node ? be->node_id : "");
+        result = run_count(c, S_WH_SUCCESS, &p, "webhook success", NULL);
+        if (result)
+            goto out;
+    }
+    memset(&p, 0, sizeof(p));
     result = p_arrays(&p, be->arr, 7);
     if (result)
         goto out;
@@ -2211,19 +2236,6 @@ static enum kz_err op_complete(struct kz_backend *be, struct kz_op *op, const st
     }
     PQclear(r);
     r = NULL;
-    if (n_ok) {
-        for (i = 0; i < n_ok; i++) {
-            arr_str(&be->arr[9], ok[i].webhook_id);
-            arr_int(&be->arr[10], ok[i].at);
-        }
-        memset(&p, 0, sizeof(p));
-        result = p_arrays(&p, &be->arr[9], 2);
-        if (result)
-            goto out;
-        result = run_count(c, S_WH_SUCCESS, &p, "webhook success", NULL);
-        if (result)
-            goto out;
-    }
     if (dead) {
         memset(&p, 0, sizeof(p));
         result = p_arrays(&p, &be->arr[11], 1);

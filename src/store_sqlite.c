@@ -133,7 +133,13 @@ static const char *const migrations[] = {
     "CREATE TRIGGER deliveries_attempts_gc AFTER DELETE ON deliveries BEGIN"
     "  DELETE FROM delivery_attempts WHERE delivery_id = old.id; END;"
     "ALTER TABLE deliveries ADD COLUMN first_attempt_at INTEGER NOT NULL DEFAULT 0;"
-    "ALTER TABLE webhooks ADD COLUMN last_success_at INTEGER NOT NULL DEFAULT 0;",
+    "CREATE TABLE webhook_success ("
+    "  webhook_id TEXT NOT NULL,"
+    "  node_id TEXT NOT NULL,"
+    "  at INTEGER NOT NULL,"
+    "  PRIMARY KEY (webhook_id, node_id));"
+    "CREATE TRIGGER webhooks_success_gc AFTER DELETE ON webhooks BEGIN"
+    "  DELETE FROM webhook_success WHERE webhook_id = old.id; END;",
     /* 7: node identities and which node claimed an inflight delivery (PostgreSQL's schema; a
      * SQLite store has one node and writes no heartbeats, docs/internals/STORE.md). */
     "CREATE TABLE nodes ("
@@ -408,12 +414,15 @@ static const char *const stmt_sql[S__COUNT] = {
                    " WHERE id = ?8 AND state = 1",
     [S_ATT_INSERT] = "INSERT INTO delivery_attempts(delivery_id, at, duration_ms, status, error,"
                      " response) VALUES (?1, ?2, ?3, NULLIF(?4, 0), ?5, ?6)",
-    [S_WH_SUCCESS] = "UPDATE webhooks SET last_success_at = ?2 WHERE id = ?1"
-                     " AND last_success_at < ?2",
+    [S_WH_SUCCESS] = "INSERT INTO webhook_success(webhook_id, node_id, at) SELECT ?1, ?3, ?2"
+                     " WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = ?1)"
+                     " ON CONFLICT(webhook_id, node_id) DO UPDATE SET at = excluded.at"
+                     " WHERE at < excluded.at",
     /* the disable rule: nothing to the webhook succeeded since the delivery's first attempt */
     [S_WH_DISABLE] = "UPDATE webhooks SET active = 0 WHERE id = ?1 AND active <> 0"
-                     " AND last_success_at < (SELECT CASE WHEN first_attempt_at > 0"
-                     " THEN first_attempt_at ELSE created_at END FROM deliveries WHERE id = ?2)",
+                     " AND NOT EXISTS (SELECT 1 FROM webhook_success WHERE webhook_id = ?1"
+                     " AND at > (SELECT CASE WHEN first_attempt_at > 0"
+                     " THEN first_attempt_at ELSE created_at END FROM deliveries WHERE id = ?2))",
     [S_RETRY_CHECK] = "SELECT d.state, w.active, w.validity_ms FROM deliveries AS d"
                       " JOIN webhooks AS w ON w.id = d.webhook_id"
                       " WHERE d.id = ?1 AND d.webhook_id = ?2",
@@ -1809,6 +1818,7 @@ static enum kz_err op_complete(struct kz_backend *be, struct kz_op *op, const st
         prep(c, S_WH_SUCCESS, &b);
         b_text(&b, ok[i].webhook_id);
         b_int(&b, ok[i].at);
+        b_text(&b, be->has_node ? be->node_id : "");
         rc = run(&b);
         if (rc)
             return fail(c, "webhook success", rc);

@@ -190,7 +190,11 @@ class Ordering(KzTestCase):
         # since its first attempt, so the webhook is disabled and e3 skipped.
         rc.script("/o", [200, 200, 500, 500, 500])
         self.publish_arrays(srv, g, ids[:4], 4)
-        wait_until(lambda: rows()[ids[3]]["status"] == "skipped", timeout=20, msg="e3 skipped")
+        try:
+            wait_until(lambda: rows()[ids[3]]["status"] == "skipped", timeout=20, msg="e3 skipped")
+        except AssertionError as e:
+            raise AssertionError("%s; rows: %r" % (e, [(k, d["status"], d["attempts"])
+                                                      for k, d in sorted(rows().items())]))
         self.assertEqual(rows()[ids[2]]["status"], "dead")
         order = [event_id(q) for q in sorted(rc.requests("/o", method="POST"), key=lambda q: q.time)]
         self.assertEqual(order, [ids[0], ids[1], ids[2], ids[2], ids[2]])
