@@ -974,6 +974,9 @@ enum kz_err kz_api_secret_get(struct kz_api *api, struct kz_req *req, const stru
     return e;
 }
 
+static enum kz_err load_webhook(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
+                                const char *id, struct kz_webhook *w);
+
 /* A new secret; the one it replaces keeps signing (second) for `overlap`, so receivers can
  * switch at their pace. A rotation during an overlap drops the older previous secret. */
 enum kz_err kz_api_secret_rotate(struct kz_api *api, struct kz_req *req, const struct kz_app *app,
@@ -984,7 +987,7 @@ enum kz_err kz_api_secret_rotate(struct kz_api *api, struct kz_req *req, const s
     int64_t overlap = DEFAULT_OVERLAP_MS, now;
     char secret[KZ_SIGN_SECRET_SIZE];
     struct kz_op op;
-    enum kz_err e = own_webhook(api, req, app, id, &w);
+    enum kz_err e = load_webhook(api, req, app, id, &w); /* app NULL: the operator (CLI) */
 
     if (e)
         return e;
@@ -1011,7 +1014,7 @@ enum kz_err kz_api_secret_rotate(struct kz_api *api, struct kz_req *req, const s
     memset(&op, 0, sizeof(op));
     op.type = KZ_OP_WEBHOOK_ROTATE;
     op.u.rotate.id = id;
-    op.u.rotate.app_id = app->id;
+    op.u.rotate.app_id = app ? app->id : "";
     op.u.rotate.secret = secret;
     op.u.rotate.now = now;
     op.u.rotate.expires = now + overlap;
@@ -1354,7 +1357,10 @@ static void cli_run(struct kz_api *api, const char *method, const char *body, si
     req.body_len = len;
     req.header = cli_no_header;
     req.query = cli_no_header;
-    if (!strcmp(method, "GET"))
+    if (!strcmp(method, "ROTATE")) {
+        req.method = "POST";
+        e = kz_api_secret_rotate(api, &req, NULL, id);
+    } else if (!strcmp(method, "GET"))
         e = delivery_get(api, &req, NULL, id, delivery);
     else if (delivery)
         e = delivery_retry(api, &req, NULL, id, delivery);
@@ -1426,5 +1432,7 @@ void kz_api_cli_webhook(struct kz_api *api, const char *cmd, const char *id, con
         cli_run(api, "POST", NULL, 0, id, arg, status, out);
     } else if (!strcmp(cmd, "delivery")) {
         cli_run(api, "GET", NULL, 0, id, arg, status, out);
+    } else if (!strcmp(cmd, "rotate")) {
+        cli_run(api, "ROTATE", arg, arg ? strlen(arg) : 0, id, NULL, status, out);
     }
 }

@@ -43,6 +43,7 @@ static void usage(FILE *f)
         "       kzhook webhook test WEBHOOK_ID [--event-type TYPE] [--data JSON] [--db PATH]\n"
         "       kzhook webhook retry WEBHOOK_ID DELIVERY_ID [--db PATH]\n"
         "       kzhook webhook delivery WEBHOOK_ID DELIVERY_ID [--db PATH]\n"
+        "       kzhook webhook rotate WEBHOOK_ID [--overlap DUR] [--db PATH]\n"
         "       kzhook listen [--host 127.0.0.1] [--port 9000] [--secret whsec_...]\n"
         "       kzhook version\n"
         "serve options (each also an environment variable, see README):\n"
@@ -536,14 +537,14 @@ out:
     return rc;
 }
 
-/* kzhook webhook list|get|test|retry|delivery: the operator's view of every application's
+/* kzhook webhook list|get|test|retry|delivery|rotate: the operator's view of every application's
  * webhooks, straight on the database (a running server picks up test events and retries: SQLite
  * at its next poll, PostgreSQL at once through NOTIFY). JSON on stdout; errors on stderr. */
 static int cmd_webhook(struct kz_ctx *ctx, int argc, char **argv)
 {
     int used[64] = {0};
     const char *pos[2] = {NULL, NULL};
-    const char *db, *app = NULL, *type = NULL, *data = NULL;
+    const char *db, *app = NULL, *type = NULL, *data = NULL, *overlap = NULL;
     const char *cmd;
     int want, npos = 0, status = 0, rc = 1, i;
     struct kz_buf out;
@@ -557,9 +558,11 @@ static int cmd_webhook(struct kz_ctx *ctx, int argc, char **argv)
     cmd = argv[0];
     argc--;
     argv++;
-    want = !strcmp(cmd, "list") ? 0 : !strcmp(cmd, "get") || !strcmp(cmd, "test") ? 1 : 2;
+    want = !strcmp(cmd, "list")                                                    ? 0
+           : !strcmp(cmd, "get") || !strcmp(cmd, "test") || !strcmp(cmd, "rotate") ? 1
+                                                                                   : 2;
     if (strcmp(cmd, "list") && strcmp(cmd, "get") && strcmp(cmd, "test") && strcmp(cmd, "retry") &&
-        strcmp(cmd, "delivery")) {
+        strcmp(cmd, "delivery") && strcmp(cmd, "rotate")) {
         usage(stderr);
         return 2;
     }
@@ -570,6 +573,8 @@ static int cmd_webhook(struct kz_ctx *ctx, int argc, char **argv)
         type = flag(argc, argv, "--event-type", used);
         data = flag(argc, argv, "--data", used);
     }
+    if (!strcmp(cmd, "rotate"))
+        overlap = flag(argc, argv, "--overlap", used);
     for (i = 0; i < argc; i++) {
         if (used[i])
             continue;
@@ -603,11 +608,21 @@ static int cmd_webhook(struct kz_ctx *ctx, int argc, char **argv)
         text = json_dumps(body, JSON_COMPACT);
         json_decref(body);
     }
+    if (overlap) {
+        body = json_pack("{s:s}", "overlap", overlap);
+        text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+        json_decref(body);
+        if (!text) {
+            fprintf(stderr, "kzhook: --overlap must be a duration such as 24h\n");
+            return 2;
+        }
+    }
     kz_buf_init(&out, 64 * 1024 * 1024);
     if (cli_prepare(ctx, db))
         goto out;
     kz_api_cli_webhook(ctx->api, cmd, !strcmp(cmd, "list") ? app : pos[0],
-                       !strcmp(cmd, "test") ? text : pos[1], &status, &out);
+                       !strcmp(cmd, "test") || !strcmp(cmd, "rotate") ? text : pos[1], &status,
+                       &out);
     rc = status >= 200 && status <= 299 ? 0 : 1;
     fprintf(rc ? stderr : stdout, "%s\n", kz_buf_cstr(&out));
 out:

@@ -346,3 +346,26 @@ class WebhookCli(AttemptsBase):
         self.assertIn("eventType", p.stderr)
         p = self.cli("webhook", "retry", h["id"], ok=False)
         self.assertEqual(p.returncode, 2)
+
+    def test_rotate(self):
+        """kzhook webhook rotate: a new secret, the previous one kept for --overlap; the API's
+        GET .../secret agrees; a bad overlap or an unknown webhook fails."""
+        h = self.hook(self.p)
+        before = self.srv.req("GET", "/v1/webhook/%s/secret" % h["id"], token=self.tok).json
+        t0 = now_ms()
+        out = json.loads(self.cli("webhook", "rotate", h["id"], "--overlap", "1h").stdout)
+        self.assertRegex(out["signingSecret"], r"^whsec_")
+        self.assertNotEqual(out["signingSecret"], before["signingSecret"])
+        self.assertTrue(t0 + 3600 * 1000 - 5000 <= out["previousExpiresAt"] <= now_ms() + 3600 * 1000)
+        now = self.srv.req("GET", "/v1/webhook/%s/secret" % h["id"], token=self.tok).json
+        self.assertEqual(now["signingSecret"], out["signingSecret"])
+        # default overlap: 24 h
+        out2 = json.loads(self.cli("webhook", "rotate", h["id"]).stdout)
+        self.assertGreater(out2["previousExpiresAt"], now_ms() + 23 * 3600 * 1000)
+        p = self.cli("webhook", "rotate", h["id"], "--overlap", "8d", ok=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("overlap", p.stderr)
+        p = self.cli("webhook", "rotate", "no-such-hook", ok=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertEqual(self.srv.req("GET", "/v1/webhook/%s/secret" % h["id"],
+                                      token=self.tok).json["signingSecret"], out2["signingSecret"])
