@@ -263,3 +263,44 @@ class Ordering(KzTestCase):
         posts = self.check_order(rc, "/o", want)
         print("\nordered, two nodes, A killed after %d successes: %d events, %d attempts, order kept"
               % (killed_at, len(want), len(posts)))
+
+    def test_rate_limit_two_nodes_one_killed(self):
+        """rateLimit 5 is one budget for all nodes: two nodes share it (at most 55 starts in any
+        10 s window at the receiver), and when one is killed (-9) mid-stream the other sends the
+        rest: nothing lost, the bound still held."""
+        if not PG_URL:
+            self.skipTest("needs KZ_TEST_DB=postgresql://... (PostgreSQL stage)")
+        db = shared_db(self, PG_URL)
+        adm = "adm_" + uid("t")
+        a, b = [self.server(db=db, admin_token=adm, env=LEASE_ENV, label="rate_" + n,
+                            args=["--rate-limit", "0", "--retry-schedule", "1s",
+                                  "--delivery-timeout", "2s"]) for n in ("A", "B")]
+        rc = self.receiver()
+        _, tok = a.app_token()
+        g = uid("g")
+        self.hook(a, tok, rc, "/r", g, rateLimit=5)
+
+        def matched_on_b():
+            r = publish(b, {"eventType": "TextMessageCreated", "groupId": g, "eventId": uid("p")})
+            return r["deliveries"] == 1
+        wait_until(matched_on_b, timeout=10, interval=0.05, msg="node B matches the webhook")
+        n = 90
+        ids = [uid("e") for _ in range(n)]
+        for k in range(0, n, 15):  # arrays on both nodes
+            publish(a if k % 30 else b, [{"eventType": "TextMessageCreated", "groupId": g,
+                                          "eventId": e} for e in ids[k:k + 15]])
+        wait_until(lambda: len(rc.requests("/r", method="POST")) >= 30, timeout=30,
+                   msg="30 starts before the kill")
+        a.kill9()
+        # (probes that found B's index are delivered too; a killed attempt may come twice)
+        wait_until(lambda: set(ids) <= {event_id(r) for r in rc.requests("/r", method="POST")},
+                   timeout=90, interval=0.5, msg="every event delivered")
+        time.sleep(1)
+        got = rc.requests("/r", method="POST")
+        times = sorted(r.time for r in got)
+        worst = max(sum(1 for t in times if s <= t < s + 10) for s in times)
+        arrived = {event_id(r) for r in got}
+        print("\nrateLimit 5 on two nodes, A killed after 30 starts: %d attempts over %.1f s, "
+              "at most %d in any 10 s window" % (len(got), times[-1] - times[0], worst))
+        self.assertLessEqual(worst, 55)
+        self.assertTrue(set(ids) <= arrived, "lost: %s" % sorted(set(ids) - arrived)[:5])
