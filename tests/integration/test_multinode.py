@@ -739,7 +739,14 @@ class Failover(MultiNodeCase):
         publish_on(a, 12)
         publish_on(b, 12)
 
+        last_top_up = [time.time()]
+
         def a_holds():
+            # B may have claimed most of the burst (the first claim takes what is due); more
+            # events published on A give A claims of its own (its publish wakes its dispatcher)
+            if time.time() - last_top_up[0] > 0.5:
+                publish_on(a, 6)
+                last_top_up[0] = time.time()
             ok, out, _ = psql(db, "SELECT count(*) FROM deliveries WHERE state = 1"
                                   " AND claimed_by = 'node-A'")
             if not ok:  # a kzhook without node ids: any claims, A's among them
