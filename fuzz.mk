@@ -45,7 +45,7 @@ FUZZ_LDLIBS  := $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null) -pthread -lm
 FUZZ_SRCDIR  ?= src
 FUZZ_LIBSRCS := $(filter-out $(FUZZ_SRCDIR)/main.c,$(wildcard $(FUZZ_SRCDIR)/*.c))
 FUZZ_LIBOBJS := $(FUZZ_LIBSRCS:$(FUZZ_SRCDIR)/%.c=$(FUZZ_BUILD)/obj/%.o) \
-                $(FUZZ_BUILD)/obj/gen/openapi_json.o
+                $(FUZZ_BUILD)/obj/gen/openapi_json.o $(FUZZ_BUILD)/obj/gen/ui_assets.o
 FUZZ_BINS    := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 
 # Dictionary per target (libFuzzer takes one); api gets the union of json, url and its own.
@@ -78,6 +78,11 @@ $(FUZZ_BUILD)/obj/gen/openapi_json.o: docs/openapi.json
 	   od -An -v -tx1 $< | sed 's/ *\([0-9a-f][0-9a-f]\)/0x\1,/g'; echo '0x00};'; \
 	   echo 'const size_t kz_openapi_json_len = sizeof(kz_openapi_json) - 1;'; } > $@.c
 	@$(FUZZ_CC) $(FUZZ_CFLAGS) -I$(FUZZ_SRCDIR) -c $@.c -o $@
+
+# the console's files, from the C file the root Makefile generates (src/ui.h)
+$(FUZZ_BUILD)/obj/gen/ui_assets.o: $(BUILD)/gen/ui_assets.c
+	@mkdir -p $(dir $@)
+	@$(FUZZ_CC) $(FUZZ_CFLAGS) -I$(FUZZ_SRCDIR) -c $< -o $@
 
 $(FUZZ_BUILD)/libkz-fuzz.a: $(FUZZ_LIBOBJS)
 	@rm -f $@
