@@ -15,6 +15,8 @@
  *  - no allocation is left behind (kz_alloc_live() is back to where it started). */
 #include "fuzz_common.h"
 
+#include <jansson.h>
+
 #include "alloc.h"
 #include "filter.h"
 #include "model.h"
@@ -91,6 +93,24 @@ static int order(const char *op, const uint8_t *x, size_t xn, const uint8_t *y, 
     return r;
 }
 
+/* p[0..n) is exactly one JSON value; a number too big for a double (which the filter keeps
+ * exactly) counts when it is made of number characters only */
+static bool one_value(const uint8_t *p, size_t n)
+{
+    json_error_t e;
+    json_t *v = json_loadb((const char *)p, n, JSON_DECODE_ANY, &e);
+    size_t i;
+
+    json_decref(v);
+    if (v)
+        return true;
+    for (i = 0; i < n; i++) {
+        if (!strchr("0123456789+-.eE", p[i]) || !p[i])
+            return false;
+    }
+    return n > 0;
+}
+
 static bool is_number_literal(const uint8_t *p, size_t n)
 {
     return n && (p[0] == '-' || (p[0] >= '0' && p[0] <= '9'));
@@ -139,7 +159,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 order("$exists", a, an, (const uint8_t *)"true", 4) == 1 &&
                 order("", b, bn, b, bn) == 1 && order("", a, an, a, an) == 1)
                 FUZZ_CHECK(lt + eq + gt == 1, "numbers: lt %d eq %d gt %d", lt, eq, gt);
-            if (order("$lt", b, bn, a, an) >= 0)
+            /* only when each piece is one JSON value: `0.1,"$gte":1000` spliced after "$lt":
+             * adds conditions of its own, and the two sides no longer mirror each other */
+            if (one_value(a, an) && one_value(b, bn) && order("$lt", b, bn, a, an) >= 0)
                 FUZZ_CHECK(gt == order("$lt", b, bn, a, an), "$gt(A,B) != $lt(B,A)");
         }
     }
