@@ -57,6 +57,11 @@ struct kz_api;
 /** Hooks the api calls into the layers above it (set by main). */
 struct kz_api_hooks {
     void (*wake_dispatch)(void *arg); /* deliveries became due (publish, replay, re-enable) */
+    /* Hand-off of new deliveries to this node's dispatcher (dispatch.h kz_dispatch_reserve and
+     * kz_dispatch_handoff; NULL: every delivery is inserted pending, to be claimed) */
+    size_t (*reserve)(void *arg, const char *const *webhook_ids, const bool *eligible, bool *leased,
+                      size_t n);
+    void (*handoff)(void *arg, struct kz_claimed *rows, size_t n, size_t reserved, int64_t gen);
     void *arg;
 };
 

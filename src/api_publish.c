@@ -23,7 +23,11 @@ struct publish {
     size_t nmatch, capmatch;
     const char **ids; /* pointers into matches */
     bool *active;
-    bool array; /* body was an array: answer {"events":[...]} */
+    bool *leased;    /* per match: handed to the dispatcher (kz_api_hooks.reserve) */
+    int64_t *dids;   /* per match: the leased delivery's id, set by the store */
+    size_t reserved; /* leased, not yet handed off or given back */
+    int64_t gen;     /* webhooks generation before matching */
+    bool array;      /* body was an array: answer {"events":[...]} */
     /* synchronous wait */
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -36,12 +40,16 @@ static void publish_free(struct publish *pb)
 
     if (!pb)
         return;
+    if (pb->reserved && pb->api->hooks.handoff) /* never submitted, or nothing committed */
+        pb->api->hooks.handoff(pb->api->hooks.arg, NULL, 0, pb->reserved, pb->gen);
     for (i = 0; i < pb->n; i++)
         kz_event_cleanup(&pb->items[i].ev);
     kz_free(pb->items);
     kz_free(pb->matches);
     kz_free(pb->ids);
     kz_free(pb->active);
+    kz_free(pb->leased);
+    kz_free(pb->dids);
     kz_free(pb);
 }
 
@@ -162,14 +170,51 @@ static enum kz_err publish_answer(struct publish *pb, struct kz_req *req)
     return kz_api_reply(req, 202, publish_result(&pb->items[0]));
 }
 
-/* Writer thread, after the commit: count, wake the dispatcher, answer the request. */
+/* Writer thread, after the commit: the leased deliveries go to the dispatcher, each with a
+ * copy of its event. */
+static void publish_handoff(struct publish *pb)
+{
+    struct kz_claimed *rows = NULL;
+    size_t i, k, n = 0;
+
+    if (!pb->reserved)
+        return;
+    for (i = 0; i < pb->n; i++) {
+        const struct kz_publish_item *it = &pb->items[i];
+
+        for (k = 0; k < it->n_targets && !it->duplicate; k++)
+            n += it->delivery_ids[k] != 0;
+    }
+    if (n)
+        rows = kz_calloc(n, sizeof(*rows));
+    for (i = 0, n = 0; i < pb->n; i++) {
+        const struct kz_publish_item *it = &pb->items[i];
+
+        for (k = 0; k < it->n_targets && !it->duplicate; k++) {
+            struct kz_claimed *r;
+
+            if (!it->delivery_ids[k])
+                continue;
+            r = &rows[n++];
+            r->delivery_id = it->delivery_ids[k];
+            r->created_at = it->ev.created_at;
+            snprintf(r->wh.id, sizeof(r->wh.id), "%s", it->webhook_ids[k]);
+            kz_event_copy(&r->ev, &it->ev);
+            r->ev.seq = it->seq;
+        }
+    }
+    pb->api->hooks.handoff(pb->api->hooks.arg, rows, n, pb->reserved, pb->gen);
+    pb->reserved = 0;
+}
+
+/* Writer thread, after the commit: count, hand off, wake the dispatcher, answer the request. */
 static void publish_done(struct kz_op *op, void *arg)
 {
     struct publish *pb = arg;
     struct kz_api *api = pb->api;
     struct kz_req *req = pb->req;
     size_t i;
-    long long fresh = 0, dup = 0, created = 0, skipped = 0;
+    long long fresh = 0, dup = 0, created = 0, skipped = 0, leased = 0;
 
     (void)op;
     if (!pb->op.result) {
@@ -184,16 +229,19 @@ static void publish_done(struct kz_op *op, void *arg)
             created += it->deliveries;
             /* rows recorded `skipped` at once (inactive or expired webhook); the dispatcher
              * counts those it skips later, when the index was behind the store */
-            for (size_t k = 0; k < it->n_targets; k++)
+            for (size_t k = 0; k < it->n_targets; k++) {
                 skipped += !it->target_active[k];
+                leased += it->delivery_ids && it->delivery_ids[k];
+            }
         }
+        publish_handoff(pb);
         atomic_fetch_add(&api->m->events_accepted, fresh);
         kz_stats_published(api->m->stats, (int64_t)fresh);
         atomic_fetch_add(&api->m->events_duplicate, dup);
         atomic_fetch_add(&api->m->deliveries_created, created);
         atomic_fetch_add(&api->m->deliveries_skipped, skipped);
-        if (created && api->hooks.wake_dispatch)
-            api->hooks.wake_dispatch(api->hooks.arg);
+        if (created - skipped > leased && api->hooks.wake_dispatch)
+            api->hooks.wake_dispatch(api->hooks.arg); /* rows pending: claim them */
     }
     if (req) {
         kz_api_finish(req, publish_answer(pb, req));
@@ -215,7 +263,7 @@ static enum kz_err publish_prepare(struct kz_api *api, struct kz_req *req, struc
     struct publish *pb = NULL;
     struct kz_buf scratch;
     size_t i, k, n, *offs = NULL;
-    int64_t now = kz_now_ms();
+    int64_t now = kz_now_ms(), gen;
     const char *tp = req->header(req->conn, "traceparent");
 
     *out = NULL;
@@ -224,6 +272,8 @@ static enum kz_err publish_prepare(struct kz_api *api, struct kz_req *req, struc
     if (tp && !kz_traceparent_valid(tp, strlen(tp)))
         tp = NULL;
     kz_buf_init(&scratch, KZ_BODY_MAX);
+    /* read before matching: the dispatcher sends leased rows only when no webhook changed since */
+    gen = kz_store_webhooks_gen(api->st);
     if (!doc)
         goto out;
     n = json_is_array(doc) ? json_array_size(doc) : 1;
@@ -274,6 +324,9 @@ static enum kz_err publish_prepare(struct kz_api *api, struct kz_req *req, struc
     /* The match array may have moved while growing: point into it only now. */
     pb->ids = kz_calloc(pb->nmatch ? pb->nmatch : 1, sizeof(*pb->ids));
     pb->active = kz_calloc(pb->nmatch ? pb->nmatch : 1, sizeof(*pb->active));
+    pb->leased = kz_calloc(pb->nmatch ? pb->nmatch : 1, sizeof(*pb->leased));
+    pb->dids = kz_calloc(pb->nmatch ? pb->nmatch : 1, sizeof(*pb->dids));
+    pb->gen = gen;
     for (i = 0, k = 0; i < n; i++) {
         size_t j;
 
@@ -284,9 +337,27 @@ static enum kz_err publish_prepare(struct kz_api *api, struct kz_req *req, struc
             pb->active[k] = pb->matches[k].active;
         }
     }
+    /* Hand-off: deliveries to active, ungated webhooks are inserted leased to this node when its
+     * dispatcher has room for them, and given to it after the commit (docs/ARCHITECTURE.md). A
+     * duplicate event gets no delivery ids: its part of the reservation goes back. */
+    if (api->hooks.reserve && pb->nmatch) {
+        bool *eligible = kz_calloc(pb->nmatch, sizeof(*eligible));
+
+        for (k = 0; k < pb->nmatch; k++)
+            eligible[k] = pb->matches[k].active && !pb->matches[k].gated;
+        pb->reserved =
+            api->hooks.reserve(api->hooks.arg, pb->ids, eligible, pb->leased, pb->nmatch);
+        kz_free(eligible);
+        for (i = 0, k = 0; i < n; i++) {
+            pb->items[i].target_leased = pb->reserved ? pb->leased + k : NULL;
+            pb->items[i].delivery_ids = pb->reserved ? pb->dids + k : NULL;
+            k += pb->items[i].n_targets;
+        }
+    }
     pb->op.type = KZ_OP_PUBLISH;
     pb->op.u.publish.items = pb->items;
     pb->op.u.publish.n = n;
+    pb->op.u.publish.lease_until = now + api->cfg->delivery_timeout_ms + api->cfg->lease_margin_ms;
     pb->op.done = publish_done;
     pb->op.arg = pb;
     *out = pb;

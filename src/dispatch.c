@@ -96,6 +96,40 @@ struct kz_dispatch {
     int64_t wh_gen_checked;
     int64_t claim_gen; /* the generation when the claim in flight was submitted */
     int64_t verify_retry_at;
+    /* hand-off (kz_dispatch_reserve/handoff), under `hlock`: the rows publishers may still
+     * lease, those leased and not yet taken in, committed batches waiting, and the endpoints
+     * the next claim would exclude (sorted; publishers lease none for them) */
+    pthread_mutex_t hlock;
+    size_t h_room, h_transit;
+    struct hbatch *h_head, *h_tail;
+    const char **h_excl;
+    size_t h_nexcl;
+    /* dispatcher-thread-only: when h_excl was last rebuilt, and the webhooks the taken-in rows
+     * are sent with (valid for one webhooks generation) */
+    int64_t h_excl_at;
+    bool h_back_all; /* a fence ended: give back every batch that waited */
+    bool room_wait;  /* a claim waits for room: transfers ending may give it (reap) */
+    struct wslot *cache;
+    size_t cache_used;
+    int64_t cache_gen;
+};
+
+/* A committed publish's leased rows, waiting for the dispatcher thread. */
+struct hbatch {
+    struct hbatch *next;
+    struct kz_claimed *rows;
+    size_t n;
+    int64_t gen;
+};
+
+#define CACHE_SLOTS 1024 /* webhooks cached for taken-in rows; emptied when half full */
+#define EXCL_EVERY_MS 2  /* the exclusion list publishers see is at most this old */
+
+/* One cached webhook: its row, or that it does not exist. */
+struct wslot {
+    char id[40]; /* "": free */
+    bool absent;
+    struct kz_webhook wh;
 };
 
 static uint32_t rnd32(void)
@@ -658,6 +692,7 @@ static bool node_ok(struct kz_dispatch *d)
         if (!live)
             return false; /* fenced again meanwhile: release again once it comes back */
         d->fenced = false;
+        d->h_back_all = true;
         d->next_poll = 0;
         return true;
     }
@@ -802,6 +837,223 @@ static bool start_queued(struct kz_dispatch *d)
     return started;
 }
 
+/* ==== hand-off ==== */
+
+static int cmp_id(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+size_t kz_dispatch_reserve(void *arg, const char *const *webhook_ids, const bool *eligible,
+                           bool *leased, size_t n)
+{
+    struct kz_dispatch *d = arg;
+    size_t i, k = 0;
+
+    memset(leased, 0, n * sizeof(*leased));
+    if (!d)
+        return 0;
+    pthread_mutex_lock(&d->hlock);
+    for (i = 0; i < n && d->h_room; i++) {
+        if (!eligible[i] || (d->h_nexcl && bsearch(&webhook_ids[i], d->h_excl, d->h_nexcl,
+                                                   sizeof(*d->h_excl), cmp_id)))
+            continue;
+        leased[i] = true;
+        d->h_room--;
+        d->h_transit++;
+        k++;
+    }
+    pthread_mutex_unlock(&d->hlock);
+    return k;
+}
+
+void kz_dispatch_handoff(void *arg, struct kz_claimed *rows, size_t n, size_t reserved, int64_t gen)
+{
+    struct kz_dispatch *d = arg;
+    struct hbatch *b = NULL;
+
+    if (!d)
+        return;
+    if (n) {
+        b = kz_calloc(1, sizeof(*b));
+        b->rows = rows;
+        b->n = n;
+        b->gen = gen;
+    } else {
+        kz_free(rows);
+    }
+    pthread_mutex_lock(&d->hlock);
+    d->h_transit -= reserved <= d->h_transit ? reserved : d->h_transit;
+    if (b) {
+        if (d->h_tail)
+            d->h_tail->next = b;
+        else
+            d->h_head = b;
+        d->h_tail = b;
+    }
+    pthread_mutex_unlock(&d->hlock);
+    if (b)
+        curl_multi_wakeup(d->multi);
+}
+
+static void cache_clear(struct kz_dispatch *d)
+{
+    size_t i;
+
+    for (i = 0; d->cache && i < CACHE_SLOTS; i++) {
+        if (d->cache[i].id[0])
+            kz_webhook_cleanup(&d->cache[i].wh);
+    }
+    if (d->cache)
+        memset(d->cache, 0, CACHE_SLOTS * sizeof(*d->cache));
+    d->cache_used = 0;
+}
+
+/* The webhook `id` as the store has it in generation `gen` (the current one); NULL with *e set
+ * when it does not exist (KZ_ERR_NOTFOUND), the store could not answer, or the generation moved
+ * while it was read (KZ_ERR_BUSY). One read per webhook and generation. */
+static const struct kz_webhook *cache_get(struct kz_dispatch *d, const char *id, int64_t gen,
+                                          enum kz_err *e)
+{
+    size_t k;
+    struct kz_webhook wh;
+
+    if (!d->cache)
+        d->cache = kz_calloc(CACHE_SLOTS, sizeof(*d->cache));
+    if (d->cache_gen != gen || d->cache_used >= CACHE_SLOTS / 2) {
+        cache_clear(d);
+        d->cache_gen = gen;
+    }
+    k = kz_hash_str(id) & (CACHE_SLOTS - 1);
+    while (d->cache[k].id[0] && strcmp(d->cache[k].id, id))
+        k = (k + 1) & (CACHE_SLOTS - 1);
+    if (d->cache[k].id[0]) {
+        *e = d->cache[k].absent ? KZ_ERR_NOTFOUND : KZ_OK;
+        return d->cache[k].absent ? NULL : &d->cache[k].wh;
+    }
+    memset(&wh, 0, sizeof(wh));
+    *e = kz_store_webhook_get(d->st, id, &wh);
+    if (*e && *e != KZ_ERR_NOTFOUND)
+        return NULL;
+    if (kz_store_webhooks_gen(d->st) != gen) {
+        /* changed while we read: what we read may be newer than the rows' generation */
+        if (!*e)
+            kz_webhook_cleanup(&wh);
+        *e = KZ_ERR_BUSY;
+        return NULL;
+    }
+    snprintf(d->cache[k].id, sizeof(d->cache[k].id), "%s", id);
+    d->cache_used++;
+    if (*e) {
+        d->cache[k].absent = true;
+        return NULL;
+    }
+    d->cache[k].wh = wh;
+    return &d->cache[k].wh;
+}
+
+/* Gives a taken-in row back to the store: pending, due now, no attempt made (a claim, on this or
+ * another node, sends it). */
+static void hand_back(struct kz_dispatch *d, struct kz_claimed *row)
+{
+    struct kz_attempt *a = batch_add(d);
+
+    a->delivery_id = row->delivery_id;
+    snprintf(a->webhook_id, sizeof(a->webhook_id), "%s", row->wh.id);
+    a->attempts = row->attempts;
+    a->state = KZ_D_PENDING;
+    a->next_attempt_at = kz_now_ms();
+    atomic_fetch_add(&d->m->handoff_returned, 1);
+}
+
+/* Takes in the rows of committed publishes: each is queued like a claimed row, with its webhook
+ * from the cache, unless that webhook changed since the publish matched it (the row goes back to
+ * the store, where a claim reads it with the webhook as the store has it), it is inactive or
+ * expired (recorded as skipped), gone (the row went with it), or its endpoint already holds a
+ * claim's worth of rows (back to the store: the claim excludes it until it drains). When
+ * stopping they go back. While fenced nothing of ours may be recorded (another node may take our
+ * claims), so batches wait; the first pass after the fence gives back all that waited (the RELEASE
+ * that ended the fence may or may not have covered them: a COMPLETE touches only rows still
+ * inflight); stopping while fenced leaves them ours, taken back at the next start. */
+static void take_handoffs(struct kz_dispatch *d, bool stopping)
+{
+    struct hbatch *list, *b;
+    int64_t gen = kz_store_webhooks_gen(d->st);
+    int64_t now = kz_now_ms();
+    bool back = d->h_back_all;
+
+    if (d->fenced && !stopping)
+        return;
+    d->h_back_all = false;
+    pthread_mutex_lock(&d->hlock);
+    list = d->h_head;
+    d->h_head = d->h_tail = NULL;
+    pthread_mutex_unlock(&d->hlock);
+    while ((b = list)) {
+        size_t i;
+
+        list = b->next;
+        for (i = 0; i < b->n; i++) {
+            struct kz_claimed *row = &b->rows[i];
+            const struct kz_webhook *wh = NULL;
+            enum kz_err e = KZ_ERR_BUSY;
+
+            if (!d->fenced && !stopping && !back && b->gen == gen)
+                wh = cache_get(d, row->wh.id, gen, &e);
+            if (d->fenced || e == KZ_ERR_NOTFOUND) {
+                /* fenced: ours until the next start; not found: deleted with its webhook */
+            } else if (!wh || kz_sched_ep_queued(d->sched, row->wh.id) >= KZ_SCHED_CLAIM_MAX) {
+                hand_back(d, row);
+            } else if (!wh->active || wh->validity_ms <= now) {
+                row->wh.active = wh->active;
+                record_skip(d, row, wh->active ? "webhook expired" : "webhook inactive");
+            } else {
+                kz_webhook_copy(&row->wh, wh);
+                kz_sched_push(d->sched, row); /* takes the row's contents */
+                atomic_fetch_add(&d->m->handoff_taken, 1);
+                continue;
+            }
+            kz_webhook_cleanup(&row->wh);
+            kz_event_cleanup(&row->ev);
+        }
+        kz_free(b->rows);
+        kz_free(b);
+    }
+}
+
+/* What publishers may lease now: the rows a claim could take (less those leased and not yet
+ * here, and a claim in flight), never for an endpoint a claim would exclude. Nothing while
+ * fenced, resuming or stopping. */
+static void handoff_room(struct kz_dispatch *d, bool stopping)
+{
+    size_t room = 0, n = 0;
+    const char **excl = NULL, **old = NULL;
+    bool rebuild = false;
+    int64_t now = kz_now_ms();
+
+    if (!stopping && !d->fenced && !d->resuming) {
+        room = kz_sched_claim_room(d->sched);
+        if (d->claim_busy)
+            room = room > d->claim.u.claim.limit ? room - d->claim.u.claim.limit : 0;
+    }
+    if (room && now - d->h_excl_at >= EXCL_EVERY_MS) {
+        excl = kz_sched_exclude(d->sched, &n);
+        if (n)
+            qsort(excl, n, sizeof(*excl), cmp_id);
+        d->h_excl_at = now;
+        rebuild = true;
+    }
+    pthread_mutex_lock(&d->hlock);
+    d->h_room = room > d->h_transit ? room - d->h_transit : 0;
+    if (rebuild) {
+        old = d->h_excl;
+        d->h_excl = excl;
+        d->h_nexcl = n;
+    }
+    pthread_mutex_unlock(&d->hlock);
+    kz_free((void *)old);
+}
+
 /* ==== claiming ==== */
 
 static void claim_done(struct kz_op *op, void *arg)
@@ -822,8 +1074,18 @@ static void claim_start(struct kz_dispatch *d)
     size_t room = kz_sched_claim_room(d->sched);
     enum kz_err e;
 
-    if (!room)
+    /* rows publishers leased and have not handed over yet take room too */
+    pthread_mutex_lock(&d->hlock);
+    room = room > d->h_transit ? room - d->h_transit : 0;
+    pthread_mutex_unlock(&d->hlock);
+    if (!room) {
+        /* No room (queues full): claim again once transfers have made some (reap), not in a
+         * loop that polls nothing and spins the thread meanwhile. */
+        d->room_wait = true;
+        d->next_poll = now + IDLE_POLL_MS;
         return;
+    }
+    d->room_wait = false;
     d->refill = false; /* this claim's exclude list is built from the queues as they are now */
     memset(&d->claim, 0, sizeof(d->claim));
     d->claim.type = KZ_OP_CLAIM;
@@ -945,6 +1207,7 @@ static void *run(void *arg)
         pthread_mutex_unlock(&d->lock);
         if (ready)
             claim_finish(d);
+        take_handoffs(d, stopping);
         if (stopping) {
             hand_back_queued(d);
             if (!kz_sched_inflight(d->sched) || now >= d->drain_deadline)
@@ -966,6 +1229,11 @@ static void *run(void *arg)
             curl_multi_perform(d->multi, &running);
             reap(d);
         }
+        if (d->room_wait && !d->claim_busy && kz_sched_claim_room(d->sched)) {
+            d->room_wait = false;
+            d->next_poll = 0;
+        }
+        handoff_room(d, stopping);
         flush_completions(d);
         if (!stopping)
             retry_failed(d, now);
@@ -1018,7 +1286,9 @@ enum kz_err kz_dispatch_start(struct kz_dispatch **out, const struct kz_config *
     curl_multi_setopt(d->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
     pthread_mutex_init(&d->lock, NULL);
     pthread_cond_init(&d->cond, NULL);
+    pthread_mutex_init(&d->hlock, NULL);
     if (pthread_create(&d->thread, NULL, run, d)) {
+        pthread_mutex_destroy(&d->hlock);
         kz_sched_free(d->sched);
         curl_multi_cleanup(d->multi);
         kz_free(d);
@@ -1044,6 +1314,7 @@ void kz_dispatch_stop(struct kz_dispatch *d, int64_t drain_ms)
     pthread_mutex_unlock(&d->lock);
     if (d->claim_busy)
         claim_finish(d);
+    take_handoffs(d, true);
     hand_back_queued(d);
     /* Transfers still running after the drain time are abandoned and handed back unchanged. */
     while (d->active) {
@@ -1086,6 +1357,10 @@ void kz_dispatch_stop(struct kz_dispatch *d, int64_t drain_ms)
         kz_free(x);
     }
     curl_multi_cleanup(d->multi);
+    cache_clear(d);
+    kz_free(d->cache);
+    kz_free((void *)d->h_excl);
+    pthread_mutex_destroy(&d->hlock);
     pthread_cond_destroy(&d->cond);
     pthread_mutex_destroy(&d->lock);
     kz_free(d);

@@ -316,6 +316,8 @@ static int serve(struct kz_ctx *ctx)
         goto out;
     }
     hooks.wake_dispatch = wake;
+    hooks.reserve = kz_dispatch_reserve;
+    hooks.handoff = kz_dispatch_handoff;
     hooks.arg = ctx->dispatch;
     ctx->api = kz_api_new(&ctx->cfg, ctx->st, ctx->idx, &ctx->metrics, ctx->admin_hash, &hooks);
     if (kz_http_start(&ctx->http, &ctx->cfg, ctx->api, &ctx->metrics, err, sizeof(err))) {

@@ -216,8 +216,13 @@ enum kz_err kz_metrics_render(const struct kz_metrics *m, struct kz_buf *out, in
         "# HELP kzhook_node_fenced_total Times this node stopped attempts: its heartbeat was too "
         "old.\n"
         "# TYPE kzhook_node_fenced_total counter\n"
-        "kzhook_node_fenced_total %lld\n",
-        LD(m->takeovers), LD(m->takeover_deliveries), LD(m->resumed_deliveries),
-        LD(m->node_fenced));
+        "kzhook_node_fenced_total %lld\n"
+        "# HELP kzhook_handoff_total Deliveries a publish leased to this node's dispatcher "
+        "(taken: queued without a claim; returned: given back to the store to be claimed).\n"
+        "# TYPE kzhook_handoff_total counter\n"
+        "kzhook_handoff_total{result=\"taken\"} %lld\n"
+        "kzhook_handoff_total{result=\"returned\"} %lld\n",
+        LD(m->takeovers), LD(m->takeover_deliveries), LD(m->resumed_deliveries), LD(m->node_fenced),
+        LD(m->handoff_taken), LD(m->handoff_returned));
     return r ? KZ_ERR_TOOBIG : KZ_OK;
 }

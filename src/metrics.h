@@ -24,6 +24,8 @@ struct kz_metrics {
     atomic_llong takeover_deliveries; /* deliveries those takeovers released */
     atomic_llong resumed_deliveries;  /* this node's own claims taken back at start */
     atomic_llong node_fenced;         /* times attempts stopped: own heartbeat too old */
+    atomic_llong handoff_taken;       /* leased by a publish, queued by the dispatcher */
+    atomic_llong handoff_returned;    /* leased by a publish, given back to be claimed */
     atomic_llong inflight;
     atomic_llong lat_bucket[KZ_LAT_BUCKETS + 1]; /* attempt latency histogram; last = +Inf */
     atomic_llong lat_sum_us;

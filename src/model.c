@@ -105,6 +105,22 @@ void kz_webhook_copy(struct kz_webhook *dst, const struct kz_webhook *src)
     dst->prev_secret = kz_strdup(src->prev_secret);
 }
 
+void kz_event_copy(struct kz_event *dst, const struct kz_event *src)
+{
+    *dst = *src;
+    dst->event_id = kz_strdup(src->event_id);
+    dst->group_id = kz_strdup(src->group_id);
+    dst->action_id = kz_strdup(src->action_id);
+    dst->action_package_id = kz_strdup(src->action_package_id);
+    dst->from_user = kz_strdup(src->from_user);
+    dst->from_user_id = kz_strdup(src->from_user_id);
+    dst->from_user_name = kz_strdup(src->from_user_name);
+    dst->from_user_pic = kz_strdup(src->from_user_pic);
+    dst->data_json = kz_strdup(src->data_json);
+    dst->source_group_id = kz_strdup(src->source_group_id);
+    dst->traceparent = kz_strdup(src->traceparent);
+}
+
 void kz_event_cleanup(struct kz_event *e)
 {
     kz_free(e->event_id);

@@ -121,6 +121,8 @@ struct kz_event {
                               NULL when none (printable ASCII, <= KZ_TRACEPARENT_MAX bytes) */
 };
 void kz_event_cleanup(struct kz_event *e);
+/** Deep copy; dst must be uninitialised or cleaned. */
+void kz_event_copy(struct kz_event *dst, const struct kz_event *src);
 
 /** One row of the delivery log. */
 struct kz_delivery {

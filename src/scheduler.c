@@ -180,6 +180,17 @@ static struct kz_sched_ep *ep_get(struct kz_sched *s, const char *id, const char
     return e;
 }
 
+size_t kz_sched_ep_queued(const struct kz_sched *s, const char *id)
+{
+    const struct kz_sched_ep *e;
+
+    for (e = s->eps[kz_hash_str(id) % EP_BUCKETS]; e; e = e->next) {
+        if (!strcmp(e->id, id))
+            return e->nqueued;
+    }
+    return 0;
+}
+
 /* The local bucket of a paced endpoint now, in thousandths of a start. */
 static int64_t ep_tokens(const struct kz_sched *s, const struct kz_sched_ep *e)
 {

@@ -84,6 +84,9 @@ const char **kz_sched_exclude(const struct kz_sched *s, size_t *n);
  */
 size_t kz_sched_claim_room(const struct kz_sched *s);
 
+/** Rows queued for endpoint (webhook) `id`; 0 when unknown. */
+size_t kz_sched_ep_queued(const struct kz_sched *s, const char *id);
+
 /** Rows an endpoint may hold queued: enough to keep its slots busy between claims, few enough
  * that a slow endpoint holds little in memory. */
 size_t kz_sched_queue_target(const struct kz_sched *s);

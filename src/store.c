@@ -62,6 +62,7 @@ struct kz_store {
 
     /* node identity and heartbeat (kz_store_node_start) */
     bool node_started; /* owning thread only */
+    bool wr_node;      /* writer thread only: a NODE_START committed (claims name this node) */
     char node_id[KZ_NODE_ID_MAX + 1];
     pthread_t hb;          /* heartbeat thread, while hb_running */
     bool hb_running;       /* owning thread only */
@@ -215,7 +216,7 @@ static bool text_within(const char *s, size_t max)
     return !s || strnlen(s, max + 1) <= max;
 }
 
-static bool op_valid(const struct kz_op *op)
+static bool op_valid(const struct kz_store *st, const struct kz_op *op)
 {
     size_t i;
     size_t k;
@@ -265,6 +266,10 @@ static bool op_valid(const struct kz_op *op)
                 return false;
             for (k = 0; k < it->n_targets; k++) {
                 if (!it->webhook_ids[k])
+                    return false;
+                /* a lease needs this node's id (claims record it) and a live target */
+                if (it->target_leased && it->target_leased[k] &&
+                    (!it->target_active[k] || !st->wr_node || op->u.publish.lease_until <= 0))
                     return false;
             }
         }
@@ -318,9 +323,13 @@ static void op_failed(struct kz_op *op, enum kz_err result)
         op->u.node.resumed = 0;
     if (op->type == KZ_OP_PUBLISH && op->u.publish.items) {
         for (k = 0; k < op->u.publish.n; k++) {
-            op->u.publish.items[k].seq = 0;
-            op->u.publish.items[k].deliveries = 0;
-            op->u.publish.items[k].duplicate = false;
+            struct kz_publish_item *it = &op->u.publish.items[k];
+
+            it->seq = 0;
+            it->deliveries = 0;
+            it->duplicate = false;
+            if (it->delivery_ids)
+                memset(it->delivery_ids, 0, it->n_targets * sizeof(*it->delivery_ids));
         }
     }
 }
@@ -735,14 +744,16 @@ static void op_effects(const struct kz_op *op, bool be_bump, bool *bump, bool *d
     case KZ_OP_WEBHOOK_UPDATE:
     case KZ_OP_WEBHOOK_DELETE:
     case KZ_OP_WEBHOOK_ACTIVE:
+    case KZ_OP_WEBHOOK_ROTATE: /* the dispatchers' webhook caches hold secrets */
         *bump = true;
         break;
     case KZ_OP_PUBLISH:
         for (i = 0; i < op->u.publish.n && !*due; i++) {
             const struct kz_publish_item *it = &op->u.publish.items[i];
 
+            /* a leased row goes to this node's dispatcher by hand-off: nobody need claim it */
             for (k = 0; k < it->n_targets && !it->duplicate; k++) {
-                if (it->target_active[k])
+                if (it->target_active[k] && !(it->target_leased && it->target_leased[k]))
                     *due = true;
             }
         }
@@ -797,7 +808,7 @@ static enum kz_err run_one(struct kz_store *st, struct kz_op *op, bool *bump, bo
     enum kz_err result;
     bool op_bump = false;
 
-    if (!op_valid(op)) {
+    if (!op_valid(st, op)) {
         op_failed(op, KZ_ERR_INVALID);
         return KZ_OK;
     }
@@ -879,6 +890,8 @@ static enum kz_err run_one(struct kz_store *st, struct kz_op *op, bool *bump, bo
         goto out;
     }
     op_effects(op, op_bump, bump, due);
+    if (op->type == KZ_OP_NODE_START)
+        st->wr_node = true;
     if (wide)
         result = b->lock_wait(st->be, false);
 out:
@@ -912,7 +925,7 @@ static enum kz_err publish_group(struct kz_store *st, struct kz_op **ops, size_t
         if (op->type != KZ_OP_PUBLISH || done[i])
             continue;
         done[i] = true;
-        if (!op_valid(op)) {
+        if (!op_valid(st, op)) {
             op_failed(op, KZ_ERR_INVALID);
             continue;
         }

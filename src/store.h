@@ -69,8 +69,9 @@ enum kz_op_type {
                              signing_secret = u.rotate.secret; the replaced secret becomes
                              prev_secret until u.rotate.expires when that is after u.rotate.now,
                              else prev_secret is cleared (a secret older than the replaced one is
-                             never kept); KZ_ERR_NOTFOUND if absent. webhooks_version is not
-                             bumped: no index holds secrets, each claim reads them */
+                             never kept); KZ_ERR_NOTFOUND if absent. webhooks_version is
+                             bumped: every node's dispatcher caches webhooks, secrets included,
+                             for the rows handed off to it (dispatch.h) */
     KZ_OP_RETRY,          /* one delivery due now (u.retry); KZ_ERR_NOTFOUND when webhook u.retry.
                              webhook_id has no delivery u.retry.delivery_id, KZ_ERR_CONFLICT when
                              that webhook is inactive or expired (nothing changes) */
@@ -128,11 +129,19 @@ struct kz_publish_item {
     struct kz_event ev;             /* borrowed by the store; event_id must be set */
     const char *const *webhook_ids; /* n_targets ids */
     const bool *target_active;      /* per target: true -> pending, false -> skipped */
+    /* Optional (NULL: none). Per target: insert the delivery inflight, claimed by this node until
+     * the op's lease_until, instead of pending: the publisher hands it to this node's dispatcher
+     * after the commit, so no CLAIM has to find it (docs/ARCHITECTURE.md "Hand-off"). Only where
+     * target_active; the op then needs a started node (kz_store_node_start). */
+    const bool *target_leased;
     size_t n_targets;
     /* results */
     int64_t seq;    /* the event's seq (new or original) */
     int deliveries; /* number of delivery rows of this event (new or original) */
     bool duplicate; /* event_id already existed: nothing was inserted */
+    /* Optional (NULL: not wanted), n_targets entries: the id of each leased delivery inserted;
+     * 0 for a target not leased, for a duplicate event, and for a webhook deleted meanwhile. */
+    int64_t *delivery_ids;
 };
 
 /** A delivery leased by KZ_OP_CLAIM, with everything needed to send it. Owned by the claim op
@@ -212,6 +221,7 @@ struct kz_op {
         struct {
             struct kz_publish_item *items;
             size_t n;
+            int64_t lease_until; /* epoch ms: the lease of the items' leased targets */
         } publish;
         struct {
             int64_t now, lease_until;

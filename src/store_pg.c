@@ -61,7 +61,7 @@
 #define MIGRATE_LOCK 0x6b7a686f6f6bLL /* pg_advisory_lock key ("kzhook") held while migrating */
 #define ARRAY_MAX ((size_t)1 << 31)   /* bytes of one array parameter at most */
 #define COMMIT_PROBES 10              /* txid_status() attempts after a connection died in COMMIT */
-#define PMAX 20                       /* parameters of one statement at most */
+#define PMAX 24                       /* parameters of one statement at most */
 #define CHANNEL "kzhook"              /* LISTEN/NOTIFY channel */
 
 /* ==== schema ==== */
@@ -364,7 +364,9 @@ static const char *const stmt_sql[S__COUNT] = {
      * array per event column, one element per distinct event_id; $13..$16 one element per
      * delivery: its event_id, webhook, state, created_at. Events that already exist are skipped
      * (and get no deliveries); RETURNING names the ones inserted. ORDER BY ord inserts deliveries
-     * in item order, so their ids (nextval runs after the sort) follow the targets' order. */
+     * in item order, so their ids (nextval runs after the sort) follow the targets' order. A
+     * delivery with state 1 (leased: handed to this node's dispatcher) is inserted claimed by
+     * node $21 until $20, and comes back as a row (event seq, NULL, its id, its webhook). */
     [S_PUBLISH] =
         "WITH ins AS (INSERT INTO events(event_id, event_type, group_id, action_id,"
         " action_package_id, from_user, from_user_id, from_user_name, from_user_pic, data_json,"
@@ -374,13 +376,16 @@ static const char *const stmt_sql[S__COUNT] = {
         " $17::int[], $18::text[], $19::text[])"
         " ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id),"
         " dlv AS (INSERT INTO deliveries(webhook_id, event_seq, state, attempts, next_attempt_at,"
-        " lease_until, last_status, created_at, updated_at)"
-        " SELECT t.wh, ins.seq, t.st, 0, t.at, 0, 0, t.at, t.at"
+        " lease_until, last_status, created_at, updated_at, claimed_by)"
+        " SELECT t.wh, ins.seq, t.st, 0, t.at, CASE WHEN t.st = 1 THEN $20::bigint ELSE 0 END,"
+        " 0, t.at, t.at, CASE WHEN t.st = 1 THEN $21::text END"
         " FROM unnest($13::text[], $14::text[], $15::int[], $16::bigint[])"
         " WITH ORDINALITY AS t(ev, wh, st, at, ord)"
         " JOIN ins ON ins.event_id = t.ev"
-        " WHERE EXISTS (SELECT 1 FROM webhooks AS w WHERE w.id = t.wh) ORDER BY t.ord)"
-        " SELECT seq, event_id FROM ins",
+        " WHERE EXISTS (SELECT 1 FROM webhooks AS w WHERE w.id = t.wh) ORDER BY t.ord"
+        " RETURNING id, event_seq, webhook_id, state)"
+        " SELECT seq, event_id, NULL::bigint, NULL::text FROM ins"
+        " UNION ALL SELECT event_seq, NULL, id, webhook_id FROM dlv WHERE state = 1",
     [S_EV_LOOKUP] =
         "SELECT event_id, seq, n_deliveries FROM events WHERE event_id = ANY($1::text[])",
     /* Pick due rows in (next_attempt_at, id) order, skipping rows another node has locked, mark
@@ -646,7 +651,7 @@ struct kz_backend {
     bool sp_open;          /* savepoint "op" exists in the current transaction */
     bool sp_fresh;         /* ... and no op has used it yet */
     struct kz_buf arr[19]; /* array literals being built */
-    struct vec items, first, uniq;
+    struct vec items, first, uniq, cursor, seqkeys; /* op_publish's scratch */
 
     _Atomic int wr_pid; /* server pid of the write connection: own NOTIFYs are ignored */
 
@@ -1500,6 +1505,8 @@ static void backend_free(struct kz_backend *be)
     kz_free(be->items.p);
     kz_free(be->first.p);
     kz_free(be->uniq.p);
+    kz_free(be->cursor.p);
+    kz_free(be->seqkeys.p);
     pthread_cond_destroy(&be->ln_cv);
     pthread_mutex_destroy(&be->ln_mu);
     pthread_cond_destroy(&be->pool_cv);
@@ -1776,10 +1783,71 @@ static enum kz_err op_webhook_active(struct kz_backend *be, struct kz_op *op)
  * new event and its deliveries, one more looks up the events that already existed. An event_id
  * seen earlier in the set is a duplicate of that first item, as it would be on SQLite. Sets every
  * item's result. */
+/* Fills the delivery_ids of the leased targets from the publish statement's rows (event seq,
+ * NULL, delivery id, webhook id) once every new event of its[uniq[0..nu)] has its seq. Nonzero
+ * when a row names an event or a target that was not leased. A target is looked for from the
+ * one after the last found (rows come back in insertion order, which is the targets'). */
+static int leased_ids(struct kz_backend *be, struct kz_publish_item **its, const size_t *uniq,
+                      size_t nu, const PGresult *r)
+{
+    struct kmap seqs = {0};
+    size_t *cursor = vec_reserve(&be->cursor, nu, sizeof(*cursor));
+    char(*keys)[24] = vec_reserve(&be->seqkeys, nu, sizeof(*keys));
+    int row, bad = 0;
+    size_t i;
+
+    kmap_init(&seqs, nu);
+    for (i = 0; i < nu; i++) {
+        struct kz_publish_item *it = its[uniq[i]];
+        size_t s;
+
+        cursor[i] = 0;
+        if (it->delivery_ids)
+            memset(it->delivery_ids, 0, it->n_targets * sizeof(*it->delivery_ids));
+        if (!it->seq)
+            continue;
+        snprintf(keys[i], sizeof(keys[i]), "%lld", (long long)it->seq);
+        s = kmap_slot_s(&seqs, keys[i], strlen(keys[i]));
+        seqs.used[s] = true;
+        seqs.skey[s] = keys[i];
+        seqs.val[s] = i;
+    }
+    for (row = 0; row < PQntuples(r) && !bad; row++) {
+        const char *seq = PQgetvalue(r, row, 0), *wh = PQgetvalue(r, row, 3);
+        struct kz_publish_item *it;
+        size_t s, k, t, u;
+
+        if (!PQgetisnull(r, row, 1))
+            continue;
+        s = kmap_slot_s(&seqs, seq, (size_t)PQgetlength(r, row, 0));
+        if (!seqs.used[s]) {
+            bad = 1;
+            break;
+        }
+        u = seqs.val[s];
+        it = its[uniq[u]];
+        for (k = 0, t = cursor[u]; k < it->n_targets; k++, t = (t + 1) % it->n_targets) {
+            if (it->target_leased && it->target_leased[t] && !strcmp(it->webhook_ids[t], wh) &&
+                (!it->delivery_ids || !it->delivery_ids[t]))
+                break;
+        }
+        if (k == it->n_targets) {
+            bad = 1;
+            break;
+        }
+        if (it->delivery_ids)
+            it->delivery_ids[t] = col_int(r, row, 2);
+        cursor[u] = (t + 1) % it->n_targets;
+    }
+    kmap_cleanup(&seqs);
+    return bad;
+}
+
 static enum kz_err op_publish(struct kz_backend *be, struct kz_op **pops, size_t np)
 {
     struct conn *c = be->wr;
     int64_t now = kz_now_ms();
+    int64_t lease_until = 0; /* the shortest lease of the set's ops (one per statement) */
     struct kz_publish_item **its;
     size_t *first;
     size_t *uniq;
@@ -1794,8 +1862,13 @@ static enum kz_err op_publish(struct kz_backend *be, struct kz_op **pops, size_t
     size_t k;
     int row;
 
-    for (i = 0; i < np; i++)
+    for (i = 0; i < np; i++) {
+        int64_t l = pops[i]->u.publish.lease_until;
+
         m += pops[i]->u.publish.n;
+        if (l > 0 && (!lease_until || l < lease_until))
+            lease_until = l;
+    }
     if (!m)
         return KZ_OK;
     its = vec_reserve(&be->items, m, sizeof(*its));
@@ -1852,21 +1925,28 @@ static enum kz_err op_publish(struct kz_backend *be, struct kz_op **pops, size_t
         for (k = 0; k < it->n_targets; k++) {
             arr_str(&be->arr[12], e->event_id);
             arr_str(&be->arr[13], it->webhook_ids[k]);
-            arr_int(&be->arr[14], it->target_active[k] ? KZ_D_PENDING : KZ_D_SKIPPED);
+            arr_int(&be->arr[14], it->target_leased && it->target_leased[k] ? KZ_D_INFLIGHT
+                                  : it->target_active[k]                    ? KZ_D_PENDING
+                                                                            : KZ_D_SKIPPED);
             arr_int(&be->arr[15], created);
         }
     }
     result = p_arrays(&p, be->arr, 19);
     if (result)
         goto out;
+    p_int(&p, lease_until);
+    p_text(&p, be->has_node ? be->node_id : NULL);
     r = run(c, S_PUBLISH, &p, "publish", &result);
     if (!r)
         goto out;
     for (row = 0; row < PQntuples(r); row++) {
         const char *id = PQgetvalue(r, row, 1);
-        size_t s = kmap_slot_s(&map, id, (size_t)PQgetlength(r, row, 1));
+        size_t s;
         struct kz_publish_item *it;
 
+        if (PQgetisnull(r, row, 1))
+            continue; /* a leased delivery: below, once every event has its seq */
+        s = kmap_slot_s(&map, id, (size_t)PQgetlength(r, row, 1));
         if (!map.used[s]) {
             result = KZ_ERR_DB; /* an event_id we did not send */
             goto out;
@@ -1874,6 +1954,10 @@ static enum kz_err op_publish(struct kz_backend *be, struct kz_op **pops, size_t
         it = its[map.val[s]];
         it->seq = col_int(r, row, 0);
         it->deliveries = (int)it->n_targets;
+    }
+    if (leased_ids(be, its, uniq, nu, r)) {
+        result = KZ_ERR_DB; /* a leased delivery we did not ask for */
+        goto out;
     }
     PQclear(r);
     r = NULL;
@@ -1921,6 +2005,8 @@ static enum kz_err op_publish(struct kz_backend *be, struct kz_op **pops, size_t
         its[i]->seq = its[first[i]]->seq;
         its[i]->deliveries = its[first[i]]->deliveries;
         its[i]->duplicate = true;
+        if (its[i]->delivery_ids)
+            memset(its[i]->delivery_ids, 0, its[i]->n_targets * sizeof(*its[i]->delivery_ids));
     }
 out:
     PQclear(r);

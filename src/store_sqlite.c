@@ -360,8 +360,9 @@ static const char *const stmt_sql[S__COUNT] = {
                     " ON CONFLICT(event_id) DO NOTHING",
     [S_EV_LOOKUP] = "SELECT seq, n_deliveries FROM events WHERE event_id = ?1",
     [S_DLV_INSERT] = "INSERT INTO deliveries(webhook_id, event_seq, state, attempts,"
-                     " next_attempt_at, lease_until, last_status, created_at, updated_at)"
-                     " SELECT ?1, ?2, ?3, 0, ?4, 0, 0, ?4, ?4"
+                     " next_attempt_at, lease_until, last_status, created_at, updated_at,"
+                     " claimed_by)"
+                     " SELECT ?1, ?2, ?3, 0, ?4, ?5, 0, ?4, ?4, ?6"
                      " WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = ?1)",
     /* CROSS JOIN pins deliveries as the outer loop, so the scan walks deliveries_due in
      * (next_attempt_at, id) order and stops after LIMIT rows: no sort, no full scan. */
@@ -1376,7 +1377,8 @@ static enum kz_err op_webhook_active(struct kz_backend *be, struct kz_op *op)
 
 /* Inserts one event and its deliveries, or, when event_id is already stored (by an earlier
  * batch or earlier in this one), reports the stored event and inserts nothing. */
-static enum kz_err publish_one(struct conn *c, struct kz_publish_item *it, int64_t now)
+static enum kz_err publish_one(struct conn *c, struct kz_publish_item *it, int64_t now,
+                               int64_t lease_until, const char *node_id)
 {
     const struct kz_event *e = &it->ev;
     int64_t created = e->created_at ? e->created_at : now;
@@ -1384,6 +1386,8 @@ static enum kz_err publish_one(struct conn *c, struct kz_publish_item *it, int64
     size_t i;
     int rc;
 
+    if (it->delivery_ids)
+        memset(it->delivery_ids, 0, it->n_targets * sizeof(*it->delivery_ids));
     prep(c, S_EV_INSERT, &b);
     b_text(&b, e->event_id);
     b_int(&b, e->event_type);
@@ -1424,14 +1428,21 @@ static enum kz_err publish_one(struct conn *c, struct kz_publish_item *it, int64
     it->deliveries = (int)it->n_targets;
     it->duplicate = false;
     for (i = 0; i < it->n_targets; i++) {
+        bool leased = it->target_leased && it->target_leased[i]; /* store.c: only when active */
+
         prep(c, S_DLV_INSERT, &b);
         b_text(&b, it->webhook_ids[i]);
         b_int(&b, it->seq);
-        b_int(&b, it->target_active[i] ? KZ_D_PENDING : KZ_D_SKIPPED);
+        b_int(&b, leased ? KZ_D_INFLIGHT : it->target_active[i] ? KZ_D_PENDING : KZ_D_SKIPPED);
         b_int(&b, created);
+        b_int(&b, leased ? lease_until : 0);
+        b_text(&b, leased ? node_id : NULL);
         rc = run(&b);
         if (rc)
             return fail(c, "delivery insert", rc);
+        if (it->delivery_ids)
+            it->delivery_ids[i] =
+                leased && sqlite3_changes64(c->db) ? sqlite3_last_insert_rowid(c->db) : 0;
     }
     return KZ_OK;
 }
@@ -1447,7 +1458,8 @@ static enum kz_err op_publish(struct kz_backend *be, struct kz_op **ops, size_t 
 
     for (k = 0; k < n; k++) {
         for (i = 0; i < ops[k]->u.publish.n; i++) {
-            result = publish_one(be->wr, &ops[k]->u.publish.items[i], now);
+            result = publish_one(be->wr, &ops[k]->u.publish.items[i], now,
+                                 ops[k]->u.publish.lease_until, be->node_id);
             if (result)
                 return result;
         }

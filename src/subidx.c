@@ -19,6 +19,7 @@ struct entry {
     uint32_t event_mask;
     int64_t validity_ms;
     bool active;
+    bool gated;               /* rateLimit or ordered: its deliveries go through the claim's gate */
     struct kz_filter *filter; /* compiled once here; NULL: every event passes */
     bool filter_bad;          /* a stored filter this binary cannot compile: nothing passes */
 };
@@ -137,6 +138,7 @@ static void insert(struct kz_subidx *idx, const struct kz_webhook *w)
     e->event_mask = w->event_mask;
     e->validity_ms = w->validity_ms;
     e->active = w->active;
+    e->gated = w->rate_limit > 0 || w->ordered;
     if (w->filter_json &&
         kz_filter_compile(w->filter_json, strlen(w->filter_json), &e->filter, NULL, 0))
         e->filter_bad = true;
@@ -294,6 +296,7 @@ static size_t match_key(struct kz_subidx *idx, enum kz_objtype t, const char *oi
         }
         memcpy((*out)[*n].webhook_id, e->id, sizeof(e->id));
         (*out)[*n].active = e->active && e->validity_ms > now;
+        (*out)[*n].gated = e->gated;
         (*n)++;
         added++;
     }

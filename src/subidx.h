@@ -18,6 +18,7 @@ struct kz_store;
 struct kz_match {
     char webhook_id[40];
     bool active; /* active and within validity at match time: deliver; else record as skipped */
+    bool gated;  /* rateLimit or ordered: never handed off, the claim's gate hands it out */
 };
 
 struct kz_subidx *kz_subidx_new(void);

@@ -972,7 +972,7 @@ static void test_webhook_controls_and_rotate(void **state)
     assert_int_equal(exec(f->st, &op), KZ_ERR_NOTFOUND); /* another app's */
     op.u.rotate.app_id = "app-1";
     assert_int_equal(exec(f->st, &op), KZ_OK);
-    assert_int_equal(op.webhooks_version, v); /* not bumped */
+    assert_true(op.webhooks_version > v); /* bumped: dispatchers cache secrets */
     op.u.rotate.secret = "whsec_bmV3Mg==";
     op.u.rotate.expires = T0 + 9000;
     assert_int_equal(exec(f->st, &op), KZ_OK);
@@ -3906,6 +3906,156 @@ static void test_node_start_resumes_own_claims(void **state)
         assert_int_equal(db_int(f, "SELECT heartbeat_at FROM nodes WHERE id = 'node-1'"), 0);
 }
 
+/* Hand-off: a publish may insert deliveries already leased to this node (inflight, claimed by it,
+ * until the op's lease_until) and gets their ids back, target by target, also when several
+ * publishes run as one set in one batch; refused without a started node, for an inactive target
+ * or without a lease time; no CLAIM hands them out; a duplicate event and a webhook that no
+ * longer exists get id 0; COMPLETE records them like claimed rows; the node starting again
+ * takes them back. */
+static void test_publish_leased(void **state)
+{
+    struct fx *f = *state;
+    static const char *const ids[] = {"wh-1", "wh-2", "wh-gone", "wh-1"};
+    bool active[] = {true, true, true, true};
+    bool leased[] = {true, false, true, true};
+    int64_t dids[2][4];
+    struct kz_publish_item items[2];
+    struct kz_op ops[2], op;
+    struct gate g;
+    struct kz_op first;
+    struct counter cnt;
+    int64_t resumed = 0, until = kz_now_ms() + 60000;
+    char sql[400];
+    int i;
+
+    add_app(f->st, "app-1", T0);
+    add_webhook(f->st, "wh-1", "app-1", "g1");
+    add_webhook(f->st, "wh-2", "app-1", "g1");
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_PUBLISH;
+    fill_item(&items[0], "ev-l0", T0, ids, active, 2);
+    items[0].target_leased = leased;
+    items[0].delivery_ids = dids[0];
+    op.u.publish.items = items;
+    op.u.publish.n = 1;
+    op.u.publish.lease_until = until;
+    /* no node yet: refused, nothing stored */
+    assert_int_equal(exec(f->st, &op), KZ_ERR_INVALID);
+    assert_int_equal(kz_store_node_start(f->st, "node-1", &resumed), KZ_OK);
+    /* a lease of an inactive target, or without a lease time: refused */
+    active[0] = false;
+    assert_int_equal(exec(f->st, &op), KZ_ERR_INVALID);
+    active[0] = true;
+    op.u.publish.lease_until = 0;
+    assert_int_equal(exec(f->st, &op), KZ_ERR_INVALID);
+    assert_int_equal(db_int(f, "SELECT count(*) FROM events"), 0);
+
+    /* two publishes in one batch (one set on PostgreSQL), ids target by target; the second
+     * event lists wh-1 twice and a webhook that does not exist */
+    counter_init(&cnt);
+    gate_close(f->st, &g, &first);
+    memset(ops, 0, sizeof(ops));
+    memset(dids, 0xff, sizeof(dids));
+    fill_item(&items[0], "ev-l1", T0 + 1, ids, active, 2);
+    fill_item(&items[1], "ev-l2", T0 + 2, ids, active, 4);
+    for (i = 0; i < 2; i++) {
+        items[i].target_leased = leased;
+        items[i].delivery_ids = dids[i];
+        ops[i].type = KZ_OP_PUBLISH;
+        ops[i].u.publish.items = &items[i];
+        ops[i].u.publish.n = 1;
+        ops[i].u.publish.lease_until = until - i;
+        ops[i].done = count_done;
+        ops[i].arg = &cnt;
+        assert_int_equal(kz_store_submit(f->st, &ops[i]), KZ_OK);
+    }
+    gate_open(&g);
+    counter_wait(&cnt, 2);
+    assert_int_equal(ops[0].result, KZ_OK);
+    assert_int_equal(ops[1].result, KZ_OK);
+    assert_true(dids[0][0] > 0);
+    assert_int_equal(dids[0][1], 0); /* not leased */
+    assert_true(dids[1][0] > dids[0][0]);
+    assert_int_equal(dids[1][1], 0);
+    assert_int_equal(dids[1][2], 0); /* no such webhook: no row */
+    assert_true(dids[1][3] > dids[1][0]);
+    for (i = 0; i < 3; i++) {
+        int64_t id = i == 0 ? dids[0][0] : dids[1][i == 1 ? 0 : 3];
+
+        snprintf(sql, sizeof(sql),
+                 "SELECT count(*) FROM deliveries AS d JOIN events AS e ON e.seq = d.event_seq"
+                 " WHERE d.id = %lld AND d.state = 1 AND d.claimed_by = 'node-1'"
+                 " AND d.webhook_id = 'wh-1' AND e.event_id = '%s' AND d.lease_until >= %lld",
+                 (long long)id, i ? "ev-l2" : "ev-l1", (long long)(until - 1));
+        assert_int_equal(db_int(f, sql), 1);
+    }
+    assert_int_equal(db_int(f, "SELECT count(*) FROM deliveries WHERE state = 0"), 2); /* wh-2 */
+    gate_destroy(&g);
+    counter_destroy(&cnt);
+
+    /* claims hand out the pending rows only */
+    claim(f->st, &op, kz_now_ms(), 10, NULL, 0);
+    assert_int_equal(op.u.claim.n_out, 2);
+    assert_string_equal(op.u.claim.out[0].wh.id, "wh-2");
+    assert_string_equal(op.u.claim.out[1].wh.id, "wh-2");
+    kz_claim_cleanup(&op);
+
+    /* a duplicate event: no rows, ids 0 */
+    memset(&op, 0, sizeof(op));
+    op.type = KZ_OP_PUBLISH;
+    memset(dids, 0xff, sizeof(dids));
+    fill_item(&items[0], "ev-l1", T0 + 3, ids, active, 2);
+    items[0].target_leased = leased;
+    items[0].delivery_ids = dids[0];
+    op.u.publish.items = items;
+    op.u.publish.n = 1;
+    op.u.publish.lease_until = until;
+    assert_int_equal(exec(f->st, &op), KZ_OK);
+    assert_true(items[0].duplicate);
+    assert_int_equal(dids[0][0], 0);
+    assert_int_equal(dids[0][1], 0);
+
+    /* a leased row completes like a claimed one, with its attempt */
+    {
+        int64_t id = 0;
+
+        snprintf(sql, sizeof(sql),
+                 "SELECT min(d.id) FROM deliveries AS d JOIN events AS e ON e.seq = d.event_seq"
+                 " WHERE e.event_id = 'ev-l1' AND d.webhook_id = 'wh-1'");
+        struct kz_attempt a;
+
+        id = db_int(f, sql);
+        memset(&a, 0, sizeof(a));
+        a.delivery_id = id;
+        snprintf(a.webhook_id, sizeof(a.webhook_id), "wh-1");
+        a.state = KZ_D_SUCCEEDED;
+        a.attempts = 1;
+        a.status = 200;
+        a.at = kz_now_ms();
+        memset(&op, 0, sizeof(op));
+        op.type = KZ_OP_COMPLETE;
+        op.u.complete.items = &a;
+        op.u.complete.n = 1;
+        assert_int_equal(exec(f->st, &op), KZ_OK);
+        snprintf(sql, sizeof(sql), "SELECT state FROM deliveries WHERE id = %lld", (long long)id);
+        assert_int_equal(db_int(f, sql), KZ_D_SUCCEEDED);
+        snprintf(sql, sizeof(sql),
+                 "SELECT count(*) FROM delivery_attempts WHERE delivery_id = %lld", (long long)id);
+        assert_int_equal(db_int(f, sql), 1);
+    }
+
+    /* kill -9 and start again: the node takes back its leased rows (and the claimed ones) */
+    {
+        struct kz_store *again = NULL;
+
+        open_store(f, &again, 100);
+        assert_int_equal(kz_store_node_start(again, "node-1", &resumed), KZ_OK);
+        assert_int_equal(resumed, 4); /* ev-l2's two leased rows, wh-2's two claimed rows */
+        assert_int_equal(db_int(f, "SELECT count(*) FROM deliveries WHERE state = 1"), 0);
+        kz_store_close(again);
+    }
+}
+
 /* Whenever webhooks may have changed, the generation moves: a commit that changed them, and a
  * webhooks_version read that differs from the last one (another process). */
 static void test_webhooks_generation_moves(void **state)
@@ -4482,6 +4632,7 @@ static const struct tcase cases[] = {
     T(failed_op_rolls_back_alone, BOTH),
     T(claim_order_limit_exclude_lease, BOTH),
     T(node_start_resumes_own_claims, BOTH),
+    T(publish_leased, BOTH),
     T(webhooks_generation_moves, BOTH),
     T(pg_only_takeover_of_a_dead_node, B_PG),
     T(claim_with_exclusions_shares_the_limit, BOTH),
