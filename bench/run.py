@@ -888,12 +888,14 @@ class Bench:
         for kz in nodes:
             self.warm(kz, group)
         self.arr.skip_to_end()
+        cpu0 = sum(_proc_cpu_s(kz.proc.pid) for kz in nodes)
         holder = {}
         th = threading.Thread(target=lambda: holder.update(
             t=publish_batches(nodes, group, prefix, n, parallel=2 * len(nodes))))
         th.start()
         got = self.arr.collect(lambda w: w.startswith(prefix + "-"), n, timeout=self.p(60, 600), idle_timeout=20)
         th.join()
+        cpu1 = sum(_proc_cpu_s(kz.proc.pid) for kz in nodes)
         t_pub0, t_pub1 = holder.get("t", (0, 0))
         m = sum_metrics(nodes)
         times = sorted(got.values())
@@ -907,7 +909,11 @@ class Bench:
              # how far deliveries trail the publishers: 0 would mean they kept pace exactly
              "last_publish_to_last_arrival_s": round(times[-1] - t_pub1, 3) if times else None,
              "ratio_to_A": round(rate / a, 3) if a else None,
-             "failed_attempts": m.get('kzhook_deliveries_total{outcome="failed"}')}
+             "failed_attempts": m.get('kzhook_deliveries_total{outcome="failed"}'),
+             # kzhook's own CPU (user + system, all threads) per delivery, publishing included:
+             # the cost, which a busy or throttled machine changes far less than the rate
+             "cpu_us_per_delivery": round((cpu1 - cpu0) * 1e6 / len(times), 1) if times else None,
+             "handoff": m.get('kzhook_handoff_total{result="taken"}')}
         if len(nodes) > 1:
             r["nodes"] = len(nodes)
         return r
@@ -940,10 +946,12 @@ class Bench:
         base = {"KZB_BODY_FILE": os.path.join(self.work, "event.tmpl"), "KZB_TOKEN": ADMIN_TOKEN}
         env_for = lambda i: dict(base, KZB_PREFIX=prefix if len(nodes) == 1 else "%s-n%d" % (prefix, i + 1))
         self.arr.skip_to_end()
+        cpu0 = sum(_proc_cpu_s(kz.proc.pid) for kz in nodes)
         t0 = time.time()
         w = wrk_split(["http://127.0.0.1:%d/v1/events" % kz.port for kz in nodes], "events.lua",
                       self.args.wrk_threads, self.args.ingest_conns, d, env_for)
         t1 = time.time()
+        cpu1 = sum(_proc_cpu_s(kz.proc.pid) for kz in nodes)
         m = sum_metrics(nodes)
         acc = w.get("accepted", w["requests"] - w["non2xx"])
         eps = acc / w["seconds"]
@@ -951,7 +959,10 @@ class Bench:
              "requests": w["requests"], "accepted": acc, "rejected": w.get("rejected", w["non2xx"]),
              "connections": w["connections"], "wrk_latency_avg": w["latency_avg"], "socket_errors": w["socket_errors"],
              "deliveries_succeeded_meanwhile": m.get('kzhook_deliveries_total{outcome="succeeded"}'),
-             "store_batches": m.get("kzhook_store_batches_total")}
+             "store_batches": m.get("kzhook_store_batches_total"),
+             # kzhook's CPU during the load per event accepted (the deliveries made meanwhile
+             # included)
+             "cpu_us_per_event": round((cpu1 - cpu0) * 1e6 / acc, 1) if acc else None}
         if r["store_batches"]:
             r["events_per_commit"] = round(m.get("kzhook_events_accepted_total", 0) / r["store_batches"], 1)
         if len(nodes) > 1:
@@ -1315,11 +1326,14 @@ def table(res):
         e = s["e2e"]
         rows.append(("1. e2e: %s events, 1 webhook, deliveries/s at receiver" % _count(e["events"]),
                      "%.0f /s (%d/%d arrived)" % (e["deliveries_per_s"], e["arrived"], e["events"]),
-                     "%.2f x A" % (e["ratio_to_A"] or 0)))
+                     "%.2f x A; kzhook CPU %.0f us/delivery" % (e["ratio_to_A"] or 0,
+                                                                e.get("cpu_us_per_delivery") or 0)))
     if "ingest" in s:
         for k, v in s["ingest"].items():
             rows.append(("2. ingest: wrk single events, %d matching webhook%s" % (v["webhooks"], "s" if v["webhooks"] > 1 else ""),
-                         "%.0f events/s" % v["events_per_s"], "%.2f x B" % (v["ratio_to_B"] or 0)))
+                         "%.0f events/s" % v["events_per_s"],
+                         "%.2f x B; kzhook CPU %.0f us/event" % (v["ratio_to_B"] or 0,
+                                                                  v.get("cpu_us_per_event") or 0)))
     if "fanout" in s:
         f = s["fanout"]
         rows.append(("3. fan-out: 1 event -> %d webhooks, publish -> last arrival" % f["webhooks"],

@@ -702,6 +702,13 @@ int main(int argc, char **argv)
     /* glibc gives every thread that allocates its own arena (64 MiB of address space, several
      * MiB resident each); our threads allocate little, so two arenas keep RSS small. */
     mallopt(M_ARENA_MAX, 2);
+    /* Keep freed memory at the top of the heap instead of giving it back to the kernel after
+     * every burst: each trim is a brk() whose TLB shootdown interrupts every CPU, and the next
+     * allocation grows the heap again (docs/PERFORMANCE.md, round two). Peaks stay bounded by
+     * the backlog living in the store. */
+    mallopt(M_TRIM_THRESHOLD, 32 * 1024 * 1024);
+    mallopt(M_TOP_PAD, 4 * 1024 * 1024);
+    mallopt(M_MMAP_THRESHOLD, 4 * 1024 * 1024);
     json_set_alloc_funcs(kz_malloc, kz_free);
     if (curl_global_init(CURL_GLOBAL_DEFAULT)) {
         fprintf(stderr, "kzhook: curl_global_init failed\n");
