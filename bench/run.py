@@ -913,7 +913,8 @@ class Bench:
              # kzhook's own CPU (user + system, all threads) per delivery, publishing included:
              # the cost, which a busy or throttled machine changes far less than the rate
              "cpu_us_per_delivery": round((cpu1 - cpu0) * 1e6 / len(times), 1) if times else None,
-             "handoff": m.get('kzhook_handoff_total{result="taken"}')}
+             "handoff": m.get('kzhook_handoff_total{result="taken"}'),
+             "handoff_returned": m.get('kzhook_handoff_total{result="returned"}')}
         if len(nodes) > 1:
             r["nodes"] = len(nodes)
         return r
@@ -962,7 +963,9 @@ class Bench:
              "store_batches": m.get("kzhook_store_batches_total"),
              # kzhook's CPU during the load per event accepted (the deliveries made meanwhile
              # included)
-             "cpu_us_per_event": round((cpu1 - cpu0) * 1e6 / acc, 1) if acc else None}
+             "cpu_us_per_event": round((cpu1 - cpu0) * 1e6 / acc, 1) if acc else None,
+             "handoff": m.get('kzhook_handoff_total{result="taken"}'),
+             "handoff_returned": m.get('kzhook_handoff_total{result="returned"}')}
         if r["store_batches"]:
             r["events_per_commit"] = round(m.get("kzhook_events_accepted_total", 0) / r["store_batches"], 1)
         if len(nodes) > 1:

@@ -872,8 +872,25 @@ class HeartbeatLost(MultiNodeCase):
             self.assertIsNotNone(r, err)
             self.assertStatus(r, 202, "publish")
             ids.update(e["eventId"] for e in arr)
-        wait_until(lambda: metric(a, "kzhook_inflight") >= 1 and metric(b, "kzhook_inflight") >= 1,
-                   20, interval=0.02, msg="deliveries in flight on both nodes")
+        last_top_up = [time.time()]
+
+        def both_busy():
+            # One node may have claimed the other's whole burst (its rows not handed off, say
+            # while that node's dispatcher had no room yet): more events published on the idle
+            # node give it deliveries of its own.
+            busy = [metric(srv, "kzhook_inflight") >= 1 for srv in (a, b)]
+            if not all(busy) and time.time() - last_top_up[0] > 0.5:
+                for srv, ok in zip((a, b), busy):
+                    if not ok:
+                        more = [event(g) for _ in range(10)]
+                        r, err = post(srv, more)
+                        self.assertIsNotNone(r, err)
+                        self.assertStatus(r, 202, "publish")
+                        ids.update(e["eventId"] for e in more)
+                last_top_up[0] = time.time()
+            return all(busy)
+
+        wait_until(both_busy, 20, interval=0.02, msg="deliveries in flight on both nodes")
         pg.stop()
         t_stop = time.time()
         time.sleep(8)
