@@ -1121,6 +1121,53 @@ class Engine(DeliveryMixin, KzTestCase):
                          "retention removed a delivery that did not succeed")
         self.assertTrue(self.srv.healthy())
 
+    def test_published_deliveries_are_handed_off_and_survive_kill9(self):
+        """docs/ARCHITECTURE.md "Hand-off": deliveries published on this node go to its dispatcher
+        without a claim (kzhook_handoff_total moves, not one is returned); a rotated secret signs
+        them at once; leased rows stuck behind a slow receiver come back after kill -9 and are
+        sent."""
+        self.start("--per-endpoint-concurrency", "2")
+        h = self.hook(self.p)
+        self.fast_batch(h, 4)  # warm
+        m0 = metrics(self.srv)
+        sent = []
+        for _ in range(20):  # one at a time: the dispatcher always has room
+            ev = {"eventType": "TextMessageCreated", "groupId": h["objectId"], "eventId": uid("ho")}
+            publish(self.srv, ev)
+            sent.append(ev["eventId"])
+        self.rc.wait_for(24, path=self.p, method="POST")
+        m1 = metrics(self.srv)
+        taken = m1['kzhook_handoff_total{result="taken"}'] - m0['kzhook_handoff_total{result="taken"}']
+        self.assertGreaterEqual(taken, 18, "publishes one at a time were not handed off: %r" % m1)
+        self.assertEqual(m1['kzhook_handoff_total{result="returned"}'], 0)
+        self.assertEqual({q.headers["webhook-id"] for q in self.posts(self.p)[4:]}, set(sent))
+
+        # a rotation is seen by the very next handed-off delivery (the cache holds secrets)
+        r = self.srv.req("POST", "/v1/webhook/%s/secret/rotate" % h["id"], json={}, token=self.tok)
+        self.assertEqual(r.status, 200, r.raw[:300])
+        new = r.json["signingSecret"]
+        ev = {"eventType": "TextMessageCreated", "groupId": h["objectId"], "eventId": uid("rot")}
+        publish(self.srv, ev)
+        q = wait_until(lambda: (self.by_event(self.p, ev["eventId"]) or [None])[0], 10,
+                       msg="delivery after the rotation")
+        self.assertTrue(signature_ok(new, q), "not signed with the new secret: %r" % q.headers)
+        self.assertEqual(len(q.headers["webhook-signature"].split()), 2, "no overlap signature")
+
+        # receiver hangs: handed-off rows are inflight, ours; kill -9; all arrive after restart
+        self.rc.script(self.p, [{"delay": 30}] * 2)
+        stuck = [{"eventType": "TextMessageCreated", "groupId": h["objectId"], "eventId": uid("k9")}
+                 for _ in range(6)]
+        for ev in stuck:
+            publish(self.srv, ev)
+        wait_until(lambda: len(self.by_event(self.p, stuck[0]["eventId"])) +
+                   len(self.by_event(self.p, stuck[1]["eventId"])) >= 2, 10, msg="two attempts hang")
+        self.srv.kill9()
+        self.rc.script(self.p, [])
+        self.srv.start()
+        for ev in stuck:
+            self.wait_row(h["id"], ev["eventId"], lambda d: d["status"] == "succeeded", 20,
+                          what="%s delivered after kill -9" % ev["eventId"])
+
     def test_sigterm_lets_inflight_attempt_finish(self):
         srv = self.start()
         h = self.hook(self.p)
