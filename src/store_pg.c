@@ -257,6 +257,7 @@ enum stmt_id {
     S_WH_DEL_DELIVERIES,
     S_WH_ACTIVE,
     S_PUBLISH,
+    S_PUBLISH_LEASED,
     S_EV_LOOKUP,
     S_CLAIM,
     S_GATE_LIST,
@@ -311,6 +312,16 @@ enum stmt_id {
     S__COUNT
 };
 
+/* The events part of the publish statements (S_PUBLISH, S_PUBLISH_LEASED). */
+#define PUBLISH_EVENTS                                                                             \
+    "WITH ins AS (INSERT INTO events(event_id, event_type, group_id, action_id,"                   \
+    " action_package_id, from_user, from_user_id, from_user_name, from_user_pic, data_json,"       \
+    " n_deliveries, created_at, is_bot, source_group_id, traceparent)"                             \
+    " SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[],"             \
+    " $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int[], $12::bigint[],"     \
+    " $17::int[], $18::text[], $19::text[])"                                                       \
+    " ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id),"
+
 static const char *const stmt_sql[S__COUNT] = {
     [S_META_SET] = "INSERT INTO meta(key, value) VALUES ($1, $2)"
                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -364,28 +375,31 @@ static const char *const stmt_sql[S__COUNT] = {
      * array per event column, one element per distinct event_id; $13..$16 one element per
      * delivery: its event_id, webhook, state, created_at. Events that already exist are skipped
      * (and get no deliveries); RETURNING names the ones inserted. ORDER BY ord inserts deliveries
-     * in item order, so their ids (nextval runs after the sort) follow the targets' order. A
-     * delivery with state 1 (leased: handed to this node's dispatcher) is inserted claimed by
-     * node $21 until $20, and comes back as a row (event seq, NULL, its id, its webhook). */
-    [S_PUBLISH] =
-        "WITH ins AS (INSERT INTO events(event_id, event_type, group_id, action_id,"
-        " action_package_id, from_user, from_user_id, from_user_name, from_user_pic, data_json,"
-        " n_deliveries, created_at, is_bot, source_group_id, traceparent)"
-        " SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[],"
-        " $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int[], $12::bigint[],"
-        " $17::int[], $18::text[], $19::text[])"
-        " ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id),"
-        " dlv AS (INSERT INTO deliveries(webhook_id, event_seq, state, attempts, next_attempt_at,"
-        " lease_until, last_status, created_at, updated_at, claimed_by)"
-        " SELECT t.wh, ins.seq, t.st, 0, t.at, CASE WHEN t.st = 1 THEN $20::bigint ELSE 0 END,"
-        " 0, t.at, t.at, CASE WHEN t.st = 1 THEN $21::text END"
-        " FROM unnest($13::text[], $14::text[], $15::int[], $16::bigint[])"
-        " WITH ORDINALITY AS t(ev, wh, st, at, ord)"
-        " JOIN ins ON ins.event_id = t.ev"
-        " WHERE EXISTS (SELECT 1 FROM webhooks AS w WHERE w.id = t.wh) ORDER BY t.ord"
-        " RETURNING id, event_seq, webhook_id, state)"
-        " SELECT seq, event_id, NULL::bigint, NULL::text FROM ins"
-        " UNION ALL SELECT event_seq, NULL, id, webhook_id FROM dlv WHERE state = 1",
+     * in item order, so their ids (nextval runs after the sort) follow the targets' order. In
+     * S_PUBLISH_LEASED, a delivery with state 1 (leased: handed to this node's dispatcher) is
+     * inserted claimed by node $21 until $20, and comes back as a row (event seq, NULL, its id,
+     * its webhook); S_PUBLISH, for sets without one, returns nothing per delivery. */
+    [S_PUBLISH] = PUBLISH_EVENTS
+    " dlv AS (INSERT INTO deliveries(webhook_id, event_seq, state, attempts, next_attempt_at,"
+    " lease_until, last_status, created_at, updated_at)"
+    " SELECT t.wh, ins.seq, t.st, 0, t.at, 0, 0, t.at, t.at"
+    " FROM unnest($13::text[], $14::text[], $15::int[], $16::bigint[])"
+    " WITH ORDINALITY AS t(ev, wh, st, at, ord)"
+    " JOIN ins ON ins.event_id = t.ev"
+    " WHERE EXISTS (SELECT 1 FROM webhooks AS w WHERE w.id = t.wh) ORDER BY t.ord)"
+    " SELECT seq, event_id FROM ins",
+    [S_PUBLISH_LEASED] = PUBLISH_EVENTS
+    " dlv AS (INSERT INTO deliveries(webhook_id, event_seq, state, attempts, next_attempt_at,"
+    " lease_until, last_status, created_at, updated_at, claimed_by)"
+    " SELECT t.wh, ins.seq, t.st, 0, t.at, CASE WHEN t.st = 1 THEN $20::bigint ELSE 0 END,"
+    " 0, t.at, t.at, CASE WHEN t.st = 1 THEN $21::text END"
+    " FROM unnest($13::text[], $14::text[], $15::int[], $16::bigint[])"
+    " WITH ORDINALITY AS t(ev, wh, st, at, ord)"
+    " JOIN ins ON ins.event_id = t.ev"
+    " WHERE EXISTS (SELECT 1 FROM webhooks AS w WHERE w.id = t.wh) ORDER BY t.ord"
+    " RETURNING id, event_seq, webhook_id, state)"
+    " SELECT seq, event_id, NULL::bigint, NULL::text FROM ins"
+    " UNION ALL SELECT event_seq, NULL, id, webhook_id FROM dlv WHERE state = 1",
     [S_EV_LOOKUP] =
         "SELECT event_id, seq, n_deliveries FROM events WHERE event_id = ANY($1::text[])",
     /* Pick due rows in (next_attempt_at, id) order, skipping rows another node has locked, mark
@@ -1848,6 +1862,7 @@ static enum kz_err op_publish(struct kz_backend *be, struct kz_op **pops, size_t
     struct conn *c = be->wr;
     int64_t now = kz_now_ms();
     int64_t lease_until = 0; /* the shortest lease of the set's ops (one per statement) */
+    bool leased = false;     /* some delivery is leased: the statement that returns their ids */
     struct kz_publish_item **its;
     size_t *first;
     size_t *uniq;
@@ -1925,6 +1940,7 @@ static enum kz_err op_publish(struct kz_backend *be, struct kz_op **pops, size_t
         for (k = 0; k < it->n_targets; k++) {
             arr_str(&be->arr[12], e->event_id);
             arr_str(&be->arr[13], it->webhook_ids[k]);
+            leased |= it->target_leased && it->target_leased[k];
             arr_int(&be->arr[14], it->target_leased && it->target_leased[k] ? KZ_D_INFLIGHT
                                   : it->target_active[k]                    ? KZ_D_PENDING
                                                                             : KZ_D_SKIPPED);
@@ -1934,9 +1950,11 @@ static enum kz_err op_publish(struct kz_backend *be, struct kz_op **pops, size_t
     result = p_arrays(&p, be->arr, 19);
     if (result)
         goto out;
-    p_int(&p, lease_until);
-    p_text(&p, be->has_node ? be->node_id : NULL);
-    r = run(c, S_PUBLISH, &p, "publish", &result);
+    if (leased) {
+        p_int(&p, lease_until);
+        p_text(&p, be->has_node ? be->node_id : NULL);
+    }
+    r = run(c, leased ? S_PUBLISH_LEASED : S_PUBLISH, &p, "publish", &result);
     if (!r)
         goto out;
     for (row = 0; row < PQntuples(r); row++) {
@@ -1955,7 +1973,7 @@ static enum kz_err op_publish(struct kz_backend *be, struct kz_op **pops, size_t
         it->seq = col_int(r, row, 0);
         it->deliveries = (int)it->n_targets;
     }
-    if (leased_ids(be, its, uniq, nu, r)) {
+    if (leased && leased_ids(be, its, uniq, nu, r)) {
         result = KZ_ERR_DB; /* a leased delivery we did not ask for */
         goto out;
     }
