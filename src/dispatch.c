@@ -110,7 +110,7 @@ struct kz_dispatch {
     bool h_back_all; /* a fence ended: give back every batch that waited */
     bool room_wait;  /* a claim waits for room: transfers ending may give it (reap) */
     struct wslot *cache;
-    size_t cache_used;
+    size_t cache_used, cache_slots;
     int64_t cache_gen;
 };
 
@@ -122,8 +122,9 @@ struct hbatch {
     int64_t gen;
 };
 
-#define CACHE_SLOTS 1024 /* webhooks cached for taken-in rows; emptied when half full */
-#define EXCL_EVERY_MS 2  /* the exclusion list publishers see is at most this old */
+#define CACHE_SLOTS_MIN 256   /* webhooks cached for taken-in rows: the table doubles when */
+#define CACHE_SLOTS_MAX 16384 /* half full, up to this many slots, and is emptied beyond */
+#define EXCL_EVERY_MS 2       /* the exclusion list publishers see is at most this old */
 
 /* One cached webhook: its row, or that it does not exist. */
 struct wslot {
@@ -900,13 +901,38 @@ static void cache_clear(struct kz_dispatch *d)
 {
     size_t i;
 
-    for (i = 0; d->cache && i < CACHE_SLOTS; i++) {
-        if (d->cache[i].id[0])
+    for (i = 0; d->cache && i < d->cache_slots; i++) {
+        if (d->cache[i].id[0] && !d->cache[i].absent)
             kz_webhook_cleanup(&d->cache[i].wh);
     }
     if (d->cache)
-        memset(d->cache, 0, CACHE_SLOTS * sizeof(*d->cache));
+        memset(d->cache, 0, d->cache_slots * sizeof(*d->cache));
     d->cache_used = 0;
+}
+
+/* The slot of `id` in the cache: its entry, or the free slot where it belongs. */
+static size_t cache_slot(const struct kz_dispatch *d, const char *id)
+{
+    size_t mask = d->cache_slots - 1, k = kz_hash_str(id) & mask;
+
+    while (d->cache[k].id[0] && strcmp(d->cache[k].id, id))
+        k = (k + 1) & mask;
+    return k;
+}
+
+/* Doubles the table (entries move, nothing is read again). */
+static void cache_grow(struct kz_dispatch *d)
+{
+    struct wslot *old = d->cache;
+    size_t n = d->cache_slots, i;
+
+    d->cache_slots = n * 2;
+    d->cache = kz_calloc(d->cache_slots, sizeof(*d->cache));
+    for (i = 0; i < n; i++) {
+        if (old[i].id[0])
+            d->cache[cache_slot(d, old[i].id)] = old[i];
+    }
+    kz_free(old);
 }
 
 /* The webhook `id` as the store has it in generation `gen` (the current one); NULL with *e set
@@ -918,15 +944,15 @@ static const struct kz_webhook *cache_get(struct kz_dispatch *d, const char *id,
     size_t k;
     struct kz_webhook wh;
 
-    if (!d->cache)
-        d->cache = kz_calloc(CACHE_SLOTS, sizeof(*d->cache));
-    if (d->cache_gen != gen || d->cache_used >= CACHE_SLOTS / 2) {
+    if (!d->cache) {
+        d->cache_slots = CACHE_SLOTS_MIN;
+        d->cache = kz_calloc(d->cache_slots, sizeof(*d->cache));
+    }
+    if (d->cache_gen != gen) {
         cache_clear(d);
         d->cache_gen = gen;
     }
-    k = kz_hash_str(id) & (CACHE_SLOTS - 1);
-    while (d->cache[k].id[0] && strcmp(d->cache[k].id, id))
-        k = (k + 1) & (CACHE_SLOTS - 1);
+    k = cache_slot(d, id);
     if (d->cache[k].id[0]) {
         *e = d->cache[k].absent ? KZ_ERR_NOTFOUND : KZ_OK;
         return d->cache[k].absent ? NULL : &d->cache[k].wh;
@@ -941,6 +967,13 @@ static const struct kz_webhook *cache_get(struct kz_dispatch *d, const char *id,
             kz_webhook_cleanup(&wh);
         *e = KZ_ERR_BUSY;
         return NULL;
+    }
+    if (d->cache_used >= d->cache_slots / 2) {
+        if (d->cache_slots < CACHE_SLOTS_MAX)
+            cache_grow(d);
+        else
+            cache_clear(d);
+        k = cache_slot(d, id);
     }
     snprintf(d->cache[k].id, sizeof(d->cache[k].id), "%s", id);
     d->cache_used++;
