@@ -268,7 +268,9 @@ class Overload(KzTestCase):
         self.assertLess(pct(lat, 99), HEALTHZ_P99_MAX * timeout_scale())
         self.assertLess(sampler.rss_peak, RSS_MAX_KIB)
         close_all(socks)
-        wait_until_fds = time.monotonic() + 10 * timeout_scale()
+        # A leak never comes back, however long we wait; a machine busy with the rest of the suite
+        # (ASan, PostgreSQL) once needed more than 10 s to see 10,000 closes (281 left at 10 s).
+        wait_until_fds = time.monotonic() + 30 * timeout_scale()
         while n_fds(pid) > fd0 + 20 and time.monotonic() < wait_until_fds:
             time.sleep(0.1)
         self.assertLessEqual(n_fds(pid), fd0 + 20, "descriptors not released")
