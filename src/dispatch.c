@@ -1055,8 +1055,9 @@ static void take_handoffs(struct kz_dispatch *d, bool stopping)
 }
 
 /* What publishers may lease now: the rows a claim could take (less those leased and not yet
- * here, and a claim in flight), never for an endpoint a claim would exclude. Nothing while
- * fenced, resuming or stopping. */
+ * here), never for an endpoint a claim would exclude. Nothing while fenced, resuming or stopping.
+ * A claim in flight is not subtracted (the idle poll's claim would stop every hand-off while it
+ * runs): its rows and the leased ones together stay within two claims' worth. */
 static void handoff_room(struct kz_dispatch *d, bool stopping)
 {
     size_t room = 0, n = 0;
@@ -1064,11 +1065,8 @@ static void handoff_room(struct kz_dispatch *d, bool stopping)
     bool rebuild = false;
     int64_t now = kz_now_ms();
 
-    if (!stopping && !d->fenced && !d->resuming) {
+    if (!stopping && !d->fenced && !d->resuming)
         room = kz_sched_claim_room(d->sched);
-        if (d->claim_busy)
-            room = room > d->claim.u.claim.limit ? room - d->claim.u.claim.limit : 0;
-    }
     if (room && now - d->h_excl_at >= EXCL_EVERY_MS) {
         excl = kz_sched_exclude(d->sched, &n);
         if (n)

