@@ -985,9 +985,9 @@ static const struct kz_webhook *cache_get(struct kz_dispatch *d, const char *id,
     return &d->cache[k].wh;
 }
 
-/* Gives a taken-in row back to the store: pending, due now, no attempt made (a claim, on this or
- * another node, sends it). */
-static void hand_back(struct kz_dispatch *d, struct kz_claimed *row)
+/* Gives a claimed or taken-in row back to the store: pending, due now, no attempt made (a claim, on
+ * this or another node, sends it). */
+static void give_back(struct kz_dispatch *d, const struct kz_claimed *row)
 {
     struct kz_attempt *a = batch_add(d);
 
@@ -996,6 +996,12 @@ static void hand_back(struct kz_dispatch *d, struct kz_claimed *row)
     a->attempts = row->attempts;
     a->state = KZ_D_PENDING;
     a->next_attempt_at = kz_now_ms();
+}
+
+/* give_back() of a row a publish handed off, counted. */
+static void hand_back(struct kz_dispatch *d, const struct kz_claimed *row)
+{
+    give_back(d, row);
     atomic_fetch_add(&d->m->handoff_returned, 1);
 }
 
@@ -1209,13 +1215,7 @@ static void hand_back_queued(struct kz_dispatch *d)
     struct kz_claimed row;
 
     while (kz_sched_pop(d->sched, &row)) {
-        struct kz_attempt *a = batch_add(d);
-
-        a->delivery_id = row.delivery_id;
-        snprintf(a->webhook_id, sizeof(a->webhook_id), "%s", row.wh.id);
-        a->attempts = row.attempts;
-        a->state = KZ_D_PENDING;
-        a->next_attempt_at = kz_now_ms();
+        give_back(d, &row);
         kz_webhook_cleanup(&row.wh);
         kz_event_cleanup(&row.ev);
     }
