@@ -46,6 +46,7 @@ struct kz_http {
     struct lingering_sock lingering[LINGER_MAX]; /* fd -1: free slot; guarded by linger_lock */
     bool linger_stop;
     atomic_int active; /* requests begun and not yet reported completed (answer sent or aborted) */
+    atomic_bool closing; /* kz_http_quiesce was called: refuse new connections */
 };
 
 /* Per-request state, created on the first callback and freed when MHD reports completion. */
@@ -474,6 +475,16 @@ static void linger_stop(struct kz_http *h)
     h->linger_started = false;
 }
 
+/* MHD_AcceptPolicyCallback: after kz_http_quiesce, every new connection is closed at once. */
+static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    struct kz_http *h = cls;
+
+    (void)addr;
+    (void)addrlen;
+    return atomic_load(&h->closing) ? MHD_NO : MHD_YES;
+}
+
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
                       enum MHD_RequestTerminationCode toe)
 {
@@ -599,7 +610,7 @@ enum kz_err kz_http_start(struct kz_http **out, const struct kz_config *cfg, str
         return KZ_ERR_IO;
     }
     h->d = MHD_start_daemon(
-        flags, (uint16_t)cfg->listen_port, NULL, NULL, handler, h, MHD_OPTION_EXTERNAL_LOGGER,
+        flags, (uint16_t)cfg->listen_port, accept_policy, h, handler, h, MHD_OPTION_EXTERNAL_LOGGER,
         mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &ss, MHD_OPTION_THREAD_POOL_SIZE,
         (unsigned int)cfg->threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
@@ -620,10 +631,14 @@ enum kz_err kz_http_start(struct kz_http **out, const struct kz_config *cfg, str
     return KZ_OK;
 }
 
+/* Not MHD_quiesce_daemon: with a thread pool on epoll, libmicrohttpd 0.9.75 lets a worker remove
+ * the listen socket from its epoll set while quiesce removes it too, and the loser aborts the
+ * process ("Failed to remove listen FD from epoll set"). The accept policy is read on the
+ * accepting worker, so a flag is race-free. */
 void kz_http_quiesce(struct kz_http *h)
 {
-    if (h && h->d)
-        MHD_quiesce_daemon(h->d);
+    if (h)
+        atomic_store(&h->closing, true);
 }
 
 int kz_http_active(struct kz_http *h)

@@ -14,9 +14,10 @@ struct kz_http;
  */
 enum kz_err kz_http_start(struct kz_http **out, const struct kz_config *cfg, struct kz_api *api,
                           struct kz_metrics *m, char *err, size_t errlen);
-/** Stops accepting new connections (first step of a graceful shutdown). */
 /** Requests begun and not yet completed (their answer written, or the client gone). Any thread. */
 int kz_http_active(struct kz_http *h);
+/** Stops taking new connections (first step of a graceful shutdown): each one accepted from now
+ * on is closed at once; connections already open keep being served. Any thread. */
 void kz_http_quiesce(struct kz_http *h);
 /** Stops the daemon, waiting for running handlers. NULL-safe. */
 void kz_http_stop(struct kz_http *h);
