@@ -218,14 +218,30 @@ class AdminTokenFile(KzTestCase):
 
 
 class MetricsCost(KzTestCase):
-    """GET /metrics reads a snapshot: with 1M deliveries stored it answers in < 50 ms."""
+    """GET /metrics reads a snapshot: with 1M deliveries stored it answers as fast as with none.
+    The check is relative (a busy or sanitized machine slows both alike): the growth must stay
+    under half of what one count of those rows costs on the same machine."""
 
     timeout = 300
+
+    def metrics_latency(self, srv):
+        lat = []
+        c = srv.connection()
+        try:
+            for _ in range(30):
+                t0 = time.monotonic()
+                r = srv.req("GET", "/metrics", conn=c)
+                lat.append(time.monotonic() - t0)
+                self.assertEqual(r.status, 200)
+        finally:
+            c.close()
+        return statistics.median(lat), max(lat)
 
     def test_metrics_fast_with_a_million_deliveries(self):
         if test_db_url():
             self.skipTest("fills a SQLite file directly")
         srv = self.server()
+        empty, _ = self.metrics_latency(srv)
         srv.stop()
         n = 1000000
         db = sqlite3.connect(srv.db)
@@ -238,22 +254,17 @@ class MetricsCost(KzTestCase):
                        "next_attempt_at, created_at, updated_at) VALUES ('nohook', ?, 0, 0, ?, 0, 0)",
                        ((i, far if i % 2 else now - 1000) for i in range(n)))
         db.commit()
+        t0 = time.monotonic()  # what a /metrics that counted them itself would pay, at least
+        self.assertEqual(db.execute("SELECT count(*) FROM deliveries WHERE next_attempt_at > 0")
+                         .fetchone()[0], n)
+        scan = time.monotonic() - t0
         db.close()
         srv.start()
         deadline = time.monotonic() + 60 * timeout_scale()
         while metrics(srv).get('kzhook_backlog{state="scheduled"}') != n // 2:
             self.assertLess(time.monotonic(), deadline, "the backlog gauge never showed %d" % (n // 2))
             time.sleep(0.2)
-        lat = []
-        c = srv.connection()
-        try:
-            for _ in range(30):
-                t0 = time.monotonic()
-                r = srv.req("GET", "/metrics", conn=c)
-                lat.append(time.monotonic() - t0)
-                self.assertEqual(r.status, 200)
-        finally:
-            c.close()
-        print("  /metrics at %d deliveries: median %.2f ms, max %.2f ms"
-              % (n, statistics.median(lat) * 1000, max(lat) * 1000))
-        self.assertLess(statistics.median(lat), 0.05 * timeout_scale(), lat)
+        full, worst = self.metrics_latency(srv)
+        print("  /metrics: median %.2f ms empty, %.2f ms at %d deliveries (max %.2f ms); one "
+              "count of them: %.1f ms" % (empty * 1000, full * 1000, n, worst * 1000, scan * 1000))
+        self.assertLess(full - empty, max(scan / 2, 0.005), (empty, full, scan))

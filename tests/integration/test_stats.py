@@ -123,26 +123,13 @@ class Stats(KzTestCase):
 
 
 class StatsCost(KzTestCase):
-    """/admin/v1/stats with 1M deliveries stored answers in < 50 ms (it never reads them)."""
+    """/admin/v1/stats never reads deliveries: with a million stored it answers as fast as with
+    none. The check is relative (a busy or sanitized machine slows both alike): the growth must
+    stay under half of what one indexed count of those rows costs on the same machine."""
 
     timeout = 300
 
-    def test_stats_fast_with_a_million_deliveries(self):
-        if test_db_url():
-            self.skipTest("fills a SQLite file directly")
-        srv = self.server()
-        srv.stop()
-        n = int(os.environ.get("KZ_STATS_ROWS", "1000000"))  # 10000000 for the console's target
-        db = sqlite3.connect(srv.db)
-        db.execute("PRAGMA synchronous=OFF")
-        now = int(time.time() * 1000)
-        db.executemany("INSERT INTO deliveries(webhook_id, event_seq, state, attempts, "
-                       "next_attempt_at, created_at, updated_at) VALUES ('nohook', ?, ?, 1, ?, ?, ?)",
-                       ((i, 2 if i % 3 else 3, now + 86400000, now - i, now - i) for i in range(n)))
-        db.commit()
-        db.close()
-        srv.start()
-        srv.admin("GET", "/admin/v1/stats?minutes=1440")  # checked against docs/openapi.json once
+    def stats_latency(self, srv):
         lat = []
         c = srv.connection()
         try:
@@ -155,6 +142,31 @@ class StatsCost(KzTestCase):
                 self.assertEqual(r.status, 200)
         finally:
             c.close()
-        print("  /admin/v1/stats?minutes=1440 at %d deliveries: median %.2f ms, max %.2f ms"
-              % (n, statistics.median(lat) * 1000, max(lat) * 1000))
-        self.assertLess(statistics.median(lat), 0.05 * timeout_scale(), lat)
+        return statistics.median(lat), max(lat)
+
+    def test_stats_fast_with_a_million_deliveries(self):
+        if test_db_url():
+            self.skipTest("fills a SQLite file directly")
+        srv = self.server()
+        srv.admin("GET", "/admin/v1/stats?minutes=1440")  # checked against docs/openapi.json once
+        empty, _ = self.stats_latency(srv)
+        srv.stop()
+        n = int(os.environ.get("KZ_STATS_ROWS", "1000000"))  # 10000000 for the console's target
+        db = sqlite3.connect(srv.db)
+        db.execute("PRAGMA synchronous=OFF")
+        now = int(time.time() * 1000)
+        db.executemany("INSERT INTO deliveries(webhook_id, event_seq, state, attempts, "
+                       "next_attempt_at, created_at, updated_at) VALUES ('nohook', ?, ?, 1, ?, ?, ?)",
+                       ((i, 2 if i % 3 else 3, now + 86400000, now - i, now - i) for i in range(n)))
+        db.commit()
+        t0 = time.monotonic()  # the cheapest read of them all: what a stats that read would cost
+        self.assertEqual(db.execute("SELECT count(*) FROM deliveries WHERE created_at > 0")
+                         .fetchone()[0], n)
+        scan = time.monotonic() - t0
+        db.close()
+        srv.start()
+        full, worst = self.stats_latency(srv)
+        print("  /admin/v1/stats?minutes=1440: median %.2f ms empty, %.2f ms at %d deliveries "
+              "(max %.2f ms); one count of them: %.1f ms"
+              % (empty * 1000, full * 1000, n, worst * 1000, scan * 1000))
+        self.assertLess(full - empty, max(scan / 2, 0.005), (empty, full, scan))
