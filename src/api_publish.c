@@ -170,8 +170,9 @@ static enum kz_err publish_answer(struct publish *pb, struct kz_req *req)
     return kz_api_reply(req, 202, publish_result(&pb->items[0]));
 }
 
-/* Writer thread, after the commit: the leased deliveries go to the dispatcher, each with a
- * copy of its event. */
+/* Writer thread, after the commit and after the answer is written: the leased deliveries go to
+ * the dispatcher with their event. The first row of an event takes the request's copy (only its
+ * id stays, for a synchronous caller's answer); further rows copy it. */
 static void publish_handoff(struct publish *pb)
 {
     struct kz_claimed *rows = NULL;
@@ -188,7 +189,8 @@ static void publish_handoff(struct publish *pb)
     if (n)
         rows = kz_calloc(n, sizeof(*rows));
     for (i = 0, n = 0; i < pb->n; i++) {
-        const struct kz_publish_item *it = &pb->items[i];
+        struct kz_publish_item *it = &pb->items[i];
+        const struct kz_event *first = NULL;
 
         for (k = 0; k < it->n_targets && !it->duplicate; k++) {
             struct kz_claimed *r;
@@ -199,7 +201,12 @@ static void publish_handoff(struct publish *pb)
             r->delivery_id = it->delivery_ids[k];
             r->created_at = it->ev.created_at;
             snprintf(r->wh.id, sizeof(r->wh.id), "%s", it->webhook_ids[k]);
-            kz_event_copy(&r->ev, &it->ev);
+            if (first) {
+                kz_event_copy(&r->ev, first);
+            } else {
+                kz_event_take(&r->ev, &it->ev);
+                first = &r->ev;
+            }
             r->ev.seq = it->seq;
         }
     }
@@ -234,7 +241,6 @@ static void publish_done(struct kz_op *op, void *arg)
                 leased += it->delivery_ids && it->delivery_ids[k];
             }
         }
-        publish_handoff(pb);
         atomic_fetch_add(&api->m->events_accepted, fresh);
         kz_stats_published(api->m->stats, (int64_t)fresh);
         atomic_fetch_add(&api->m->events_duplicate, dup);
@@ -244,10 +250,18 @@ static void publish_done(struct kz_op *op, void *arg)
             api->hooks.wake_dispatch(api->hooks.arg); /* rows pending: claim them */
     }
     if (req) {
-        kz_api_finish(req, publish_answer(pb, req));
+        enum kz_err e = publish_answer(pb, req);
+
+        /* the answer first (it reads the events); once finished, req and pb are the HTTP
+         * thread's to free */
+        if (!pb->op.result)
+            publish_handoff(pb);
+        kz_api_finish(req, e);
         atomic_fetch_sub(&api->pending, 1);
         return;
     }
+    if (!pb->op.result)
+        publish_handoff(pb);
     pthread_mutex_lock(&pb->lock);
     pb->done = true;
     pthread_cond_signal(&pb->cond);

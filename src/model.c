@@ -121,6 +121,16 @@ void kz_event_copy(struct kz_event *dst, const struct kz_event *src)
     dst->traceparent = kz_strdup(src->traceparent);
 }
 
+void kz_event_take(struct kz_event *dst, struct kz_event *src)
+{
+    char *id = src->event_id;
+
+    *dst = *src;
+    dst->event_id = kz_strdup(id);
+    memset(src, 0, sizeof(*src));
+    src->event_id = id;
+}
+
 void kz_event_cleanup(struct kz_event *e)
 {
     kz_free(e->event_id);

@@ -123,6 +123,9 @@ struct kz_event {
 void kz_event_cleanup(struct kz_event *e);
 /** Deep copy; dst must be uninitialised or cleaned. */
 void kz_event_copy(struct kz_event *dst, const struct kz_event *src);
+/** Moves src's fields into dst (uninitialised or cleaned) without copying them, except the
+ * event id, which both keep (src's answer still names the event); src is left with only it. */
+void kz_event_take(struct kz_event *dst, struct kz_event *src);
 
 /** One row of the delivery log. */
 struct kz_delivery {
