@@ -9,7 +9,7 @@ import statistics
 import threading
 import time
 
-from dlib import create_hook, metrics, publish, uid
+from dlib import create_hook, metrics, publish, request_latency, uid
 from kzlib import KzTestCase, RawReader, Receiver, read_http_response, run_cli, test_db_url, \
     timeout_scale
 
@@ -225,17 +225,7 @@ class MetricsCost(KzTestCase):
     timeout = 300
 
     def metrics_latency(self, srv):
-        lat = []
-        c = srv.connection()
-        try:
-            for _ in range(30):
-                t0 = time.monotonic()
-                r = srv.req("GET", "/metrics", conn=c)
-                lat.append(time.monotonic() - t0)
-                self.assertEqual(r.status, 200)
-        finally:
-            c.close()
-        return statistics.median(lat), max(lat)
+        return request_latency(self, srv, 30, "GET", "/metrics")
 
     def test_metrics_fast_with_a_million_deliveries(self):
         if test_db_url():
